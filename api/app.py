@@ -1,0 +1,93 @@
+"""The API application: control plane, data plane, and the lifespan that owns their resources."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlmodel import select
+
+from api.context import AppContext
+from api.errors import install_error_handlers
+from api.middleware import HostRouting, RequestId
+from api.routes import endpoints, inference, models
+from broker.connection import connect
+from broker.publish import Requester
+from broker.registry import KvView, delete_key
+from broker.streams import ensure_layout
+from shared import names
+from shared.db import Database, run_migrations
+from shared.messages import EndpointSpec, ReplicaRecord
+from shared.models import Endpoint
+from shared.settings import ApiSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+async def _resync(ctx: AppContext) -> None:
+    """The database is the source of truth; make consumers and the KV mirror agree with it."""
+    async with ctx.db.session() as session:
+        rows = (await session.exec(select(Endpoint))).all()
+    known = {ep.name for ep in rows}
+    for ep in rows:
+        await endpoints.publish_spec(ctx, ep)
+    for name in list(ctx.endpoints.items):
+        if name not in known:
+            await delete_key(ctx.broker, names.KV_ENDPOINTS, name)
+            ctx.endpoints.items.pop(name, None)
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    if settings.admin_token is None or not settings.admin_token.get_secret_value():
+        raise ValueError("BERTH_ADMIN_TOKEN is required: the API never runs without auth")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.resolved_database_url()
+        await asyncio.to_thread(run_migrations, url)
+        db = Database(url)
+        broker = await connect(settings.nats_url, "berth-api", timeout=settings.nats_timeout)
+        try:
+            await ensure_layout(broker)
+            requester = Requester(broker)
+            await requester.start()
+            ctx = AppContext(
+                settings=settings,
+                db=db,
+                broker=broker,
+                requester=requester,
+                endpoints=KvView(broker, names.KV_ENDPOINTS, EndpointSpec),
+                replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
+            )
+            await ctx.endpoints.start()
+            await ctx.replicas.start()
+            await _resync(ctx)
+            app.state.ctx = ctx
+            log.info("API ready on %s", settings.base_url())
+            yield
+            await ctx.endpoints.stop()
+            await ctx.replicas.stop()
+        finally:
+            await broker.close()
+            await db.close()
+
+    app = FastAPI(title="Berth", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(endpoints.router)
+    app.include_router(models.router)
+    for route in inference.routes:
+        app.add_route(route.path, route.endpoint, methods=inference.METHODS, include_in_schema=False)
+
+    @app.get("/healthz", tags=["system"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_middleware(RequestId)
+    if settings.endpoint_domain:
+        app.add_middleware(HostRouting, domain=settings.endpoint_domain)
+    return app

@@ -1,0 +1,54 @@
+"""What the API's lifespan opens, and the dependency aliases handlers use."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.connection import Broker
+from broker.publish import Requester
+from broker.registry import KvView
+from shared.db import Database
+from shared.messages import EndpointSpec, ReplicaRecord
+from shared.settings import ApiSettings
+
+__all__ = ["AppContext", "BrokerDep", "ContextDep", "SessionDep", "SettingsDep"]
+
+
+@dataclass(slots=True)
+class AppContext:
+    settings: ApiSettings
+    db: Database
+    broker: Broker
+    requester: Requester
+    endpoints: KvView[EndpointSpec]
+    replicas: KvView[ReplicaRecord]
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with get_context(request).db.session() as session:
+        yield session
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def _broker(ctx: ContextDep) -> Broker:
+    return ctx.broker
+
+
+def _settings(ctx: ContextDep) -> ApiSettings:
+    return ctx.settings
+
+
+BrokerDep = Annotated[Broker, Depends(_broker)]
+SettingsDep = Annotated[ApiSettings, Depends(_settings)]

@@ -1,0 +1,169 @@
+"""Control plane for endpoints, with OctoAI's paths and field names."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, status
+from pydantic import ValidationError
+from sqlmodel import select
+
+from api.auth import AdminDep
+from api.context import AppContext, ContextDep, SessionDep
+from broker.artifacts import model_exists
+from broker.events import publish_event
+from broker.registry import delete_key, put_model
+from broker.streams import delete_endpoint_consumer, ensure_endpoint_consumer
+from shared import names
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
+from shared.models import (
+    Endpoint,
+    EndpointCreate,
+    EndpointPublic,
+    EndpointState,
+    EndpointUpdate,
+    ReplicaPublic,
+    Visibility,
+    check_endpoint_config,
+)
+
+router = APIRouter(prefix="/v1", tags=["endpoints"], dependencies=[AdminDep])
+
+_STATUS = {
+    ReplicaState.STARTING: "pending",
+    ReplicaState.READY: "running",
+    ReplicaState.STOPPING: "running",
+    ReplicaState.FAILED: "failed",
+}
+
+
+def to_spec(ep: Endpoint) -> EndpointSpec:
+    return EndpointSpec(
+        name=ep.name,
+        model_id=ep.model_id,
+        image_url=ep.image_url,
+        port=ep.port,
+        health_check_path=ep.health_check_path,
+        min_replicas=ep.min_replicas,
+        max_replicas=ep.max_replicas,
+        scale_to_zero=ep.scale_to_zero,
+        concurrency_per_replica=ep.concurrency_per_replica,
+        request_timeout=ep.request_timeout,
+        env_overrides=ep.env_overrides,
+        instance_type=ep.instance_type,
+        public=ep.visibility == Visibility.PUBLIC,
+        disabled=ep.endpoint_state == EndpointState.DISABLED,
+        revision=ep.revision,
+    )
+
+
+def replica_public(record: ReplicaRecord, now: float) -> ReplicaPublic:
+    ready = record.state is ReplicaState.READY and record.ready_at is not None
+    return ReplicaPublic(
+        endpoint_name=record.endpoint,
+        replica_id=record.replica_id,
+        status=_STATUS.get(record.state, "unknown"),  # type: ignore[arg-type]
+        restarts=record.restarts,
+        age=int(now - record.ready_at) if ready and record.ready_at else -1,
+    )
+
+
+def to_public(ctx: AppContext, ep: Endpoint) -> EndpointPublic:
+    now = time.time()
+    replicas = sorted(
+        (
+            replica_public(r, now)
+            for r in ctx.replicas.items.values()
+            if r.endpoint == ep.name and r.fresh(now)
+        ),
+        key=lambda r: r.replica_id,
+    )
+    data = ep.model_dump()
+    data["endpoint"] = f"{ctx.settings.base_url()}/e/{ep.name}"
+    data["replicas"] = replicas
+    return EndpointPublic.model_validate(data)
+
+
+async def publish_spec(ctx: AppContext, ep: Endpoint) -> None:
+    """Make the endpoint's current config live: its consumer, and the KV mirror."""
+    spec = to_spec(ep)
+    await ensure_endpoint_consumer(ctx.broker, spec)
+    await put_model(ctx.broker, names.KV_ENDPOINTS, ep.name, spec)
+    ctx.endpoints.items[ep.name] = spec  # visible to this instance's data plane at once
+
+
+async def _get(session: SessionDep, name: str) -> Endpoint:
+    ep = (await session.exec(select(Endpoint).where(Endpoint.name == name))).first()
+    if ep is None:
+        raise NotFound(f"endpoint {name!r} does not exist")
+    return ep
+
+
+async def _check_model(ctx: AppContext, model_id: str | None) -> None:
+    if model_id and not await model_exists(ctx.broker, model_id):
+        raise InvalidRequest(f"model {model_id!r} was never uploaded (POST /v1/models first)")
+
+
+@router.post("/endpoint", status_code=status.HTTP_201_CREATED, response_model=EndpointPublic)
+async def create_endpoint(body: EndpointCreate, ctx: ContextDep, session: SessionDep) -> EndpointPublic:
+    if (await session.exec(select(Endpoint).where(Endpoint.name == body.name))).first():
+        raise Conflict(f"endpoint {body.name!r} already exists")
+    await _check_model(ctx, body.model_id)
+    ep = Endpoint.model_validate(body)
+    session.add(ep)
+    await session.commit()
+    await session.refresh(ep)
+    await publish_spec(ctx, ep)
+    await publish_event(ctx.broker, "endpoint", ep.name, "endpoint_created")
+    return to_public(ctx, ep)
+
+
+@router.get("/endpoints", response_model=list[EndpointPublic])
+async def list_endpoints(ctx: ContextDep, session: SessionDep) -> list[EndpointPublic]:
+    rows = (await session.exec(select(Endpoint).order_by(Endpoint.name))).all()
+    return [to_public(ctx, ep) for ep in rows]
+
+
+@router.get("/endpoint/{endpoint_name}", response_model=EndpointPublic)
+async def get_endpoint(endpoint_name: str, ctx: ContextDep, session: SessionDep) -> EndpointPublic:
+    return to_public(ctx, await _get(session, endpoint_name))
+
+
+@router.patch("/endpoint/{endpoint_name}", response_model=EndpointPublic)
+async def update_endpoint(
+    endpoint_name: str, body: EndpointUpdate, ctx: ContextDep, session: SessionDep
+) -> EndpointPublic:
+    ep = await _get(session, endpoint_name)
+    changes = body.model_dump(exclude_unset=True)
+    merged: dict[str, Any] = ep.model_dump() | changes
+    try:
+        check_endpoint_config(merged)
+        EndpointCreate.model_validate({k: v for k, v in merged.items() if k in EndpointCreate.model_fields})
+    except (ValueError, ValidationError) as exc:
+        raise InvalidRequest(str(exc).splitlines()[-1] if isinstance(exc, ValidationError) else str(exc)) from exc
+    if "model_id" in changes:
+        await _check_model(ctx, changes["model_id"])
+    for key, value in changes.items():
+        setattr(ep, key, value)
+    ep.revision += 1
+    ep.updated_at = time.time()
+    session.add(ep)
+    await session.commit()
+    await session.refresh(ep)
+    await publish_spec(ctx, ep)
+    await publish_event(ctx.broker, "endpoint", ep.name, "endpoint_updated", fields=sorted(changes))
+    return to_public(ctx, ep)
+
+
+@router.delete("/endpoint/{endpoint_name}")
+async def delete_endpoint(endpoint_name: str, ctx: ContextDep, session: SessionDep) -> dict[str, str]:
+    ep = await _get(session, endpoint_name)
+    await session.delete(ep)
+    await session.commit()
+    await delete_key(ctx.broker, names.KV_ENDPOINTS, endpoint_name)
+    ctx.endpoints.items.pop(endpoint_name, None)
+    await delete_endpoint_consumer(ctx.broker, endpoint_name)
+    await publish_event(ctx.broker, "endpoint", endpoint_name, "endpoint_deleted")
+    return {"message": f"endpoint {endpoint_name} deleted"}

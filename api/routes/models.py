@@ -1,0 +1,25 @@
+"""Uploading Python model folders (Berth's addition): ``POST /v1/models`` with a tar.gz body."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, status
+
+from api.auth import AdminDep
+from api.context import ContextDep
+from broker.artifacts import MAX_ARCHIVE_BYTES, store_model
+from shared.errors import BodyTooLarge
+
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[AdminDep])
+
+
+@router.post("/models", status_code=status.HTTP_201_CREATED)
+async def upload_model(request: Request, ctx: ContextDep) -> dict[str, object]:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_ARCHIVE_BYTES:
+            raise BodyTooLarge(f"model archive is over {MAX_ARCHIVE_BYTES // (1024 * 1024)} MiB")
+        chunks.append(chunk)
+    model_id = await store_model(ctx.broker, b"".join(chunks))
+    return {"model_id": model_id, "size": size}

@@ -1,0 +1,155 @@
+"""The ``berth`` command.
+
+Processes: ``up`` (everything on one machine), ``api``, ``scaler``, ``agent``.
+Client commands (talk to the API): ``deploy``, ``endpoints``, ``infer``, ``delete``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from berth.client import ApiError, from_environment
+    from broker.artifacts import pack_dir
+
+    folder = Path(args.path)
+    if not (folder / "service.py").is_file():
+        raise SystemExit(f"berth: {folder} has no service.py")
+    client = from_environment()
+    model_id = client.upload_model(pack_dir(folder))
+    fields: dict[str, Any] = {
+        "model_id": model_id,
+        "min_replicas": args.min_replicas,
+        "max_replicas": args.max_replicas,
+        "scale_to_zero": args.scale_to_zero,
+        "concurrency_per_replica": args.concurrency,
+        "visibility": "public" if args.public else "private",
+        "env_overrides": dict(kv.split("=", 1) for kv in args.env),
+    }
+    if args.timeout is not None:
+        fields["request_timeout"] = args.timeout
+    name = args.name or folder.resolve().name.lower().replace("_", "-")
+    try:
+        client.get_endpoint(name)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        endpoint = client.create_endpoint(name=name, **fields)
+        verb = "created"
+    else:
+        endpoint = client.update_endpoint(name, **fields)
+        verb = "updated"
+    print(f"endpoint {name} {verb} ({model_id[:19]}…)\n  URL: {endpoint['endpoint']}")
+
+
+def _endpoints(args: argparse.Namespace) -> None:
+    from berth.client import from_environment
+
+    client = from_environment()
+    if args.name:
+        print(json.dumps(client.get_endpoint(args.name), indent=2))
+        return
+    rows = client.list_endpoints()
+    print(f"{'NAME':<24} {'STATE':<9} {'MIN':>3} {'MAX':>3} {'REPLICAS':<20} URL")
+    for ep in rows:
+        states: dict[str, int] = {}
+        for r in ep["replicas"]:
+            states[r["status"]] = states.get(r["status"], 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "0"
+        print(f"{ep['name']:<24} {ep['endpoint_state']:<9} {ep['min_replicas']:>3} {ep['max_replicas']:>3} {summary:<20} {ep['endpoint']}")
+
+
+def _infer(args: argparse.Namespace) -> None:
+    from berth.client import from_environment
+
+    payload = json.loads(args.data) if args.data else {}
+    resp = from_environment().infer(args.name, payload, path=args.route)
+    try:
+        print(json.dumps(resp.json(), indent=2))
+    except ValueError:
+        print(resp.text)
+    if resp.status_code >= 400:
+        print(f"berth: HTTP {resp.status_code} (request id {resp.headers.get('x-user-request-id')})", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _delete(args: argparse.Namespace) -> None:
+    from berth.client import from_environment
+
+    print(from_environment().delete_endpoint(args.name)["message"])
+
+
+def _process(kind: str) -> None:
+    if kind == "up":
+        from berth.up import main as run
+    elif kind == "api":
+        from api.main import main as run
+    elif kind == "scaler":
+        from scaler.main import main as run
+    else:
+        from workers.main import main as run
+    run()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="berth", description="Self-hostable serverless inference.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for kind, text in (
+        ("up", "run NATS, the API, the scaler and an agent on this machine"),
+        ("api", "run the API server"),
+        ("scaler", "run the scaler"),
+        ("agent", "run a fleet agent for this host"),
+    ):
+        sub.add_parser(kind, help=text).set_defaults(func=lambda _a, k=kind: _process(k))
+
+    d = sub.add_parser("deploy", help="deploy a folder with a service.py as an endpoint")
+    d.add_argument("path")
+    d.add_argument("--name")
+    d.add_argument("--min-replicas", type=int, default=0)
+    d.add_argument("--max-replicas", type=int, default=1)
+    d.add_argument("--scale-to-zero", type=int, default=300, help="seconds idle before scaling down")
+    d.add_argument("--concurrency", type=int, default=1, help="requests one replica serves at once")
+    d.add_argument("--timeout", type=float, help="request timeout in seconds")
+    d.add_argument("--public", action="store_true", help="serve inference without a token")
+    d.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    d.set_defaults(func=_deploy)
+
+    e = sub.add_parser("endpoints", help="list endpoints, or show one")
+    e.add_argument("name", nargs="?")
+    e.set_defaults(func=_endpoints)
+
+    i = sub.add_parser("infer", help="call an endpoint")
+    i.add_argument("name")
+    i.add_argument("data", nargs="?", help="JSON body, e.g. '{\"prompt\": \"hi\"}'")
+    i.add_argument("--route", default="/infer")
+    i.set_defaults(func=_infer)
+
+    x = sub.add_parser("delete", help="delete an endpoint")
+    x.add_argument("name")
+    x.set_defaults(func=_delete)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:
+        from berth.client import ApiError
+
+        if isinstance(exc, ApiError):
+            raise SystemExit(f"berth: {exc}") from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

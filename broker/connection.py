@@ -1,0 +1,71 @@
+"""Connecting to NATS, with errors translated into Berth's tree."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from shared.errors import BrokerUnavailable
+
+__all__ = ["Broker", "connect"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Broker:
+    """An open NATS connection and its JetStream context."""
+
+    nc: Client
+    js: JetStreamContext
+    timeout: float
+    _kv: dict[str, KeyValue] = field(default_factory=dict)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        """The bucket's handle, looked up once per connection."""
+        handle = self._kv.get(bucket)
+        if handle is None:
+            handle = self._kv[bucket] = await self.js.key_value(bucket)
+        return handle
+
+    @property
+    def max_payload(self) -> int:
+        return int(self.nc.max_payload)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # already closing or connection lost: nothing left to drain
+                await self.nc.close()
+
+
+async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected from %s", url)
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected")
+
+    try:
+        nc = await nats.connect(
+            url,
+            name=name,
+            connect_timeout=timeout,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+    except Exception as exc:
+        raise BrokerUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
+    return Broker(nc=nc, js=nc.jetstream(timeout=timeout), timeout=timeout)

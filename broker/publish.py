@@ -1,0 +1,68 @@
+"""The API side of the data path: publish a request, wait for its reply.
+
+One wildcard subscription per API instance receives every reply on core NATS;
+a dict of futures keyed by request id routes each to its waiting caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError
+
+from broker.connection import Broker
+from broker.envelope import Reply, RequestEnvelope
+from shared import names
+from shared.errors import BrokerUnavailable
+
+__all__ = ["Requester"]
+
+log = logging.getLogger(__name__)
+
+
+class Requester:
+    def __init__(self, broker: Broker, instance_id: str | None = None):
+        self._broker = broker
+        self._prefix = f"_INBOX.berth.{instance_id or secrets.token_hex(8)}"
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._sub: object | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._broker.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    def reply_subject(self, request_id: str) -> str:
+        return f"{self._prefix}.{request_id}"
+
+    async def _on_reply(self, msg: Msg) -> None:
+        request_id = msg.subject.rsplit(".", 1)[-1]
+        fut = self._waiting.get(request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(Reply.from_message(msg.headers, msg.data))
+
+    def expect(self, request_id: str) -> asyncio.Future[Reply]:
+        """Register interest in a reply *before* publishing, so none can be missed."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        return fut
+
+    def forget(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    async def publish(self, endpoint: str, envelope: RequestEnvelope, body: bytes) -> None:
+        """Store the request durably in JetStream and nudge the scaler."""
+        try:
+            await self._broker.js.publish(
+                names.request_subject(endpoint),
+                body,
+                headers=envelope.to_headers(),
+                timeout=self._broker.timeout,
+            )
+        except (NatsTimeout, NoStreamResponseError, asyncio.TimeoutError) as exc:
+            raise BrokerUnavailable(f"request queue unavailable: {exc!r}") from exc
+        # Core NATS, fire and forget: the scaler reacts at once to demand on an
+        # endpoint; its periodic look at the backlog covers a lost nudge.
+        await self._broker.nc.publish(names.demand_subject(endpoint), b"")

@@ -1,0 +1,115 @@
+"""The agent side of the data path: pull one request when a slot is free, reply, ack.
+
+A pull asks for at most as many messages as there are free slots; a message is
+acked only after its reply was handed to NATS, and kept alive with in-progress
+acks while the replica works on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.client import JetStreamContext
+
+from broker.connection import Broker
+from broker.envelope import Reply, RequestEnvelope
+from broker.streams import MAX_DELIVER
+from shared import names
+
+__all__ = ["Delivery", "Puller", "fail_queued"]
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One request taken from the queue; answer it with :meth:`Puller.reply`."""
+
+    msg: Msg
+    envelope: RequestEnvelope
+    body: bytes
+    attempt: int
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt >= MAX_DELIVER
+
+
+class Puller:
+    def __init__(self, broker: Broker, endpoint: str):
+        self._broker = broker
+        self.endpoint = endpoint
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def open(self) -> None:
+        self._sub = await self._broker.js.pull_subscribe_bind(
+            durable=names.consumer_name(self.endpoint), stream=names.REQUESTS_STREAM
+        )
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def next(self, expires: float) -> Delivery | None:
+        """Wait up to ``expires`` seconds for one request; None if none came."""
+        assert self._sub is not None, "open() first"
+        try:
+            msgs = await self._sub.fetch(1, timeout=expires)
+        except (NatsTimeout, asyncio.TimeoutError):
+            return None
+        msg = msgs[0]
+        envelope = RequestEnvelope.from_headers(msg.headers or {})
+        return Delivery(msg=msg, envelope=envelope, body=msg.data, attempt=msg.metadata.num_delivered)
+
+    async def reply(self, delivery: Delivery, reply: Reply) -> None:
+        """Send the reply, then ack: the request is done."""
+        if delivery.envelope.reply_to:
+            await self._broker.nc.publish(
+                delivery.envelope.reply_to, reply.body, headers=reply.to_headers()
+            )
+            await self._broker.nc.flush(timeout=self._broker.timeout)
+        await delivery.msg.ack()
+
+    async def retry(self, delivery: Delivery, delay: float | None = None) -> None:
+        """Give the request back to the queue for another replica."""
+        await delivery.msg.nak(delay=delay)
+
+    @contextlib.asynccontextmanager
+    async def keepalive(self, delivery: Delivery, every: float) -> AsyncIterator[None]:
+        """Send in-progress acks while the body of the ``async with`` runs."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every)
+                with contextlib.suppress(Exception):
+                    await delivery.msg.in_progress()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def fail_queued(broker: Broker, endpoint: str, reply: Reply, *, limit: int = 100_000) -> int:
+    """Answer every queued request of an endpoint with ``reply`` (a terminal error)."""
+    puller = Puller(broker, endpoint)
+    await puller.open()
+    failed = 0
+    try:
+        while failed < limit:
+            delivery = await puller.next(0.05)
+            if delivery is None:
+                break
+            await puller.reply(delivery, reply)
+            failed += 1
+    finally:
+        await puller.close()
+    return failed

@@ -1,0 +1,134 @@
+"""The JetStream layout: streams, per-endpoint consumers, KV buckets, object store.
+
+Everything here is idempotent: every process calls :func:`ensure_layout` at
+start-up, and the API calls :func:`ensure_endpoint_consumer` whenever an
+endpoint's limits change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from broker.connection import Broker
+from shared import names
+from shared.messages import EndpointSpec
+
+__all__ = [
+    "Backlog",
+    "backlog",
+    "delete_endpoint_consumer",
+    "ensure_endpoint_consumer",
+    "ensure_layout",
+]
+
+# How many times one request is handed to a replica before it is failed for good.
+MAX_DELIVER = 5
+DUPLICATE_WINDOW = 120.0
+
+
+async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
+    js = broker.js
+    await _ensure_stream(
+        broker,
+        StreamConfig(
+            name=names.REQUESTS_STREAM,
+            subjects=[f"{names.REQUEST_SUBJECT_PREFIX}*"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+            max_msg_size=-1,
+        ),
+    )
+    await _ensure_stream(
+        broker,
+        StreamConfig(
+            name=names.EVENTS_STREAM,
+            subjects=[f"{names.EVENT_SUBJECT_PREFIX}>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=7 * 24 * 3600.0,
+            max_msgs=1_000_000,
+        ),
+    )
+    for bucket, ttl in (
+        (names.KV_ENDPOINTS, None),
+        (names.KV_REPLICAS, replica_ttl),
+        (names.KV_AGENTS, replica_ttl),
+        (names.KV_ACTIVITY, None),
+    ):
+        try:
+            await js.key_value(bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(bucket=bucket, history=1, ttl=ttl)
+    try:
+        await js.object_store(names.OBJ_MODELS)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_object_store(names.OBJ_MODELS)
+
+
+async def _ensure_stream(broker: Broker, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await broker.js.stream_info(config.name)
+    except NotFoundError:
+        await broker.js.add_stream(config)
+    else:
+        await broker.js.update_stream(config)
+
+
+def ack_wait_for(spec: EndpointSpec, ack_wait: float) -> float:
+    # In-progress acks keep long requests alive, so ack_wait only bounds how
+    # long a request stays invisible after its agent vanished.
+    return max(1.0, min(ack_wait, spec.request_timeout))
+
+
+async def ensure_endpoint_consumer(broker: Broker, spec: EndpointSpec, *, ack_wait: float = 30.0) -> None:
+    """Create or update the endpoint's durable pull consumer (``ep-<name>``)."""
+    config = ConsumerConfig(
+        durable_name=names.consumer_name(spec.name),
+        filter_subject=names.request_subject(spec.name),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait_for(spec, ack_wait),
+        max_deliver=MAX_DELIVER,
+        max_ack_pending=max(1, spec.max_replicas * spec.concurrency_per_replica),
+        max_waiting=4096,
+    )
+    await broker.js.add_consumer(names.REQUESTS_STREAM, config)
+
+
+async def delete_endpoint_consumer(broker: Broker, endpoint: str) -> None:
+    try:
+        await broker.js.delete_consumer(names.REQUESTS_STREAM, names.consumer_name(endpoint))
+    except NotFoundError:
+        pass
+    await broker.js.purge_stream(names.REQUESTS_STREAM, subject=names.request_subject(endpoint))
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    queued: int
+    in_flight: int
+
+    def replicas_needed(self, concurrency: int) -> int:
+        return math.ceil((self.queued + self.in_flight) / max(1, concurrency))
+
+
+async def backlog(broker: Broker, endpoint: str) -> Backlog | None:
+    """Queued and in-flight requests of an endpoint, or None if it has no consumer."""
+    try:
+        info = await broker.js.consumer_info(names.REQUESTS_STREAM, names.consumer_name(endpoint))
+    except NotFoundError:
+        return None
+    return Backlog(queued=info.num_pending or 0, in_flight=info.num_ack_pending or 0)

@@ -1,0 +1,270 @@
+"""The scaler: observe backlog, replicas and activity; decide with the policy; act via agents.
+
+It reacts to each request the moment it lands (the API's demand nudge on
+``berth.demand.<endpoint>``) and looks at every endpoint once per tick, which
+also covers a lost nudge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import orjson
+from nats.aio.msg import Msg
+
+from broker.connection import Broker
+from broker.envelope import Reply
+from broker.events import publish_event
+from broker.pull import fail_queued
+from broker.registry import KvView
+from broker.streams import backlog
+from scaler.placement import place
+from scaler.policy import Decision, Observation, ReplicaView, decide
+from shared import names
+from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord, ReplicaState, StartReplica, StopReplica
+from shared.settings import ScalerSettings
+
+__all__ = ["Scaler"]
+
+log = logging.getLogger(__name__)
+
+# Event-driven passes are at most this often, so a stream of requests costs a few
+# evaluations a second, not one per request.
+MIN_PASS_INTERVAL = 0.05
+
+
+@dataclass(slots=True)
+class PendingStart:
+    endpoint: str
+    agent_id: str
+    issued_at: float
+
+
+@dataclass(slots=True)
+class StartFailure:
+    count: int
+    until: float
+    reason: str
+
+
+class Scaler:
+    def __init__(self, settings: ScalerSettings, broker: Broker):
+        self.settings = settings
+        self.broker = broker
+        self.endpoints: KvView[EndpointSpec] = KvView(broker, names.KV_ENDPOINTS, EndpointSpec, self._changed)
+        self.replicas: KvView[ReplicaRecord] = KvView(broker, names.KV_REPLICAS, ReplicaRecord, self._changed)
+        self.agents: KvView[AgentRecord] = KvView(broker, names.KV_AGENTS, AgentRecord)
+        self.activity: dict[str, float] = {}
+        self.pending: dict[str, PendingStart] = {}
+        self.failures: dict[str, StartFailure] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._shutdown = asyncio.Event()
+        self._started_at = time.time()
+
+    def _changed(self, key: str, _value: object) -> None:
+        self._mark(key.split(".", 1)[0])
+
+    def _mark(self, endpoint: str) -> None:
+        self._dirty.add(endpoint)
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        for view in (self.endpoints, self.replicas, self.agents):
+            await view.start()
+        nc = self.broker.nc
+        subs = [
+            await nc.subscribe(f"{names.DEMAND_SUBJECT_PREFIX}*", cb=self._on_demand),
+            await nc.subscribe(f"{names.EVENT_SUBJECT_PREFIX}replica.*", cb=self._on_replica_event),
+        ]
+        log.info("scaler running (%d endpoints known)", len(self.endpoints.items))
+        try:
+            next_tick = time.monotonic()
+            while not self._shutdown.is_set():
+                timeout = max(0.0, next_tick - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+                if self._shutdown.is_set():
+                    break
+                self._wake.clear()
+                if time.monotonic() >= next_tick:
+                    todo = set(self.endpoints.items) | {r.endpoint for r in self.replicas.items.values()}
+                    next_tick = time.monotonic() + self.settings.tick_interval
+                else:
+                    todo = set()
+                todo |= self._dirty
+                self._dirty.clear()
+                for endpoint in sorted(todo):
+                    try:
+                        await self.evaluate(endpoint)
+                    except Exception:
+                        log.exception("evaluating %s failed", endpoint)
+                await asyncio.sleep(MIN_PASS_INTERVAL)
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            for view in (self.endpoints, self.replicas, self.agents):
+                await view.stop()
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    async def _on_demand(self, msg: Msg) -> None:
+        endpoint = msg.subject.removeprefix(names.DEMAND_SUBJECT_PREFIX)
+        now = time.time()
+        self.activity[endpoint] = now
+        failure = self.failures.get(endpoint)
+        if failure is not None and now < failure.until and not self._live(endpoint, now):
+            # The model cannot start right now: answer at once instead of queueing.
+            await self._fail_waiting(endpoint, failure)
+        self._mark(endpoint)
+
+    async def _on_replica_event(self, msg: Msg) -> None:
+        try:
+            event = orjson.loads(msg.data)["event"]
+        except (ValueError, KeyError):
+            return
+        endpoint, type_ = event.get("endpoint", ""), event.get("type")
+        now = time.time()
+        if type_ == "replica_start_failed":
+            previous = self.failures.get(endpoint)
+            count = previous.count + 1 if previous else 1
+            delay = min(self.settings.start_backoff * 2 ** (count - 1), self.settings.start_backoff_max)
+            failure = StartFailure(count=count, until=now + delay, reason=event["details"].get("reason", "unknown"))
+            self.failures[endpoint] = failure
+            await publish_event(
+                self.broker, "scale", endpoint, "start_backoff", level="warning",
+                reason=failure.reason, retry_in_s=round(delay, 1), failures=count,
+            )
+            if not self._live(endpoint, now, exclude=msg_replica(msg)):
+                await self._fail_waiting(endpoint, failure)
+        elif type_ == "replica_ready":
+            self.failures.pop(endpoint, None)
+        self._mark(endpoint)
+
+    async def _fail_waiting(self, endpoint: str, failure: StartFailure) -> None:
+        message = f"no replica of endpoint {endpoint!r} could start: {failure.reason}"
+        reply = Reply.failure(503, "replica_failed", message)
+        retry_after = max(1, round(failure.until - time.time()))
+        reply.headers.append(("retry-after", str(retry_after)))
+        failed = await fail_queued(self.broker, endpoint, reply)
+        if failed:
+            log.warning("%s: failed %d queued request(s): %s", endpoint, failed, failure.reason)
+
+    def _live(self, endpoint: str, now: float, exclude: str | None = None) -> bool:
+        """Whether any replica of the endpoint is starting or ready (or about to be)."""
+        if any(p.endpoint == endpoint and p_id != exclude for p_id, p in self.pending.items()):
+            return True
+        return any(
+            r.endpoint == endpoint and r.replica_id != exclude and r.fresh(now)
+            and r.state in (ReplicaState.STARTING, ReplicaState.READY)
+            for r in self.replicas.items.values()
+        )
+
+    # -- decide and act --------------------------------------------------------------------
+
+    def observe(self, endpoint: str, spec: EndpointSpec, queued: int, in_flight: int, now: float) -> Observation:
+        records = [r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)]
+        for rid, p in list(self.pending.items()):
+            if any(r.replica_id == rid for r in records) or now - p.issued_at > self.settings.start_timeout:
+                del self.pending[rid]
+        last = max(
+            [self.activity.get(endpoint, self._started_at)]
+            + [r.last_done_at for r in records if r.last_done_at]
+        )
+        failure = self.failures.get(endpoint)
+        return Observation(
+            spec=spec,
+            queued=queued,
+            in_flight=in_flight,
+            replicas=tuple(ReplicaView(r.replica_id, r.state, r.in_flight, r.ready_at) for r in records),
+            pending_starts=sum(1 for p in self.pending.values() if p.endpoint == endpoint),
+            last_activity=last,
+            now=now,
+            backoff_until=failure.until if failure else 0.0,
+        )
+
+    async def evaluate(self, endpoint: str) -> Decision:
+        now = time.time()
+        spec = self.endpoints.items.get(endpoint)
+        if spec is None:  # deleted: drain whatever still runs
+            for r in [r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)]:
+                await self._stop(r, "endpoint deleted", only_if_idle=False)
+            return Decision()
+        bl = await backlog(self.broker, endpoint)
+        obs = self.observe(endpoint, spec, bl.queued if bl else 0, bl.in_flight if bl else 0, now)
+        decision = decide(obs)
+        if decision.noop:
+            return decision
+        started = 0
+        for _ in range(decision.start):
+            if not await self._start(spec, now):
+                break
+            started += 1
+        for rid in decision.stop:
+            record = self.replicas.items.get(names.replica_key(endpoint, rid))
+            if record is not None:
+                await self._stop(record, decision.reason, only_if_idle=True)
+        await publish_event(
+            self.broker, "scale", endpoint, "scale_decision", reason=decision.reason,
+            start=started, stop=list(decision.stop), queued=obs.queued, in_flight=obs.in_flight,
+        )
+        if started < decision.start:
+            await publish_event(
+                self.broker, "scale", endpoint, "no_capacity", level="warning",
+                reason=f"no agent had a free slot for {decision.start - started} replica(s)",
+            )
+        return decision
+
+    async def _start(self, spec: EndpointSpec, now: float) -> bool:
+        agents = [a for a in self.agents.items.values() if a.fresh(now)]
+        on_agent = Counter(
+            r.agent_id for r in self.replicas.items.values() if r.endpoint == spec.name and r.fresh(now)
+        )
+        pending_on = Counter(p.agent_id for p in self.pending.values())
+        tried: set[str] = set()
+        while (agent_id := place(agents, on_agent, pending_on, exclude=frozenset(tried))) is not None:
+            tried.add(agent_id)
+            replica_id = secrets.token_hex(4)
+            cmd = StartReplica(replica_id=replica_id, spec=spec)
+            try:
+                resp = await self.broker.nc.request(
+                    names.agent_subject(agent_id, "start"), cmd.model_dump_json().encode(),
+                    timeout=self.settings.nats_timeout,
+                )
+                answer = orjson.loads(resp.data)
+            except Exception as exc:
+                log.warning("agent %s did not take a start: %r", agent_id, exc)
+                continue
+            if answer.get("ok"):
+                self.pending[replica_id] = PendingStart(spec.name, agent_id, now)
+                return True
+        return False
+
+    async def _stop(self, record: ReplicaRecord, reason: str, *, only_if_idle: bool) -> None:
+        cmd = StopReplica(endpoint=record.endpoint, replica_id=record.replica_id, reason=reason, only_if_idle=only_if_idle)
+        try:
+            await self.broker.nc.request(
+                names.agent_subject(record.agent_id, "stop"), cmd.model_dump_json().encode(),
+                timeout=self.settings.nats_timeout,
+            )
+        except Exception as exc:
+            log.warning("agent %s did not take a stop: %r", record.agent_id, exc)
+
+
+def msg_replica(msg: Msg) -> str | None:
+    try:
+        return orjson.loads(msg.data).get("replica_id")  # type: ignore[no-any-return]
+    except ValueError:
+        return None

@@ -1,0 +1,101 @@
+"""Wire messages exchanged over NATS between the API, the scaler and agents.
+
+These are versioned pydantic models, separate from the DB tables: a table model
+never crosses NATS.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "STALE_AFTER",
+    "AgentRecord",
+    "EndpointSpec",
+    "ReplicaRecord",
+    "ReplicaState",
+    "StartReplica",
+    "StopReplica",
+]
+
+
+# A record not refreshed for this long belongs to an agent that is gone; agents
+# refresh theirs at least three times within it (AgentSettings.heartbeat_interval).
+STALE_AFTER = 15.0
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+class EndpointSpec(BaseModel):
+    """What the scaler and agents need to know about an endpoint (mirrored to KV)."""
+
+    v: int = 1
+    name: str
+    model_id: str | None = None
+    image_url: str | None = None
+    port: int = 8080
+    health_check_path: str = "/healthcheck"
+    min_replicas: int = 0
+    max_replicas: int = 1
+    scale_to_zero: int = 300
+    concurrency_per_replica: int = 1
+    request_timeout: float = 300.0
+    env_overrides: dict[str, str] = Field(default_factory=dict)
+    instance_type: str = "cpu"
+    public: bool = False
+    disabled: bool = False
+    revision: int = 0
+
+
+class StartReplica(BaseModel):
+    v: int = 1
+    replica_id: str
+    spec: EndpointSpec
+
+
+class StopReplica(BaseModel):
+    v: int = 1
+    endpoint: str
+    replica_id: str
+    reason: str
+    # Only stop if the replica has nothing in flight (scale-down); the agent decides atomically.
+    only_if_idle: bool = True
+
+
+class ReplicaRecord(BaseModel):
+    """A replica as its agent reports it, kept in the replicas KV bucket."""
+
+    v: int = 1
+    endpoint: str
+    replica_id: str
+    agent_id: str
+    state: ReplicaState
+    in_flight: int = 0
+    restarts: int = 0
+    started_at: float
+    ready_at: float | None = None
+    last_done_at: float | None = None
+    reason: str | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+    def fresh(self, now: float) -> bool:
+        return now - self.updated_at < STALE_AFTER
+
+
+class AgentRecord(BaseModel):
+    v: int = 1
+    agent_id: str
+    slots: int
+    used_slots: int
+    updated_at: float = Field(default_factory=time.time)
+
+    def fresh(self, now: float) -> bool:
+        return now - self.updated_at < STALE_AFTER

@@ -1,0 +1,156 @@
+"""SQLModel tables and their API shapes, layered per resource.
+
+``EndpointBase`` → ``EndpointCreate`` / ``EndpointUpdate`` → ``Endpoint`` (the
+table) → ``EndpointPublic`` (what routes return). Field names are OctoAI's;
+Berth's additions (``model_id``, ``request_timeout``, ``max_queue_length``) are
+additive.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import field_validator, model_validator
+from sqlalchemy import JSON
+from sqlmodel import Field, SQLModel
+
+from shared.names import ENDPOINT_NAME_RE
+
+__all__ = [
+    "Endpoint",
+    "EndpointCreate",
+    "EndpointPublic",
+    "EndpointState",
+    "EndpointUpdate",
+    "ReplicaPublic",
+    "Visibility",
+]
+
+
+class Visibility(StrEnum):
+    PRIVATE = "private"
+    PUBLIC = "public"
+
+
+class EndpointState(StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+def _check_path(value: str | None) -> str | None:
+    if value is not None and not value.startswith("/"):
+        raise ValueError("must start with '/'")
+    return value
+
+
+class EndpointBase(SQLModel):
+    display_name: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    image_url: str | None = Field(default=None, max_length=1000)
+    model_id: str | None = Field(default=None, max_length=100)
+    port: int = Field(default=8080, ge=1, le=65535)
+    min_replicas: int = Field(default=0, ge=0, le=999)
+    max_replicas: int = Field(default=1, ge=0, le=999)
+    scale_to_zero: int = Field(default=300, ge=0, le=3600)
+    concurrency_per_replica: int = Field(default=1, ge=1, le=500)
+    visibility: Visibility = Visibility.PRIVATE
+    endpoint_state: EndpointState = EndpointState.ACTIVE
+    health_check_path: str = Field(default="/healthcheck", max_length=500)
+    instance_type: str = Field(default="cpu", max_length=100)
+    registry_credential: str | None = Field(default=None, max_length=200)
+    env_overrides: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    container_secrets: list[str] = Field(default_factory=list, sa_type=JSON)
+    request_timeout: float = Field(default=300.0, gt=0, le=86400)
+    max_queue_length: int | None = Field(default=None, ge=0)
+
+
+class EndpointCreate(EndpointBase):
+    name: str = Field(max_length=63)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not ENDPOINT_NAME_RE.match(value):
+            raise ValueError(
+                "must be a DNS label: 1-63 lowercase letters, digits or '-', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("health_check_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        _check_path(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EndpointCreate:
+        check_endpoint_config(self.model_dump())
+        return self
+
+
+class EndpointUpdate(SQLModel):
+    """PATCH body: every field optional; only the fields sent are changed."""
+
+    display_name: str | None = None
+    description: str | None = None
+    image_url: str | None = None
+    model_id: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    min_replicas: int | None = Field(default=None, ge=0, le=999)
+    max_replicas: int | None = Field(default=None, ge=0, le=999)
+    scale_to_zero: int | None = Field(default=None, ge=0, le=3600)
+    concurrency_per_replica: int | None = Field(default=None, ge=1, le=500)
+    visibility: Visibility | None = None
+    endpoint_state: EndpointState | None = None
+    health_check_path: str | None = None
+    instance_type: str | None = None
+    registry_credential: str | None = None
+    env_overrides: dict[str, str] | None = None
+    container_secrets: list[str] | None = None
+    request_timeout: float | None = Field(default=None, gt=0, le=86400)
+    max_queue_length: int | None = Field(default=None, ge=0)
+
+    @field_validator("health_check_path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return _check_path(value)
+
+
+def check_endpoint_config(values: dict[str, Any]) -> None:
+    """Cross-field rules, shared by create and by update (on the merged result)."""
+    if values["min_replicas"] > values["max_replicas"]:
+        raise ValueError("min_replicas must not exceed max_replicas")
+    if not values.get("image_url") and not values.get("model_id"):
+        raise ValueError("one of image_url or model_id is required")
+    if values.get("image_url") and values.get("model_id"):
+        raise ValueError("give image_url or model_id, not both")
+
+
+class Endpoint(EndpointBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=63, unique=True, index=True)
+    revision: int = 0
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+class ReplicaPublic(SQLModel):
+    """OctoAI's replica shape; ``age`` is seconds since ready, -1 if not ready."""
+
+    account_key: str = "default"
+    endpoint_name: str
+    replica_id: str
+    status: Literal["pending", "running", "succeeded", "failed", "unknown"]
+    restarts: int = 0
+    age: int = -1
+
+
+class EndpointPublic(EndpointBase):
+    name: str
+    endpoint: str
+    replicas: list[ReplicaPublic] = Field(default_factory=list)
+    created_at: float
+    updated_at: float

@@ -1,0 +1,50 @@
+"""Names that are part of Berth's NATS contract (see docs/design.md).
+
+Changing a name here changes the wire; agents, scalers and API instances of
+different versions must agree on them.
+"""
+
+from __future__ import annotations
+
+import re
+
+REQUESTS_STREAM = "BERTH_REQUESTS"
+REQUEST_SUBJECT_PREFIX = "berth.req."
+EVENTS_STREAM = "BERTH_EVENTS"
+EVENT_SUBJECT_PREFIX = "berth.evt."
+DEMAND_SUBJECT_PREFIX = "berth.demand."
+AGENT_SUBJECT_PREFIX = "berth.agent."
+
+KV_ENDPOINTS = "berth_endpoints"
+KV_REPLICAS = "berth_replicas"
+KV_AGENTS = "berth_agents"
+KV_ACTIVITY = "berth_activity"
+OBJ_MODELS = "berth_models"
+
+# An endpoint name is a DNS label: it becomes a subject token, a KV key part,
+# a consumer name and (with BERTH_ENDPOINT_DOMAIN) a host name.
+ENDPOINT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def request_subject(endpoint: str) -> str:
+    return f"{REQUEST_SUBJECT_PREFIX}{endpoint}"
+
+
+def consumer_name(endpoint: str) -> str:
+    return f"ep-{endpoint}"
+
+
+def demand_subject(endpoint: str) -> str:
+    return f"{DEMAND_SUBJECT_PREFIX}{endpoint}"
+
+
+def event_subject(kind: str, endpoint: str) -> str:
+    return f"{EVENT_SUBJECT_PREFIX}{kind}.{endpoint}"
+
+
+def agent_subject(agent_id: str, verb: str) -> str:
+    return f"{AGENT_SUBJECT_PREFIX}{agent_id}.{verb}"
+
+
+def replica_key(endpoint: str, replica_id: str) -> str:
+    return f"{endpoint}.{replica_id}"

@@ -1,0 +1,93 @@
+"""Settings, one class per process kind, read from ``BERTH_*`` environment variables.
+
+Built in each entrypoint and passed down; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "AgentSettings",
+    "ApiSettings",
+    "CommonSettings",
+    "ScalerSettings",
+    "UpSettings",
+    "default_data_dir",
+]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "berth"
+
+
+class CommonSettings(BaseSettings):
+    """What every Berth process needs: where state lives and where NATS is."""
+
+    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Bound on every call that crosses to NATS (publish ack, KV, consumer info).
+    nats_timeout: float = 5.0
+    log_level: str = "INFO"
+
+
+class ApiSettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_token: SecretStr | None = None
+    database_url: str | None = None
+    # Host-based routing: <endpoint>.<endpoint_domain> serves that endpoint.
+    endpoint_domain: str | None = None
+    # External base URL used in responses (endpoint URLs); derived from host/port if unset.
+    public_url: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    default_request_timeout: float = 300.0
+    # How long a cached endpoint lookup on the data plane may be stale.
+    endpoint_cache_ttl: float = 2.0
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'berth.db'}"
+
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class AgentSettings(CommonSettings):
+    agent_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
+    # Address replicas listen on; the agent forwards requests there.
+    replica_host: str = "127.0.0.1"
+    heartbeat_interval: float = 2.0
+    # Time from start to a 200 on the health check before the replica is declared failed.
+    startup_budget: float = 300.0
+    health_interval: float = 2.0
+    health_failures_to_restart: int = 3
+    # JetStream redelivers a message this long after its last ack/in-progress signal.
+    ack_wait: float = 30.0
+    # How long one idle pull waits before asking again (bounds stop latency).
+    pull_expires: float = 2.0
+    stop_grace: float = 10.0
+    # Number of (virtual) hardware slots this agent offers; GPUs are counted by issue #3.
+    slots: int = 8
+
+
+class ScalerSettings(CommonSettings):
+    tick_interval: float = 1.0
+    # A start that has not become a replica record within this long is forgotten.
+    start_timeout: float = 330.0
+    # After a failed start, wait this long (doubling, capped) before trying again.
+    start_backoff: float = 2.0
+    start_backoff_max: float = 60.0
+
+
+class UpSettings(ApiSettings, AgentSettings, ScalerSettings):
+    """``berth up``: everything on one machine, with an embedded nats-server."""
+
+    nats_port: int = 0  # 0 = any free port, written to <data_dir>/nats-url

@@ -1,0 +1,167 @@
+"""The fleet agent: one per host; runs the replicas the scaler asks for.
+
+Commands arrive as NATS requests on ``berth.agent.<id>.start`` / ``.stop``; the
+agent answers at once and does the work in the background. Replica records
+(the replicas KV bucket) and the agent's own record are written on every
+change and refreshed by a heartbeat, so a reader can tell a live replica from
+one whose agent vanished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import orjson
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from broker.connection import Broker
+from broker.registry import delete_key, put_model
+from shared import names
+from shared.messages import AgentRecord, ReplicaRecord, StartReplica, StopReplica
+from shared.settings import AgentSettings
+from workers.runtimes.base import Runtime
+from workers.supervisor import ReplicaSupervisor
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, broker: Broker, runtime: Runtime):
+        self.settings = settings
+        self.broker = broker
+        self.runtime = runtime
+        self.id = settings.agent_id
+        self.work_dir = Path(settings.data_dir) / f"agent-{self.id}"
+        self.replicas: dict[str, ReplicaSupervisor] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._shutdown = asyncio.Event()
+        self._subs: list[object] = []
+
+    @property
+    def used_slots(self) -> int:
+        return len(self.replicas)
+
+    def record(self) -> AgentRecord:
+        return AgentRecord(agent_id=self.id, slots=self.settings.slots, used_slots=self.used_slots)
+
+    async def run(self) -> None:
+        """Serve until :meth:`shutdown`; then drain every replica and return."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        await self._forget_previous_life()
+        if hasattr(self.runtime, "prepare"):
+            await self.runtime.prepare()
+        nc = self.broker.nc
+        self._subs = [
+            await nc.subscribe(names.agent_subject(self.id, "start"), cb=self._on_start),
+            await nc.subscribe(names.agent_subject(self.id, "stop"), cb=self._on_stop),
+        ]
+        await put_model(self.broker, names.KV_AGENTS, self.id, self.record())
+        log.info("agent %s ready (%s runtime, %d slots)", self.id, self.runtime.name, self.settings.slots)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._shutdown.wait()
+        finally:
+            heartbeat.cancel()
+            for sub in self._subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()  # type: ignore[attr-defined]
+            await self._drain()
+            with contextlib.suppress(Exception):
+                await delete_key(self.broker, names.KV_AGENTS, self.id)
+            await self.runtime.close()
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def _drain(self) -> None:
+        for sup in self.replicas.values():
+            sup.request_stop("agent shutting down", only_if_idle=False)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.stop_grace + self.settings.pull_expires + 5)
+
+    async def _forget_previous_life(self) -> None:
+        """Records left by an earlier run of this agent describe replicas that are gone."""
+        kv = await self.broker.kv(names.KV_REPLICAS)
+        with contextlib.suppress(Exception):
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                if entry.value and orjson.loads(entry.value).get("agent_id") == self.id:
+                    await kv.delete(key)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                for sup in list(self.replicas.values()):
+                    await self._publish_record(sup.record, sup)
+                await put_model(self.broker, names.KV_AGENTS, self.id, self.record())
+            except Exception as exc:
+                log.warning("heartbeat failed: %r", exc)
+
+    async def _publish_record(self, record: ReplicaRecord, sup: ReplicaSupervisor | None = None) -> None:
+        if sup is not None:
+            record.in_flight = sup.in_flight
+        record.updated_at = time.time()
+        await put_model(self.broker, names.KV_REPLICAS, names.replica_key(record.endpoint, record.replica_id), record)
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _respond(self, msg: Msg, ok: bool, reason: str = "") -> None:
+        if msg.reply:
+            await msg.respond(orjson.dumps({"ok": ok, "reason": reason}))
+
+    async def _on_start(self, msg: Msg) -> None:
+        try:
+            cmd = StartReplica.model_validate_json(msg.data)
+        except ValidationError as exc:
+            await self._respond(msg, False, f"bad command: {exc}")
+            return
+        if cmd.replica_id in self.replicas:
+            await self._respond(msg, True, "already running")
+            return
+        if self.used_slots >= self.settings.slots or self._shutdown.is_set():
+            await self._respond(msg, False, "no free slot")
+            return
+
+        async def changed(record: ReplicaRecord) -> None:
+            await self._publish_record(record, sup)
+
+        sup = ReplicaSupervisor(
+            replica_id=cmd.replica_id, spec=cmd.spec, broker=self.broker, runtime=self.runtime,
+            settings=self.settings, work_dir=self.work_dir, on_change=changed,
+        )
+        self.replicas[cmd.replica_id] = sup
+        await self._publish_record(sup.record, sup)
+        task = asyncio.create_task(self._supervise(sup), name=f"replica:{cmd.replica_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await self._respond(msg, True)
+
+    async def _supervise(self, sup: ReplicaSupervisor) -> None:
+        try:
+            await sup.run()
+        finally:
+            self.replicas.pop(sup.replica_id, None)
+            # Why a replica failed travels in its events; the record goes either way.
+            with contextlib.suppress(Exception):
+                await delete_key(self.broker, names.KV_REPLICAS, names.replica_key(sup.spec.name, sup.replica_id))
+
+    async def _on_stop(self, msg: Msg) -> None:
+        try:
+            cmd = StopReplica.model_validate_json(msg.data)
+        except ValidationError as exc:
+            await self._respond(msg, False, f"bad command: {exc}")
+            return
+        sup = self.replicas.get(cmd.replica_id)
+        if sup is None:
+            await self._respond(msg, True, "not running")
+            return
+        ok = sup.request_stop(cmd.reason, only_if_idle=cmd.only_if_idle)
+        await self._respond(msg, ok, "" if ok else "busy or starting")

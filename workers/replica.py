@@ -1,0 +1,56 @@
+"""Entry point of a replica process: ``python -m workers.replica <model-dir>``.
+
+Loads the folder's ``service.py``, builds the model server and serves it on
+``$PORT``. Used by the process runtime and as the CMD of built images.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from workers.server import build_app, setup_failure_exit
+from workers.service import Service, find_service
+
+
+def load_service(model_dir: Path) -> Service:
+    path = model_dir / "service.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no service.py in {model_dir}")
+    sys.path.insert(0, str(model_dir))
+    spec = importlib.util.spec_from_file_location("service", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["service"] = module
+    spec.loader.exec_module(module)
+    return find_service(module)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    model_dir = Path(args[0] if args else os.environ.get("BERTH_MODEL_DIR", ".")).resolve()
+    logging.basicConfig(level=os.environ.get("BERTH_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        service = load_service(model_dir)
+        app = build_app(service, on_setup_failure=setup_failure_exit)
+    except Exception as exc:
+        print(f"berth: cannot load service: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from exc
+    config = uvicorn.Config(
+        app,
+        host=os.environ.get("BERTH_REPLICA_HOST", "0.0.0.0"),
+        port=int(os.environ.get("PORT", "8080")),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

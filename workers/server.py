@@ -1,0 +1,165 @@
+"""The model server inside a replica, on OctoAI's contract.
+
+``GET /healthcheck`` answers 503 ``{"status": "LOADING"}`` while ``setup()``
+runs and 200 ``{"status": "RUNNING"}`` after; ``POST /infer`` takes the typed
+inputs of ``infer`` as a JSON object and answers ``{"output": ...,
+"analytics": {"inference_time_ms": ...}}``; extra public methods are extra
+routes; ``/openapi.json`` and ``/docs`` describe it all. One request runs at a
+time unless the service says otherwise.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must see the real
+# input models built at run time in the handlers' signatures.
+
+import asyncio
+import inspect
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from enum import StrEnum
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from workers.service import Service, public_routes
+
+__all__ = ["State", "build_app", "input_model"]
+
+log = logging.getLogger("berth.replica")
+
+
+class State(StrEnum):
+    LOADING = "LOADING"
+    RUNNING = "RUNNING"
+    FAILED = "FAILED"
+
+
+def input_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
+    """A pydantic model of a method's keyword inputs; every input must be annotated."""
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.annotation is inspect.Parameter.empty:
+            raise TypeError(f"{fn.__qualname__}: input {param.name!r} needs a type annotation")
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (param.annotation, default)
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def build_app(service: Service, *, on_setup_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+    status = {"state": State.LOADING, "error": None}
+    lock = asyncio.Lock()
+
+    async def call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        async with lock:
+            if inspect.iscoroutinefunction(fn):
+                return await fn(**kwargs)
+            return await run_in_threadpool(fn, **kwargs)
+
+    async def load() -> None:
+        try:
+            await run_in_threadpool(service.setup)
+        except BaseException as exc:
+            status["state"] = State.FAILED
+            status["error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            if on_setup_failure is not None:
+                on_setup_failure(exc)
+            return
+        status["state"] = State.RUNNING
+        log.info("setup complete; serving")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        await run_in_threadpool(service.on_server_startup)
+        loader = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await run_in_threadpool(service.on_server_shutdown)
+
+    app = FastAPI(title=type(service).__name__, lifespan=lifespan)
+    extra_schemas: dict[str, Any] = {}
+
+    @app.get("/healthcheck")
+    async def healthcheck() -> JSONResponse:
+        state = status["state"]
+        body: dict[str, Any] = {"status": str(state)}
+        if state is State.RUNNING:
+            return JSONResponse(body)
+        if status["error"]:
+            body["error"] = status["error"]
+        return JSONResponse(body, status_code=503 if state is State.LOADING else 500)
+
+    def add(path: str, fn: Callable[..., Any], model_name: str) -> None:
+        Input = input_model(fn, model_name)
+        schema = Input.model_json_schema(ref_template="#/components/schemas/{model}")
+        defs = schema.pop("$defs", {})
+
+        async def handler(request: Request) -> Any:
+            if status["state"] is not State.RUNNING:
+                return _error(503, "not_ready", f"replica is {status['state']}")
+            raw = await request.body()
+            # Any content type: callers such as `curl -d` send JSON as a form.
+            try:
+                payload = Input.model_validate_json(raw or b"{}")
+            except ValidationError as exc:
+                return _error(422, "invalid_input", "input does not match the schema",
+                              details=exc.errors(include_url=False, include_context=False, include_input=False))
+            started = time.perf_counter()
+            kwargs = {name: getattr(payload, name) for name in type(payload).model_fields}
+            output = await call(fn, kwargs)
+            elapsed = (time.perf_counter() - started) * 1000
+            return {"output": output, "analytics": {"inference_time_ms": round(elapsed, 3)}}
+
+        app.add_api_route(
+            path,
+            handler,
+            methods=["POST"],
+            name=path.strip("/") or "root",
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": schema}},
+                }
+            },
+        )
+        extra_schemas.update(defs)
+
+    add("/infer", service.infer, "InferInput")
+    for path, method in public_routes(service).items():
+        add(path, method, "".join(p.title() for p in path.strip("/").split("-")) + "Input")
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = default_openapi()
+        if extra_schemas:
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(extra_schemas)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _error(status_code: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status_code)
+
+
+def setup_failure_exit(exc: BaseException) -> None:
+    """Default in a replica process: say why on stderr and exit, so the agent can report it."""
+    print(f"berth: setup() failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    import os
+
+    os._exit(3)

@@ -1,0 +1,319 @@
+"""One replica's whole life: launch, wait healthy, serve from the queue, restart, drain.
+
+The supervisor owns the replica's pull loops, so it alone knows whether the
+replica is busy: a stop that asks for an idle replica is refused while a
+request is in flight, which makes "never stop a busy replica" hold by
+construction rather than by the scaler's (older) view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from broker.artifacts import fetch_model
+from broker.connection import Broker
+from broker.envelope import Reply
+from broker.events import publish_event
+from broker.pull import Delivery, Puller
+from shared.errors import BerthError
+from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
+from shared.settings import AgentSettings
+from workers.forward import ReplicaGone, ReplicaTimeout, forward
+from workers.runtimes.base import Launch, Replica, Runtime, failure_reason
+
+__all__ = ["ReplicaSupervisor", "StartFailed"]
+
+log = logging.getLogger(__name__)
+
+# A replica that was ready and then keeps failing is restarted with this backoff,
+# and given up after this many failures in a row.
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+STABLE_AFTER = 60.0
+
+
+class StartFailed(Exception):
+    """The replica never became healthy; ``str(exc)`` is the reason shown to users."""
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ReplicaSupervisor:
+    def __init__(
+        self,
+        *,
+        replica_id: str,
+        spec: EndpointSpec,
+        broker: Broker,
+        runtime: Runtime,
+        settings: AgentSettings,
+        work_dir: Path,
+        on_change: Callable[[ReplicaRecord], Awaitable[None]],
+    ):
+        self.replica_id = replica_id
+        self.spec = spec
+        self._broker = broker
+        self._runtime = runtime
+        self._settings = settings
+        self._work_dir = work_dir
+        self._on_change = on_change
+        now = time.time()
+        self.record = ReplicaRecord(
+            endpoint=spec.name, replica_id=replica_id, agent_id=settings.agent_id,
+            state=ReplicaState.STARTING, started_at=now,
+        )
+        self.in_flight = 0
+        self._stop = asyncio.Event()
+        self._broken = asyncio.Event()
+        self._broken_reason = ""
+        self._replica: Replica | None = None
+
+    # -- control ---------------------------------------------------------------------------
+
+    def request_stop(self, reason: str, *, only_if_idle: bool) -> bool:
+        """Ask the replica to drain and stop; refused if ``only_if_idle`` and it is busy or starting."""
+        if only_if_idle and (self.in_flight > 0 or self.record.state is not ReplicaState.READY):
+            return False
+        if self._stop.is_set():
+            return True
+        log.info("stopping replica %s of %s: %s", self.replica_id, self.spec.name, reason)
+        self._stop.set()
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def _set_state(self, state: ReplicaState, reason: str | None = None) -> None:
+        self.record.state = state
+        self.record.reason = reason
+        self.record.in_flight = self.in_flight
+        self.record.updated_at = time.time()
+        if state is ReplicaState.READY:
+            self.record.ready_at = self.record.updated_at
+        await self._on_change(self.record)
+
+    async def _event(self, type_: str, *, warning: bool = False, **details: object) -> None:
+        await publish_event(
+            self._broker, "replica", self.spec.name, type_,
+            level="warning" if warning else "normal", replica_id=self.replica_id,
+            agent_id=self._settings.agent_id, **details,
+        )
+
+    # -- the life ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until stopped or given up; never raises (failures become events)."""
+        ever_ready = False
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                self._broken.clear()
+                try:
+                    replica, client = await self._launch()
+                except StartFailed as exc:
+                    reason = str(exc)
+                    await self._event("replica_start_failed", warning=True, reason=reason)
+                    if not ever_ready or failures >= len(RESTART_BACKOFF):
+                        await self._set_state(ReplicaState.FAILED, reason)
+                        return
+                    failures += 1
+                    await self._pause(RESTART_BACKOFF[failures - 1])
+                    continue
+                ever_ready = True
+                try:
+                    await self._set_state(ReplicaState.READY)
+                    await self._event("replica_ready", startup_s=round(time.time() - self.record.started_at, 3))
+                    ready_since = time.monotonic()
+                    await self._serve(replica, client)
+                finally:
+                    await client.aclose()
+                    await replica.stop(self._settings.stop_grace)
+                if self._stop.is_set():
+                    break
+                reason = self._broken_reason or failure_reason(replica.exit_code, replica.log_tail())
+                if time.monotonic() - ready_since > STABLE_AFTER:
+                    failures = 0  # it served well for a while: this is not a crash loop
+                failures += 1
+                self.record.restarts += 1
+                await self._event("replica_restarting", warning=True, reason=reason, restarts=self.record.restarts)
+                if failures > len(RESTART_BACKOFF):
+                    await self._set_state(ReplicaState.FAILED, reason)
+                    return
+                await self._set_state(ReplicaState.STARTING, reason)
+                await self._pause(RESTART_BACKOFF[failures - 1])
+        except Exception as exc:  # a bug or a lost broker: report it, never leak the task
+            log.exception("replica %s supervisor crashed", self.replica_id)
+            with contextlib.suppress(Exception):
+                await self._set_state(ReplicaState.FAILED, f"agent error: {exc!r}")
+        finally:
+            if self._replica is not None:
+                with contextlib.suppress(Exception):
+                    await self._replica.stop(self._settings.stop_grace)
+            with contextlib.suppress(Exception):
+                await self._event("replica_stopped")
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    async def _launch(self) -> tuple[Replica, httpx.AsyncClient]:
+        spec = self.spec
+        started = time.time()
+        model_dir: Path | None = None
+        if spec.model_id:
+            try:
+                model_dir = await fetch_model(self._broker, spec.model_id, self._work_dir / "models")
+            except BerthError as exc:
+                raise StartFailed(exc.message) from exc
+        host = self._settings.replica_host
+        port = free_port(host)
+        volume = self._work_dir / "volumes" / spec.name
+        volume.mkdir(parents=True, exist_ok=True)
+        env = dict(spec.env_overrides)
+        env.update(
+            PORT=str(port),
+            OCTOAI_REPLICA_NAME=f"{spec.name}-{self.replica_id}",
+            OCTOAI_VOLUME_PATH=str(volume),
+        )
+        launch = Launch(
+            replica_id=self.replica_id, spec=spec, port=port, env=env, model_dir=model_dir,
+            log_path=self._work_dir / "logs" / spec.name / f"{self.replica_id}.log",
+        )
+        try:
+            replica = await self._runtime.start(launch)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise StartFailed(f"{self._runtime.name} runtime could not start the replica: {exc}") from exc
+        self._replica = replica
+        client = httpx.AsyncClient(
+            base_url=f"http://{replica.host}:{replica.port}",
+            limits=httpx.Limits(max_keepalive_connections=spec.concurrency_per_replica + 2),
+        )
+        try:
+            await self._wait_healthy(replica, client, started)
+        except BaseException:
+            await client.aclose()
+            await replica.stop(self._settings.stop_grace)
+            raise
+        return replica, client
+
+    async def _wait_healthy(self, replica: Replica, client: httpx.AsyncClient, started: float) -> None:
+        budget = self._settings.startup_budget
+        path = self.spec.health_check_path
+        delay = 0.005
+        exited = asyncio.ensure_future(replica.wait())
+        try:
+            while True:
+                if exited.done():
+                    raise StartFailed(failure_reason(exited.result(), replica.log_tail()))
+                with contextlib.suppress(httpx.TransportError):
+                    resp = await client.get(path, timeout=2.0)
+                    if resp.status_code == 200:
+                        return
+                if self._stop.is_set():
+                    raise StartFailed("stopped before it became ready")
+                if time.time() - started > budget:
+                    raise StartFailed(f"health check {path} did not answer 200 within {budget:g} s")
+                await asyncio.wait([exited], timeout=delay)
+                delay = min(delay * 1.5, 0.25)
+        finally:
+            exited.cancel()
+
+    async def _serve(self, replica: Replica, client: httpx.AsyncClient) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(self.spec.concurrency_per_replica):
+                tg.create_task(self._slot(client))
+            tg.create_task(self._watch(replica, client))
+
+    def _break(self, reason: str) -> None:
+        if not self._broken.is_set():
+            self._broken_reason = reason
+            self._broken.set()
+
+    async def _watch(self, replica: Replica, client: httpx.AsyncClient) -> None:
+        """Health checks and exit watch while serving; breaks the replica when it fails."""
+        exited = asyncio.ensure_future(replica.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        broken = asyncio.ensure_future(self._broken.wait())
+        failures = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    [exited, stop, broken], timeout=self._settings.health_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if stop in done or broken in done:
+                    return
+                if exited in done:
+                    self._break(failure_reason(exited.result(), replica.log_tail()))
+                    return
+                try:
+                    resp = await client.get(self.spec.health_check_path, timeout=self._settings.health_interval)
+                    ok = resp.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                failures = 0 if ok else failures + 1
+                if failures >= self._settings.health_failures_to_restart:
+                    self._break(f"{failures} consecutive failed health checks")
+                    # In-flight work on a hung replica is handed back to the queue.
+                    await replica.stop(self._settings.stop_grace)
+                    return
+        finally:
+            for fut in (exited, stop, broken):
+                fut.cancel()
+
+    async def _slot(self, client: httpx.AsyncClient) -> None:
+        """One concurrency slot: pull a request only while free, answer it, repeat."""
+        puller = Puller(self._broker, self.spec.name)
+        await puller.open()
+        try:
+            while not self._stop.is_set() and not self._broken.is_set():
+                delivery = await puller.next(self._settings.pull_expires)
+                if delivery is None:
+                    continue
+                self.in_flight += 1
+                try:
+                    await self._handle(puller, delivery, client)
+                finally:
+                    self.in_flight -= 1
+                    self.record.last_done_at = time.time()
+        finally:
+            await puller.close()
+
+    async def _handle(self, puller: Puller, delivery: Delivery, client: httpx.AsyncClient) -> None:
+        env = delivery.envelope
+        now = time.time()
+        if env.expired(now):
+            await puller.reply(delivery, Reply.failure(504, "timeout", "the request's deadline passed while it was queued"))
+            return
+        if self._broken.is_set():
+            await puller.retry(delivery)
+            return
+        timeout = (env.deadline - now) if env.deadline else self.spec.request_timeout
+        try:
+            async with puller.keepalive(delivery, every=max(0.5, self._settings.ack_wait / 3)):
+                reply = await forward(client, env, delivery.body, timeout, self.replica_id)
+        except ReplicaTimeout:
+            reply = Reply.failure(504, "timeout", f"the replica did not answer within {timeout:.3g} s")
+        except ReplicaGone as exc:
+            self._break(f"replica connection lost: {exc}")
+            if not delivery.last_attempt:
+                await puller.retry(delivery)
+                return
+            reply = Reply.failure(
+                502, "replica_failed",
+                f"the replica failed while handling this request ({delivery.attempt} attempts): {exc}",
+            )
+        await puller.reply(delivery, reply)

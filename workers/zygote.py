@@ -1,0 +1,109 @@
+"""A pre-imported template process that forks replicas: cold starts without import cost.
+
+Importing FastAPI, pydantic and uvicorn takes most of a second on a small
+machine; a replica forked from this process starts with all of that done. The
+agent speaks to it in JSON lines: on stdin ``{"model_dir", "env", "log"}``, on
+stdout ``{"pid"}`` for each fork and ``{"exit", "code"}`` when a replica ends.
+
+The zygote stays single-threaded with no event loop, so forking is safe. It and
+its replicas die with their parent (PR_SET_PDEATHSIG), so an agent killed hard
+leaves no orphans holding GPUs or ports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import sys
+from typing import Any
+
+# The imports a replica needs, done once here rather than in every replica.
+import fastapi  # noqa: F401
+import uvicorn  # noqa: F401
+import uvloop  # noqa: F401
+
+import workers.replica
+import workers.server  # noqa: F401
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+    except (OSError, AttributeError):  # not Linux: best effort
+        pass
+
+
+def _child(request: dict[str, Any], out_fd: int) -> None:
+    try:
+        os.setsid()
+        die_with_parent(signal.SIGKILL)
+        os.close(out_fd)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["model_dir"])
+        sys.argv = ["workers.replica", request["model_dir"]]
+        workers.replica.main([request["model_dir"]])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main() -> None:
+    die_with_parent(signal.SIGTERM)
+    out_fd = os.dup(1)
+    out = os.fdopen(out_fd, "w", buffering=1)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    stdin = sys.stdin.buffer
+    out.write(json.dumps({"ready": os.getpid()}) + "\n")
+    buf = b""
+    while True:
+        readable, _, _ = select.select([stdin.fileno(), wake_r], [], [])
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+        while True:  # reap every replica that ended
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            out.write(json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status)}) + "\n")
+        if stdin.fileno() in readable:
+            chunk = os.read(stdin.fileno(), 65536)
+            if not chunk:  # the agent closed our stdin: stop
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    _child(request, out_fd)
+                out.write(json.dumps({"pid": pid, "tag": request.get("tag")}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
