@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -55,17 +56,20 @@ async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
 
+    # nats-py retries even the first connection forever when reconnects are
+    # unlimited: bound it, so a wrong URL is an error, not a silent hang.
     try:
-        nc = await nats.connect(
-            url,
-            name=name,
-            connect_timeout=timeout,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-        )
+        async with asyncio.timeout(timeout * 2):
+            nc = await nats.connect(
+                url,
+                name=name,
+                connect_timeout=timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
     except Exception as exc:
         raise BrokerUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
     return Broker(nc=nc, js=nc.jetstream(timeout=timeout), timeout=timeout)

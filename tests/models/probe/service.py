@@ -1,0 +1,24 @@
+"""A model for tests: reports its pid, can be slowed down, logs calls in order, can fail setup."""
+
+import os
+import time
+from pathlib import Path
+
+from workers.service import Service
+
+
+class Probe(Service):
+    def setup(self) -> None:
+        time.sleep(float(os.environ.get("PROBE_SETUP_DELAY", "0")))
+        if os.environ.get("PROBE_FAIL_SETUP"):
+            raise RuntimeError(os.environ["PROBE_FAIL_SETUP"])
+
+    def infer(self, prompt: str, sleep: float = 0.0, log: str = "") -> dict:
+        if log:  # record the order in which requests reach the model
+            with Path(log).open("a") as fh:
+                fh.write(f"{prompt}\n")
+        time.sleep(sleep)
+        return {"prompt": prompt, "pid": os.getpid(), "replica": os.environ.get("OCTOAI_REPLICA_NAME")}
+
+    def env(self, name: str) -> dict:
+        return {"value": os.environ.get(name)}

@@ -1,0 +1,122 @@
+"""The NATS layout and data path against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from broker.connection import Broker, connect
+from broker.envelope import Reply, RequestEnvelope
+from broker.publish import Requester
+from broker.pull import Puller, fail_queued
+from broker.streams import MAX_DELIVER, backlog, delete_endpoint_consumer, ensure_endpoint_consumer, ensure_layout
+from shared import names
+from shared.errors import BrokerUnavailable
+from shared.messages import EndpointSpec
+from tests.conftest import NatsServer
+
+
+@pytest.fixture
+async def broker(nats_server: NatsServer) -> AsyncIterator[Broker]:
+    b = await connect(nats_server.url, "test")
+    await ensure_layout(b)
+    yield b
+    await b.close()
+
+
+def spec(**kw: object) -> EndpointSpec:
+    return EndpointSpec(name=f"ep-{secrets.token_hex(3)}", **kw)  # type: ignore[arg-type]
+
+
+def envelope(requester: Requester, rid: str) -> RequestEnvelope:
+    return RequestEnvelope(request_id=rid, method="POST", path="/infer", reply_to=requester.reply_subject(rid))
+
+
+async def test_layout_is_idempotent(broker: Broker) -> None:
+    await ensure_layout(broker)
+    info = await broker.js.stream_info(names.REQUESTS_STREAM)
+    assert str(getattr(info.config.retention, "value", info.config.retention)) == "workqueue"
+    assert info.config.duplicate_window == 120.0
+
+
+async def test_consumer_limits_follow_the_spec(broker: Broker) -> None:
+    s = spec(max_replicas=2, concurrency_per_replica=3)
+    await ensure_endpoint_consumer(broker, s)
+    info = await broker.js.consumer_info(names.REQUESTS_STREAM, names.consumer_name(s.name))
+    assert info.config.max_ack_pending == 6
+    assert info.config.max_deliver == MAX_DELIVER
+    await ensure_endpoint_consumer(broker, s.model_copy(update={"max_replicas": 5}))  # an update, not an error
+    info = await broker.js.consumer_info(names.REQUESTS_STREAM, names.consumer_name(s.name))
+    assert info.config.max_ack_pending == 15
+    await delete_endpoint_consumer(broker, s.name)
+    assert await backlog(broker, s.name) is None
+
+
+async def test_publish_pull_reply_round_trip(broker: Broker) -> None:
+    s = spec()
+    await ensure_endpoint_consumer(broker, s)
+    requester = Requester(broker)
+    await requester.start()
+    waiters = []
+    for i in range(3):
+        rid = f"r{i}"
+        waiters.append(requester.expect(rid))
+        await requester.publish(s.name, envelope(requester, rid), f"body-{i}".encode())
+    # A duplicate publish (same request id) is dropped by JetStream's duplicate window.
+    await requester.publish(s.name, envelope(requester, "r0"), b"dup")
+    assert await backlog(broker, s.name) == type(await backlog(broker, s.name))(queued=3, in_flight=0)  # type: ignore[misc]
+
+    puller = Puller(broker, s.name)
+    await puller.open()
+    seen = []
+    for _ in range(3):
+        d = await puller.next(2.0)
+        assert d is not None
+        seen.append(d.body)
+        await puller.reply(d, Reply(status=200, body=d.body.upper(), replica_id="x"))
+    await puller.close()
+    assert seen == [b"body-0", b"body-1", b"body-2"]  # FIFO
+    replies = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert [r.body for r in replies] == [b"BODY-0", b"BODY-1", b"BODY-2"]
+    assert (await backlog(broker, s.name)).queued == 0  # type: ignore[union-attr]
+
+
+async def test_nak_redelivers_and_attempts_are_counted(broker: Broker) -> None:
+    s = spec()
+    await ensure_endpoint_consumer(broker, s)
+    requester = Requester(broker)
+    await requester.start()
+    await requester.publish(s.name, envelope(requester, "n1"), b"x")
+    puller = Puller(broker, s.name)
+    await puller.open()
+    first = await puller.next(2.0)
+    assert first is not None and first.attempt == 1
+    await puller.retry(first)
+    second = await puller.next(2.0)
+    assert second is not None and second.attempt == 2 and second.body == b"x"
+    await puller.reply(second, Reply(status=200, body=b""))
+    assert await puller.next(0.2) is None
+    await puller.close()
+
+
+async def test_fail_queued_answers_every_waiting_request(broker: Broker) -> None:
+    s = spec()
+    await ensure_endpoint_consumer(broker, s)
+    requester = Requester(broker)
+    await requester.start()
+    waiters = [requester.expect(f"f{i}") for i in range(4)]
+    for i in range(4):
+        await requester.publish(s.name, envelope(requester, f"f{i}"), b"")
+    failed = await fail_queued(broker, s.name, Reply.failure(503, "replica_failed", "no GPU"))
+    assert failed == 4
+    replies = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert {(r.status, r.error) for r in replies} == {(503, "replica_failed")}
+    assert (await backlog(broker, s.name)).queued == 0  # type: ignore[union-attr]
+
+
+async def test_unreachable_nats_is_a_clear_error() -> None:
+    with pytest.raises(BrokerUnavailable, match="cannot connect to NATS"):
+        await connect("nats://127.0.0.1:1", "test", timeout=0.5)

@@ -1,0 +1,101 @@
+"""The scaling policy, table-driven: pure function, virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaler.placement import place
+from scaler.policy import Decision, Observation, ReplicaView, decide
+from shared.messages import AgentRecord, EndpointSpec, ReplicaState
+
+from collections import Counter
+
+S, R = ReplicaState.STARTING, ReplicaState.READY
+NOW = 1_000.0
+
+
+def obs(
+    *,
+    replicas: tuple[tuple[str, ReplicaState, int], ...] = (),
+    queued: int = 0,
+    in_flight: int = 0,
+    pending: int = 0,
+    idle: float = 0.0,
+    backoff: float = 0.0,
+    **spec: object,
+) -> Observation:
+    base = {"name": "ep", "min_replicas": 0, "max_replicas": 4, "scale_to_zero": 60, "concurrency_per_replica": 1}
+    return Observation(
+        spec=EndpointSpec(**(base | spec)),  # type: ignore[arg-type]
+        queued=queued,
+        in_flight=in_flight,
+        replicas=tuple(ReplicaView(rid, st, busy, ready_at=float(i)) for i, (rid, st, busy) in enumerate(replicas)),
+        pending_starts=pending,
+        last_activity=NOW - idle,
+        now=NOW,
+        backoff_until=NOW + backoff if backoff else 0.0,
+    )
+
+
+CASES = [
+    # name, observation, expected starts, expected stops
+    ("idle at zero stays at zero", obs(idle=1e6), 0, ()),
+    ("first request cold-starts one", obs(queued=1), 1, ()),
+    ("backlog of 3 starts 3", obs(queued=3), 3, ()),
+    ("backlog beyond max is clamped", obs(queued=100), 4, ()),
+    ("concurrency divides the need", obs(queued=5, concurrency_per_replica=2), 3, ()),
+    ("in-flight counts as demand", obs(replicas=(("a", R, 1),), in_flight=1, queued=1), 1, ()),
+    ("a pending start is not started twice", obs(queued=1, pending=1), 0, ()),
+    ("a starting replica is not started twice", obs(queued=1, replicas=(("a", S, 0),)), 0, ()),
+    ("min_replicas holds without traffic", obs(min_replicas=2, idle=1e6), 2, ()),
+    ("start is held during backoff", obs(queued=1, backoff=5), 0, ()),
+    ("recently active keeps replicas", obs(replicas=(("a", R, 0), ("b", R, 0)), idle=10), 0, ()),
+    ("idle past scale_to_zero stops all", obs(replicas=(("a", R, 0), ("b", R, 0)), idle=61), 0, ("b", "a")),
+    ("idle scale-down stops to min", obs(replicas=(("a", R, 0), ("b", R, 0)), idle=61, min_replicas=1), 0, ("b",)),
+    ("never stops a busy replica", obs(replicas=(("a", R, 1),), idle=61), 0, ()),
+    ("never stops a starting replica", obs(replicas=(("a", S, 0),), idle=61), 0, ()),
+    ("queued work blocks scale-down", obs(replicas=(("a", R, 0),), queued=1, idle=61), 0, ()),
+    ("lowered max stops the excess idle", obs(replicas=(("a", R, 0), ("b", R, 0), ("c", R, 1)), max_replicas=1, idle=1), 0, ("b", "a")),
+    ("disabled stops idle replicas", obs(replicas=(("a", R, 0), ("b", R, 1)), disabled=True), 0, ("a",)),
+    ("disabled never starts", obs(queued=5, disabled=True), 0, ()),
+    ("scale_to_zero 0 stops as soon as idle", obs(replicas=(("a", R, 0),), scale_to_zero=0), 0, ("a",)),
+]
+
+
+@pytest.mark.parametrize(("observation", "starts", "stops"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decide(observation: Observation, starts: int, stops: tuple[str, ...]) -> None:
+    decision = decide(observation)
+    assert (decision.start, decision.stop) == (starts, stops)
+    if not decision.noop:
+        assert decision.reason  # every action says why
+
+
+def test_backoff_reason_is_given() -> None:
+    assert "held back" in decide(obs(queued=1, backoff=3)).reason
+
+
+def test_noop_decision() -> None:
+    assert Decision().noop and not Decision(start=1).noop
+
+
+def agent(agent_id: str, slots: int, used: int) -> AgentRecord:
+    return AgentRecord(agent_id=agent_id, slots=slots, used_slots=used)
+
+
+@pytest.mark.parametrize(
+    ("agents", "on", "pending", "expected"),
+    [
+        ([agent("a", 2, 0)], {}, {}, "a"),
+        ([agent("a", 2, 2)], {}, {}, None),
+        ([agent("a", 2, 1)], {}, {"a": 1}, None),
+        ([agent("a", 8, 0), agent("b", 8, 0)], {"a": 1}, {}, "b"),  # spread an endpoint across hosts
+        ([agent("a", 8, 6), agent("b", 8, 1)], {}, {}, "b"),  # then prefer the most free slots
+        ([agent("a", 8, 0), agent("b", 8, 0)], {}, {"a": 1}, "b"),  # pending starts count as placed
+    ],
+)
+def test_place(agents: list[AgentRecord], on: dict[str, int], pending: dict[str, int], expected: str | None) -> None:
+    assert place(agents, Counter(on), Counter(pending)) == expected
+
+
+def test_place_skips_excluded() -> None:
+    assert place([agent("a", 2, 0)], Counter(), Counter(), exclude=frozenset({"a"})) is None

@@ -1,0 +1,104 @@
+"""``berth up`` and the CLI, as a user runs them: one command, Ctrl-C, run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST, ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Up:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.nats_port = free_port()
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith("BERTH_")
+        } | FAST | {"BERTH_DATA_DIR": str(data_dir), "BERTH_PORT": str(self.port), "BERTH_NATS_PORT": str(self.nats_port)}
+        self.log = data_dir / f"up-{free_port()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "berth.cli", "up"], env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"berth up exited:\n{self.log.read_text()}")
+            return "Berth is up" in self.log.read_text()
+
+        wait_for(ready, 90, "berth up to print its banner")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # No BERTH_URL / BERTH_TOKEN: the CLI finds both in the data directory.
+        env = {k: v for k, v in self.env.items() if k not in ("BERTH_URL", "BERTH_TOKEN")}
+        return subprocess.run(
+            [sys.executable, "-m", "berth.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+
+    def interrupt(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(60)
+
+
+def test_berth_up_deploy_call_stop_and_restart(tmp_path: Path) -> None:
+    up = Up(tmp_path / "data")
+    up.start()
+    try:
+        banner = up.log.read_text()
+        token = (up.data_dir / "admin-token").read_text().strip()
+        assert token in banner and f"http://127.0.0.1:{up.port}" in banner
+        assert stat.S_IMODE((up.data_dir / "admin-token").stat().st_mode) == 0o600
+
+        deployed = up.cli("deploy", str(ROOT / "examples" / "echo"), "--name", "echo",
+                          "--min-replicas", "0", "--max-replicas", "2", "--scale-to-zero", "30")
+        assert deployed.returncode == 0, deployed.stderr
+        assert "endpoint echo created" in deployed.stdout
+        called = up.cli("infer", "echo", '{"prompt": "hi", "n": 2}')
+        assert called.returncode == 0, called.stderr
+        assert json.loads(called.stdout)["output"]["text"] == "hihi"
+        listed = up.cli("endpoints")
+        assert "echo" in listed.stdout and "1 running" in listed.stdout
+    finally:
+        code = up.interrupt()
+    assert code == 0, up.log.read_text()
+    assert not port_open(up.port) and not port_open(up.nats_port)
+    assert "berth: stopped" in up.log.read_text()
+
+    # Run it again: the endpoint and its model are still there.
+    up.start()
+    try:
+        listed = up.cli("endpoints", "echo")
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["max_replicas"] == 2
+        called = up.cli("infer", "echo", '{"prompt": "again"}')
+        assert called.returncode == 0, called.stderr + up.log.read_text()
+        assert json.loads(called.stdout)["output"]["text"] == "again"
+        missing = up.cli("infer", "nope", "{}")
+        assert missing.returncode == 1 and "404" in missing.stderr
+    finally:
+        assert up.interrupt() == 0
