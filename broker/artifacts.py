@@ -6,10 +6,12 @@ it by digest and unpacks it into its cache.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 from nats.js.errors import ObjectNotFoundError
@@ -18,7 +20,7 @@ from broker.connection import Broker
 from shared import names
 from shared.errors import InvalidRequest, NotFound
 
-__all__ = ["fetch_model", "pack_dir", "store_model"]
+__all__ = ["ModelCache", "fetch_model", "model_exists", "pack_dir", "store_model"]
 
 MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
 
@@ -86,10 +88,30 @@ async def fetch_model(broker: Broker, model_id: str, cache_dir: Path) -> Path:
     data = result.data or b""
     if "sha256:" + hashlib.sha256(data).hexdigest() != model_id:
         raise InvalidRequest(f"model {model_id} failed its digest check")
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(staging, filter="data")
-    staging.replace(target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=cache_dir))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(staging, filter="data")
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "service.py").exists():  # not a concurrent winner: a real error
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+class ModelCache:
+    """An agent's unpacked models; one download per model however many replicas start at once."""
+
+    def __init__(self, broker: Broker, cache_dir: Path):
+        self._broker = broker
+        self._dir = cache_dir
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, model_id: str) -> Path:
+        lock = self._locks.setdefault(model_id, asyncio.Lock())
+        async with lock:
+            return await fetch_model(self._broker, model_id, self._dir)

@@ -58,7 +58,7 @@ class Scaler:
         self.settings = settings
         self.broker = broker
         self.endpoints: KvView[EndpointSpec] = KvView(broker, names.KV_ENDPOINTS, EndpointSpec, self._changed)
-        self.replicas: KvView[ReplicaRecord] = KvView(broker, names.KV_REPLICAS, ReplicaRecord, self._changed)
+        self.replicas: KvView[ReplicaRecord] = KvView(broker, names.KV_REPLICAS, ReplicaRecord, self._replica_changed)
         self.agents: KvView[AgentRecord] = KvView(broker, names.KV_AGENTS, AgentRecord)
         self.activity: dict[str, float] = {}
         self.pending: dict[str, PendingStart] = {}
@@ -70,6 +70,13 @@ class Scaler:
 
     def _changed(self, key: str, _value: object) -> None:
         self._mark(key.split(".", 1)[0])
+
+    def _replica_changed(self, key: str, _value: object) -> None:
+        endpoint, _, replica_id = key.partition(".")
+        # The start is no longer pending once its agent reports the replica, however
+        # briefly: a replica that fails at once must not count as starting for ever.
+        self.pending.pop(replica_id, None)
+        self._mark(endpoint)
 
     def _mark(self, endpoint: str) -> None:
         self._dirty.add(endpoint)
@@ -137,6 +144,7 @@ class Scaler:
             return
         endpoint, type_ = event.get("endpoint", ""), event.get("type")
         now = time.time()
+        self.pending.pop(msg_replica(msg) or "", None)
         if type_ == "replica_start_failed":
             previous = self.failures.get(endpoint)
             count = previous.count + 1 if previous else 1
@@ -177,7 +185,7 @@ class Scaler:
     def observe(self, endpoint: str, spec: EndpointSpec, queued: int, in_flight: int, now: float) -> Observation:
         records = [r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)]
         for rid, p in list(self.pending.items()):
-            if any(r.replica_id == rid for r in records) or now - p.issued_at > self.settings.start_timeout:
+            if now - p.issued_at > self.settings.start_timeout:
                 del self.pending[rid]
         last = max(
             [self.activity.get(endpoint, self._started_at)]
@@ -207,6 +215,7 @@ class Scaler:
         decision = decide(obs)
         if decision.noop:
             return decision
+        log.info("%s: %s", endpoint, decision.reason)
         started = 0
         for _ in range(decision.start):
             if not await self._start(spec, now):
@@ -228,7 +237,13 @@ class Scaler:
         return decision
 
     async def _start(self, spec: EndpointSpec, now: float) -> bool:
-        agents = [a for a in self.agents.items.values() if a.fresh(now)]
+        # An agent's own count of used slots is a heartbeat old; its replica records are newer.
+        live = Counter(r.agent_id for r in self.replicas.items.values() if r.fresh(now))
+        agents = [
+            a.model_copy(update={"used_slots": max(a.used_slots, live[a.agent_id])})
+            for a in self.agents.items.values()
+            if a.fresh(now)
+        ]
         on_agent = Counter(
             r.agent_id for r in self.replicas.items.values() if r.endpoint == spec.name and r.fresh(now)
         )
@@ -238,6 +253,9 @@ class Scaler:
             tried.add(agent_id)
             replica_id = secrets.token_hex(4)
             cmd = StartReplica(replica_id=replica_id, spec=spec)
+            # Pending before asking: the agent's record of the replica may arrive
+            # (and clear the entry) before its answer does.
+            self.pending[replica_id] = PendingStart(spec.name, agent_id, now)
             try:
                 resp = await self.broker.nc.request(
                     names.agent_subject(agent_id, "start"), cmd.model_dump_json().encode(),
@@ -246,10 +264,10 @@ class Scaler:
                 answer = orjson.loads(resp.data)
             except Exception as exc:
                 log.warning("agent %s did not take a start: %r", agent_id, exc)
-                continue
+                answer = {}
             if answer.get("ok"):
-                self.pending[replica_id] = PendingStart(spec.name, agent_id, now)
                 return True
+            self.pending.pop(replica_id, None)
         return False
 
     async def _stop(self, record: ReplicaRecord, reason: str, *, only_if_idle: bool) -> None:

@@ -78,6 +78,8 @@ class ReplicaRecord(BaseModel):
     replica_id: str
     agent_id: str
     state: ReplicaState
+    # Where the agent reaches the replica (for operators and benchmarks).
+    url: str | None = None
     in_flight: int = 0
     restarts: int = 0
     started_at: float

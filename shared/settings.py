@@ -37,6 +37,9 @@ class CommonSettings(BaseSettings):
     # Bound on every call that crosses to NATS (publish ack, KV, consumer info).
     nats_timeout: float = 5.0
     log_level: str = "INFO"
+    # JetStream hands a request to another replica this long after the last sign of
+    # life from the agent working on it; agents send in-progress acks at a third of it.
+    ack_wait: float = 30.0
 
 
 class ApiSettings(CommonSettings):
@@ -69,8 +72,6 @@ class AgentSettings(CommonSettings):
     startup_budget: float = 300.0
     health_interval: float = 2.0
     health_failures_to_restart: int = 3
-    # JetStream redelivers a message this long after its last ack/in-progress signal.
-    ack_wait: float = 30.0
     # How long one idle pull waits before asking again (bounds stop latency).
     pull_expires: float = 2.0
     stop_grace: float = 10.0

@@ -212,3 +212,23 @@ def test_any_method_path_and_query_are_forwarded(stack: Stack, name: str) -> Non
         assert resp.status_code == 200 and resp.json() == {"status": "RUNNING"}
         assert c.get(f"/e/{name}/no-such-route").status_code == 404
         assert c.put(f"/e/{name}/infer", json={"prompt": "x"}).status_code == 405
+
+
+def test_long_request_is_kept_alive_not_redelivered(stack: Stack, name: str, tmp_path: Path) -> None:
+    """A request running longer than ack_wait (2 s in tests) is delivered once, thanks to in-progress acks."""
+    stack.deploy(name, max_replicas=2)
+    calls = tmp_path / "calls.log"
+    with stack.client() as c:
+        resp = c.post(f"/e/{name}/infer", json={"prompt": "long", "sleep": 5.0, "log": str(calls)})
+    assert resp.status_code == 200, resp.text
+    assert calls.read_text().split() == ["long"]
+
+
+def test_host_based_routing(stack: Stack, name: str) -> None:
+    stack.deploy(name, "echo")
+    with stack.client() as c:
+        resp = c.post("/infer", json={"prompt": "by host"}, headers={"Host": f"{name}.berth.test"})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["output"]["text"] == "by host"
+        # Other hosts still reach the control plane.
+        assert c.get("/v1/endpoints").status_code == 200

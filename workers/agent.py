@@ -19,6 +19,7 @@ import orjson
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from broker.artifacts import ModelCache
 from broker.connection import Broker
 from broker.registry import delete_key, put_model
 from shared import names
@@ -39,6 +40,7 @@ class Agent:
         self.runtime = runtime
         self.id = settings.agent_id
         self.work_dir = Path(settings.data_dir) / f"agent-{self.id}"
+        self.models = ModelCache(broker, self.work_dir / "models")
         self.replicas: dict[str, ReplicaSupervisor] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown = asyncio.Event()
@@ -135,7 +137,7 @@ class Agent:
 
         sup = ReplicaSupervisor(
             replica_id=cmd.replica_id, spec=cmd.spec, broker=self.broker, runtime=self.runtime,
-            settings=self.settings, work_dir=self.work_dir, on_change=changed,
+            settings=self.settings, work_dir=self.work_dir, models=self.models, on_change=changed,
         )
         self.replicas[cmd.replica_id] = sup
         await self._publish_record(sup.record, sup)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from broker.artifacts import fetch_model
+from broker.artifacts import ModelCache
 from broker.connection import Broker
 from broker.envelope import Reply
 from broker.events import publish_event
@@ -59,6 +59,7 @@ class ReplicaSupervisor:
         runtime: Runtime,
         settings: AgentSettings,
         work_dir: Path,
+        models: ModelCache,
         on_change: Callable[[ReplicaRecord], Awaitable[None]],
     ):
         self.replica_id = replica_id
@@ -67,6 +68,7 @@ class ReplicaSupervisor:
         self._runtime = runtime
         self._settings = settings
         self._work_dir = work_dir
+        self._models = models
         self._on_change = on_change
         now = time.time()
         self.record = ReplicaRecord(
@@ -175,7 +177,7 @@ class ReplicaSupervisor:
         model_dir: Path | None = None
         if spec.model_id:
             try:
-                model_dir = await fetch_model(self._broker, spec.model_id, self._work_dir / "models")
+                model_dir = await self._models.get(spec.model_id)
             except BerthError as exc:
                 raise StartFailed(exc.message) from exc
         host = self._settings.replica_host
@@ -197,6 +199,7 @@ class ReplicaSupervisor:
         except (OSError, ValueError, RuntimeError) as exc:
             raise StartFailed(f"{self._runtime.name} runtime could not start the replica: {exc}") from exc
         self._replica = replica
+        self.record.url = f"http://{replica.host}:{replica.port}"
         client = httpx.AsyncClient(
             base_url=f"http://{replica.host}:{replica.port}",
             limits=httpx.Limits(max_keepalive_connections=spec.concurrency_per_replica + 2),

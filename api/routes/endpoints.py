@@ -89,7 +89,7 @@ def to_public(ctx: AppContext, ep: Endpoint) -> EndpointPublic:
 async def publish_spec(ctx: AppContext, ep: Endpoint) -> None:
     """Make the endpoint's current config live: its consumer, and the KV mirror."""
     spec = to_spec(ep)
-    await ensure_endpoint_consumer(ctx.broker, spec)
+    await ensure_endpoint_consumer(ctx.broker, spec, ack_wait=ctx.settings.ack_wait)
     await put_model(ctx.broker, names.KV_ENDPOINTS, ep.name, spec)
     ctx.endpoints.items[ep.name] = spec  # visible to this instance's data plane at once
 

