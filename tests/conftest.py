@@ -77,7 +77,12 @@ def stack(nats_server: LocalNats, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture
-def name(request: pytest.FixtureRequest) -> str:
-    """A unique, valid endpoint name for this test."""
+def name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A unique, valid endpoint name for this test; the endpoint is deleted afterwards."""
     base = request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
-    return f"{base}-{secrets.token_hex(2)}"
+    endpoint = f"{base}-{secrets.token_hex(2)}"
+    yield endpoint
+    if "stack" in request.fixturenames:
+        stack: Stack = request.getfixturevalue("stack")
+        with stack.client() as c:  # frees the agent's slots for the tests that follow
+            c.delete(f"/v1/endpoint/{endpoint}")
