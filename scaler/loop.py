@@ -192,11 +192,15 @@ class Scaler:
             + [r.last_done_at for r in records if r.last_done_at]
         )
         failure = self.failures.get(endpoint)
+        digest = spec.replica_digest()
         return Observation(
             spec=spec,
             queued=queued,
             in_flight=in_flight,
-            replicas=tuple(ReplicaView(r.replica_id, r.state, r.in_flight, r.ready_at) for r in records),
+            replicas=tuple(
+                ReplicaView(r.replica_id, r.state, r.in_flight, r.ready_at, current=r.digest == digest)
+                for r in records
+            ),
             pending_starts=sum(1 for p in self.pending.values() if p.endpoint == endpoint),
             last_activity=last,
             now=now,
@@ -221,13 +225,15 @@ class Scaler:
             if not await self._start(spec, now):
                 break
             started += 1
-        for rid in decision.stop:
-            record = self.replicas.items.get(names.replica_key(endpoint, rid))
-            if record is not None:
-                await self._stop(record, decision.reason, only_if_idle=True)
+        for rids, idle_only in ((decision.stop, True), (decision.drain, False)):
+            for rid in rids:
+                record = self.replicas.items.get(names.replica_key(endpoint, rid))
+                if record is not None:
+                    await self._stop(record, decision.reason, only_if_idle=idle_only)
         await publish_event(
             self.broker, "scale", endpoint, "scale_decision", reason=decision.reason,
-            start=started, stop=list(decision.stop), queued=obs.queued, in_flight=obs.in_flight,
+            start=started, stop=list(decision.stop), drain=list(decision.drain),
+            queued=obs.queued, in_flight=obs.in_flight,
         )
         if started < decision.start:
             await publish_event(

@@ -23,6 +23,8 @@ class ReplicaView:
     state: ReplicaState
     in_flight: int = 0
     ready_at: float | None = None
+    # False when the replica runs an older config of the endpoint (see replica_digest).
+    current: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,27 +45,53 @@ class Observation:
 @dataclass(frozen=True, slots=True)
 class Decision:
     start: int = 0
+    # Stop these if still idle (scale-down).
     stop: tuple[str, ...] = field(default_factory=tuple)
+    # Stop these after their in-flight work (outdated config): they take no new work.
+    drain: tuple[str, ...] = field(default_factory=tuple)
     reason: str = ""
 
     @property
     def noop(self) -> bool:
-        return not self.start and not self.stop
+        return not self.start and not self.stop and not self.drain
+
+
+_LIVE = (ReplicaState.STARTING, ReplicaState.READY)
 
 
 def _active(obs: Observation) -> int:
-    live = sum(1 for r in obs.replicas if r.state in (ReplicaState.STARTING, ReplicaState.READY))
+    live = sum(1 for r in obs.replicas if r.state in _LIVE and r.current)
     return live + obs.pending_starts
 
 
+def _outdated(obs: Observation) -> tuple[str, ...]:
+    """Replicas of an older config, to drain once the new config serves (or nothing waits)."""
+    old = [r.replica_id for r in obs.replicas if r.state in _LIVE and not r.current]
+    if not old:
+        return ()
+    new_ready = any(r.state is ReplicaState.READY and r.current for r in obs.replicas)
+    idle = obs.queued + obs.in_flight == 0
+    return tuple(old) if new_ready or idle or obs.spec.disabled else ()
+
+
 def _stoppable(obs: Observation, count: int) -> tuple[str, ...]:
-    """Up to ``count`` replicas that are ready and idle, the youngest first."""
-    idle = [r for r in obs.replicas if r.state is ReplicaState.READY and r.in_flight == 0]
+    """Up to ``count`` current replicas that are ready and idle, the youngest first."""
+    idle = [r for r in obs.replicas if r.state is ReplicaState.READY and r.in_flight == 0 and r.current]
     idle.sort(key=lambda r: r.ready_at or 0.0, reverse=True)
     return tuple(r.replica_id for r in idle[: max(0, count)])
 
 
 def decide(obs: Observation) -> Decision:
+    decision = _scale(obs)
+    drain = _outdated(obs)
+    if not drain:
+        return decision
+    why = f"replace {len(drain)} replica(s) running an outdated config"
+    reason = f"{decision.reason}; {why}" if decision.reason else why
+    return Decision(start=decision.start, stop=decision.stop, drain=drain, reason=reason)
+
+
+def _scale(obs: Observation) -> Decision:
     spec = obs.spec
     active = _active(obs)
     if spec.disabled:

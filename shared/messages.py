@@ -6,6 +6,7 @@ never crosses NATS.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from enum import StrEnum
 
@@ -52,7 +53,18 @@ class EndpointSpec(BaseModel):
     instance_type: str = "cpu"
     public: bool = False
     disabled: bool = False
+    max_queue_length: int | None = None
     revision: int = 0
+    # Distinguishes an endpoint from an earlier one of the same name (delete, then create).
+    incarnation: str = ""
+
+    def replica_digest(self) -> str:
+        """What a replica runs: a replica whose digest differs is outdated and gets replaced."""
+        fields = self.model_dump(
+            include={"model_id", "image_url", "port", "health_check_path", "env_overrides",
+                     "instance_type", "concurrency_per_replica", "incarnation"}
+        )
+        return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]
 
 
 class StartReplica(BaseModel):
@@ -78,6 +90,8 @@ class ReplicaRecord(BaseModel):
     replica_id: str
     agent_id: str
     state: ReplicaState
+    # EndpointSpec.replica_digest() of the config the replica was started with.
+    digest: str = ""
     # Where the agent reaches the replica (for operators and benchmarks).
     url: str | None = None
     in_flight: int = 0

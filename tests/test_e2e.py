@@ -232,3 +232,25 @@ def test_host_based_routing(stack: Stack, name: str) -> None:
         assert resp.json()["output"]["text"] == "by host"
         # Other hosts still reach the control plane.
         assert c.get("/v1/endpoints").status_code == 200
+
+
+def test_config_change_replaces_replicas(stack: Stack, name: str) -> None:
+    """PATCHing what a replica runs (here its environment) reaches callers: old replicas are drained."""
+    stack.deploy(name, min_replicas=1, env_overrides={"VERSION": "1"})
+    with stack.client() as c:
+        assert c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "1"
+        resp = c.patch(f"/v1/endpoint/{name}", json={"env_overrides": {"VERSION": "2"}})
+        assert resp.status_code == 200
+        wait_for(lambda: c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "2",
+                 30, "the new config to serve")
+    wait_for(lambda: len(stack.replicas(name)) == 1, 30, "the outdated replica to go")
+
+
+def test_delete_then_recreate_gets_a_fresh_replica(stack: Stack, name: str) -> None:
+    stack.deploy(name, env_overrides={"VERSION": "old"})
+    with stack.client() as c:
+        assert c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "old"
+        assert c.delete(f"/v1/endpoint/{name}").status_code == 200
+    stack.deploy(name, env_overrides={"VERSION": "new"})
+    with stack.client() as c:
+        assert c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "new"

@@ -16,7 +16,7 @@ NOW = 1_000.0
 
 def obs(
     *,
-    replicas: tuple[tuple[str, ReplicaState, int], ...] = (),
+    replicas: tuple[tuple[str, ReplicaState, int] | tuple[str, ReplicaState, int, bool], ...] = (),
     queued: int = 0,
     in_flight: int = 0,
     pending: int = 0,
@@ -29,7 +29,10 @@ def obs(
         spec=EndpointSpec(**(base | spec)),  # type: ignore[arg-type]
         queued=queued,
         in_flight=in_flight,
-        replicas=tuple(ReplicaView(rid, st, busy, ready_at=float(i)) for i, (rid, st, busy) in enumerate(replicas)),
+        replicas=tuple(
+            ReplicaView(r[0], r[1], r[2], ready_at=float(i), current=r[3] if len(r) > 3 else True)  # type: ignore[misc]
+            for i, r in enumerate(replicas)
+        ),
         pending_starts=pending,
         last_activity=NOW - idle,
         now=NOW,
@@ -65,9 +68,31 @@ CASES = [
 @pytest.mark.parametrize(("observation", "starts", "stops"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_decide(observation: Observation, starts: int, stops: tuple[str, ...]) -> None:
     decision = decide(observation)
-    assert (decision.start, decision.stop) == (starts, stops)
+    assert (decision.start, decision.stop, decision.drain) == (starts, stops, ())
     if not decision.noop:
         assert decision.reason  # every action says why
+
+
+OLD = False
+ROLLING = [
+    # name, observation, starts, drains
+    ("outdated idle replica is drained when nothing waits", obs(replicas=(("old", R, 0, OLD),)), 0, ("old",)),
+    ("outdated replica does not count: a new one starts for demand",
+     obs(replicas=(("old", R, 1, OLD),), in_flight=1, queued=1), 2, ()),
+    ("outdated replica is drained once a new one is ready",
+     obs(replicas=(("old", R, 1, OLD), ("new", R, 0)), in_flight=1), 0, ("old",)),
+    ("outdated replica keeps serving while the new one starts",
+     obs(replicas=(("old", R, 1, OLD), ("new", S, 0)), in_flight=1), 0, ()),
+    ("min_replicas is met with current replicas only", obs(replicas=(("old", R, 0, OLD),), min_replicas=1), 1, ("old",)),
+    ("a stopping replica is not capacity", obs(replicas=(("gone", ReplicaState.STOPPING, 0),), queued=1), 1, ()),
+]
+
+
+@pytest.mark.parametrize(("observation", "starts", "drains"), [c[1:] for c in ROLLING], ids=[c[0] for c in ROLLING])
+def test_rolling_replacement(observation: Observation, starts: int, drains: tuple[str, ...]) -> None:
+    decision = decide(observation)
+    assert (decision.start, decision.drain, decision.stop) == (starts, drains, ())
+    assert decision.noop or decision.reason
 
 
 def test_backoff_reason_is_given() -> None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import httpx
-
 from broker.envelope import Reply, RequestEnvelope
+from workers.http import ReplicaClient
 
 __all__ = ["ReplicaGone", "ReplicaTimeout", "forward"]
 
@@ -24,17 +23,15 @@ class ReplicaTimeout(Exception):
 
 
 async def forward(
-    client: httpx.AsyncClient, envelope: RequestEnvelope, body: bytes, timeout: float, replica_id: str
+    client: ReplicaClient, envelope: RequestEnvelope, body: bytes, timeout: float, replica_id: str
 ) -> Reply:
-    url = envelope.path + (f"?{envelope.query}" if envelope.query else "")
+    target = envelope.path + (f"?{envelope.query}" if envelope.query else "")
     headers = [(k, v) for k, v in envelope.headers if k.lower() not in _HOP]
     try:
-        resp = await client.request(
-            envelope.method, url, content=body, headers=headers, timeout=timeout
-        )
-    except httpx.TimeoutException as exc:
-        raise ReplicaTimeout(str(exc) or "timed out") from exc
-    except httpx.TransportError as exc:
-        raise ReplicaGone(f"{type(exc).__name__}: {exc}") from exc
-    out = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in _HOP]
-    return Reply(status=resp.status_code, body=resp.content, headers=out, replica_id=replica_id)
+        resp = await client.request(envelope.method, target, headers, body, timeout)
+    except TimeoutError as exc:
+        raise ReplicaTimeout(f"no answer within {timeout:.3g} s") from exc
+    except ConnectionError as exc:
+        raise ReplicaGone(str(exc)) from exc
+    out = [(k, v) for k, v in resp.headers if k.lower() not in _HOP]
+    return Reply(status=resp.status, body=resp.body, headers=out, replica_id=replica_id)

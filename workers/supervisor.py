@@ -27,6 +27,7 @@ from shared.errors import BerthError
 from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
 from shared.settings import AgentSettings
 from workers.forward import ReplicaGone, ReplicaTimeout, forward
+from workers.http import ReplicaClient
 from workers.runtimes.base import Launch, Replica, Runtime, failure_reason
 
 __all__ = ["ReplicaSupervisor", "StartFailed"]
@@ -73,13 +74,14 @@ class ReplicaSupervisor:
         now = time.time()
         self.record = ReplicaRecord(
             endpoint=spec.name, replica_id=replica_id, agent_id=settings.agent_id,
-            state=ReplicaState.STARTING, started_at=now,
+            state=ReplicaState.STARTING, started_at=now, digest=spec.replica_digest(),
         )
         self.in_flight = 0
         self._stop = asyncio.Event()
         self._broken = asyncio.Event()
         self._broken_reason = ""
         self._replica: Replica | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -91,6 +93,12 @@ class ReplicaSupervisor:
             return True
         log.info("stopping replica %s of %s: %s", self.replica_id, self.spec.name, reason)
         self._stop.set()
+        # Report it at once, so the scaler stops counting this replica as capacity.
+        self.record.state = ReplicaState.STOPPING
+        self.record.reason = reason
+        task = asyncio.create_task(self._on_change(self.record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return True
 
     @property
@@ -235,15 +243,26 @@ class ReplicaSupervisor:
             exited.cancel()
 
     async def _serve(self, replica: Replica, client: httpx.AsyncClient) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(self.spec.concurrency_per_replica):
-                tg.create_task(self._slot(client))
-            tg.create_task(self._watch(replica, client))
+        data = ReplicaClient(replica.host, replica.port, max_idle=self.spec.concurrency_per_replica)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(self.spec.concurrency_per_replica):
+                    tg.create_task(self._slot(data, client))
+                tg.create_task(self._watch(replica, client))
+        finally:
+            data.close()
 
     def _break(self, reason: str) -> None:
         if not self._broken.is_set():
             self._broken_reason = reason
             self._broken.set()
+
+    async def _healthy(self, client: httpx.AsyncClient) -> bool:
+        try:
+            resp = await client.get(self.spec.health_check_path, timeout=self._settings.health_interval)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
 
     async def _watch(self, replica: Replica, client: httpx.AsyncClient) -> None:
         """Health checks and exit watch while serving; breaks the replica when it fails."""
@@ -262,12 +281,7 @@ class ReplicaSupervisor:
                 if exited in done:
                     self._break(failure_reason(exited.result(), replica.log_tail()))
                     return
-                try:
-                    resp = await client.get(self.spec.health_check_path, timeout=self._settings.health_interval)
-                    ok = resp.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                failures = 0 if ok else failures + 1
+                failures = 0 if await self._healthy(client) else failures + 1
                 if failures >= self._settings.health_failures_to_restart:
                     self._break(f"{failures} consecutive failed health checks")
                     # In-flight work on a hung replica is handed back to the queue.
@@ -277,7 +291,7 @@ class ReplicaSupervisor:
             for fut in (exited, stop, broken):
                 fut.cancel()
 
-    async def _slot(self, client: httpx.AsyncClient) -> None:
+    async def _slot(self, data: ReplicaClient, health: httpx.AsyncClient) -> None:
         """One concurrency slot: pull a request only while free, answer it, repeat."""
         puller = Puller(self._broker, self.spec.name)
         await puller.open()
@@ -286,16 +300,26 @@ class ReplicaSupervisor:
                 delivery = await puller.next(self._settings.pull_expires)
                 if delivery is None:
                     continue
+                if self._stop.is_set():  # pulled while being stopped: another replica takes it
+                    await puller.retry(delivery)
+                    break
                 self.in_flight += 1
                 try:
-                    await self._handle(puller, delivery, client)
+                    await self._handle(puller, delivery, data, health)
+                except BaseException:
+                    # Whatever went wrong here, the request goes back to the queue.
+                    with contextlib.suppress(Exception):
+                        await puller.retry(delivery)
+                    raise
                 finally:
                     self.in_flight -= 1
                     self.record.last_done_at = time.time()
         finally:
             await puller.close()
 
-    async def _handle(self, puller: Puller, delivery: Delivery, client: httpx.AsyncClient) -> None:
+    async def _handle(
+        self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: httpx.AsyncClient
+    ) -> None:
         env = delivery.envelope
         now = time.time()
         if env.expired(now):
@@ -307,11 +331,14 @@ class ReplicaSupervisor:
         timeout = (env.deadline - now) if env.deadline else self.spec.request_timeout
         try:
             async with puller.keepalive(delivery, every=max(0.5, self._settings.ack_wait / 3)):
-                reply = await forward(client, env, delivery.body, timeout, self.replica_id)
+                reply = await forward(data, env, delivery.body, timeout, self.replica_id)
         except ReplicaTimeout:
             reply = Reply.failure(504, "timeout", f"the replica did not answer within {timeout:.3g} s")
         except ReplicaGone as exc:
-            self._break(f"replica connection lost: {exc}")
+            # Dead, or a passing connection fault? A dead replica fails its health
+            # check too (its exit is seen by _watch at once); then it restarts.
+            if not await self._healthy(health):
+                self._break(f"replica connection lost: {exc}")
             if not delivery.last_attempt:
                 await puller.retry(delivery)
                 return

@@ -55,7 +55,9 @@ def to_spec(ep: Endpoint) -> EndpointSpec:
         instance_type=ep.instance_type,
         public=ep.visibility == Visibility.PUBLIC,
         disabled=ep.endpoint_state == EndpointState.DISABLED,
+        max_queue_length=ep.max_queue_length,
         revision=ep.revision,
+        incarnation=f"{ep.id}-{ep.created_at!r}",
     )
 
 

@@ -1,0 +1,162 @@
+"""A lean HTTP/1.1 client for the agent → replica hop: keep-alive connections, httptools parsing.
+
+The replica is on the same host, answers one request per connection at a time,
+and speaks plain HTTP/1.1; a general client (redirects, auth flows, cookies,
+async-library detection on every call) costs more than the hop itself. The
+profile that motivated this is in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httptools
+
+__all__ = ["ReplicaClient", "Response"]
+
+Headers = list[tuple[str, str]]
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Headers, body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _Connection(asyncio.Protocol):
+    """One connection; one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[Response] | None = None
+        self._head = False
+        self._status = 0
+        self._headers: Headers = []
+        self._chunks: list[bytes] = []
+        self.got_bytes = False
+        self.keep_alive = True
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"malformed response from replica: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ConnectionError(f"replica closed the connection{f': {exc}' if exc else ''}"))
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        self.keep_alive = self._parser.should_keep_alive()
+        if self._head:  # no body follows, whatever content-length says
+            self.keep_alive = False
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self._finish()
+
+    # -----------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(Response(self._status, self._headers, b"".join(self._chunks)))
+
+    def _fail(self, exc: Exception) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    def send(self, head: bytes, body: bytes, is_head: bool) -> asyncio.Future[Response]:
+        assert self.transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._head = is_head
+        self._status, self._headers, self._chunks = 0, [], []
+        self.got_bytes = False
+        self.transport.write(head + body if len(body) < 65536 else head)
+        if len(body) >= 65536:
+            self.transport.write(body)
+        return self._waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ReplicaClient:
+    """Keep-alive connections to one replica (``host:port``)."""
+
+    def __init__(self, host: str, port: int, *, max_idle: int = 4):
+        self.host = host
+        self.port = port
+        self._host_header = f"{host}:{port}".encode()
+        self._idle: list[_Connection] = []
+        self._max_idle = max_idle
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(_Connection, self.host, self.port)
+        return conn
+
+    def _head(self, method: str, target: str, headers: Headers, length: int) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self._host_header]
+        lines.extend(f"{k}: {v}".encode("latin-1") for k, v in headers)
+        if length or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            lines.append(b"content-length: " + str(length).encode())
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    async def request(self, method: str, target: str, headers: Headers, body: bytes, timeout: float) -> Response:
+        """Send one request; ConnectionError if the replica is unreachable, TimeoutError after ``timeout``."""
+        head = self._head(method, target, headers, len(body))
+        async with asyncio.timeout(timeout):
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.closed:
+                    continue
+                try:
+                    return self._release(conn, await conn.send(head, body, method == "HEAD"))
+                except ConnectionError:
+                    conn.close()
+                    if conn.got_bytes:  # the replica failed mid-answer: not a stale connection
+                        raise
+                    # A kept-alive connection the replica had closed: retry on a fresh one.
+            try:
+                conn = await self._connect()
+            except OSError as exc:
+                raise ConnectionError(f"cannot connect to replica at {self.host}:{self.port}: {exc}") from exc
+            try:
+                return self._release(conn, await conn.send(head, body, method == "HEAD"))
+            except BaseException:
+                conn.close()
+                raise
+
+    def _release(self, conn: _Connection, response: Response) -> Response:
+        if conn.keep_alive and not conn.closed and len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            conn.close()
+        return response
+
+    def close(self) -> None:
+        for conn in self._idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._idle.clear()
