@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from sqlmodel import select
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.middleware import HostRouting, RequestId
-from api.routes import endpoints, inference, models
+from api.routes import endpoints, models
+from api.routes.inference import DataPlane
 from broker.connection import connect
 from broker.publish import Requester
 from broker.registry import KvView, delete_key
@@ -24,7 +26,7 @@ from shared.messages import EndpointSpec, ReplicaRecord
 from shared.models import Endpoint
 from shared.settings import ApiSettings
 
-__all__ = ["create_app"]
+__all__ = ["BerthApp", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,34 @@ async def _resync(ctx: AppContext) -> None:
             ctx.endpoints.items.pop(name, None)
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
+class BerthApp:
+    """The API's ASGI app: the data plane (``/e/...``) beside the FastAPI control plane.
+
+    Request ids and host routing wrap both; lifespan and everything else goes to FastAPI.
+    """
+
+    def __init__(self, control: FastAPI, settings: ApiSettings):
+        self.control = control
+        self.data = DataPlane(lambda: control.state.ctx)
+        dispatch: ASGIApp = self._dispatch
+        if settings.endpoint_domain:
+            dispatch = HostRouting(dispatch, settings.endpoint_domain)
+        self._app = RequestId(dispatch)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/e/"):
+            await self.data(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.control(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+
+def create_app(settings: ApiSettings) -> BerthApp:
     if settings.admin_token is None or not settings.admin_token.get_secret_value():
         raise ValueError("BERTH_ADMIN_TOKEN is required: the API never runs without auth")
 
@@ -80,14 +109,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(endpoints.router)
     app.include_router(models.router)
-    for route in inference.routes:
-        app.add_route(route.path, route.endpoint, methods=inference.METHODS, include_in_schema=False)
 
     @app.get("/healthz", tags=["system"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_middleware(RequestId)
-    if settings.endpoint_domain:
-        app.add_middleware(HostRouting, domain=settings.endpoint_domain)
-    return app
+    return BerthApp(app, settings)

@@ -91,14 +91,7 @@ async def replica_url(nats_url: str, endpoint: str) -> str:
     raise RuntimeError(f"no replica of {endpoint} found")
 
 
-def measure_overhead(stack: LocalStack, nats_url: str, requests: int, warmup: int) -> dict[str, Any]:
-    stack.deploy("bench-echo", ECHO, min_replicas=1, max_replicas=1)
-    wait_until(lambda: [r for r in stack.replicas("bench-echo") if r["status"] == "running"], 60, "a warm replica")
-    direct = Conn(asyncio.run(replica_url(nats_url, "bench-echo")), "/infer")
-    berth = Conn(stack.url, "/e/bench-echo/infer", stack.token)
-    for _ in range(warmup):
-        direct.post()
-        berth.post()
+def overhead_round(direct: Conn, berth: Conn, requests: int) -> dict[str, dict[str, float]]:
     d_ms, b_ms = [], []
     for i in range(requests):
         if i % 2:
@@ -108,12 +101,30 @@ def measure_overhead(stack: LocalStack, nats_url: str, requests: int, warmup: in
             b_ms.append(berth.post())
             d_ms.append(direct.post())
     d, b = summary(d_ms), summary(b_ms)
-    return {
-        "requests": requests,
-        "direct_ms": d,
-        "berth_ms": b,
-        "added_ms": {k: round(b[k] - d[k], 3) for k in d},
-    }
+    return {"direct_ms": d, "berth_ms": b, "added_ms": {k: round(b[k] - d[k], 3) for k in d}}
+
+
+def measure_overhead(stack: LocalStack, nats_url: str, requests: int, warmup: int, repeat: int) -> dict[str, Any]:
+    """``repeat`` rounds of ``requests`` each; per figure, the median round and the range."""
+    stack.deploy("bench-echo", ECHO, min_replicas=1, max_replicas=1)
+    wait_until(lambda: [r for r in stack.replicas("bench-echo") if r["status"] == "running"], 60, "a warm replica")
+    direct = Conn(asyncio.run(replica_url(nats_url, "bench-echo")), "/infer")
+    berth = Conn(stack.url, "/e/bench-echo/infer", stack.token)
+    for _ in range(warmup):
+        direct.post()
+        berth.post()
+    rounds = [overhead_round(direct, berth, requests) for _ in range(repeat)]
+    out: dict[str, Any] = {"requests_per_round": requests, "rounds": repeat}
+    for key in ("direct_ms", "berth_ms", "added_ms"):
+        out[key] = {
+            q: {
+                "median": round(statistics.median(r[key][q] for r in rounds), 3),
+                "min": min(r[key][q] for r in rounds),
+                "max": max(r[key][q] for r in rounds),
+            }
+            for q in ("p50", "p90", "p99", "mean")
+        }
+    return out
 
 
 def measure_cold_start(stack: LocalStack, runs: int) -> dict[str, Any]:
@@ -137,6 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5, help="overhead rounds (median and range reported)")
     parser.add_argument("--cold-runs", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -149,7 +161,7 @@ def main() -> None:
             # The first cold start also fetches the model from the object store.
             first = measure_cold_start(stack, 1)
             cold = measure_cold_start(stack, args.cold_runs)
-            overhead = measure_overhead(stack, nats.url, args.requests, args.warmup)
+            overhead = measure_overhead(stack, nats.url, args.requests, args.warmup, args.repeat)
         finally:
             stack.close()
             nats.stop()
@@ -164,9 +176,11 @@ def main() -> None:
     (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     o = overhead
     print(json.dumps(result, indent=2))
-    print("\n| measure | p50 | p90 | p99 |\n|---|---|---|---|")
-    for label, key in (("direct to replica (ms)", "direct_ms"), ("through Berth (ms)", "berth_ms"), ("added by Berth (ms)", "added_ms")):
-        print(f"| {label} | {o[key]['p50']} | {o[key]['p90']} | {o[key]['p99']} |")
+    print(f"\n{o['rounds']} rounds of {o['requests_per_round']} requests; median round [min–max]\n")
+    print("| ms, concurrency 1 | p50 | p90 | p99 |\n|---|---|---|---|")
+    for label, key in (("direct to replica", "direct_ms"), ("through Berth", "berth_ms"), ("added by Berth", "added_ms")):
+        cells = [f"{o[key][q]['median']} [{o[key][q]['min']}–{o[key][q]['max']}]" for q in ("p50", "p90", "p99")]
+        print(f"| {label} | " + " | ".join(cells) + " |")
     c = cold["ms"]
     print(f"\ncold start, zero replicas → response: median {c['median']} ms (min {c['min']}, max {c['max']}, {cold['runs']} runs); "
           f"first fetch of the model: {first['ms']['median']} ms")

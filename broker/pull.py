@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -67,35 +67,54 @@ class Puller:
         return Delivery(msg=msg, envelope=envelope, body=msg.data, attempt=msg.metadata.num_delivered)
 
     async def reply(self, delivery: Delivery, reply: Reply) -> None:
-        """Send the reply, then ack: the request is done."""
+        """Send the reply, then ack: the request is done.
+
+        No flush between them: both go out in order on one connection, so an ack
+        never reaches the server without the reply before it, and a reply lost
+        with the connection means a lost ack too, hence redelivery.
+        """
         if delivery.envelope.reply_to:
             await self._broker.nc.publish(
                 delivery.envelope.reply_to, reply.body, headers=reply.to_headers()
             )
-            await self._broker.nc.flush(timeout=self._broker.timeout)
         await delivery.msg.ack()
 
     async def retry(self, delivery: Delivery, delay: float | None = None) -> None:
         """Give the request back to the queue for another replica."""
         await delivery.msg.nak(delay=delay)
 
-    @contextlib.asynccontextmanager
-    async def keepalive(self, delivery: Delivery, every: float) -> AsyncIterator[None]:
-        """Send in-progress acks while the body of the ``async with`` runs."""
+    @contextlib.contextmanager
+    def keepalive(self, delivery: Delivery, every: float) -> Iterator[None]:
+        """Send in-progress acks every ``every`` seconds while the ``with`` body runs.
 
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(every)
-                with contextlib.suppress(Exception):
-                    await delivery.msg.in_progress()
+        A timer, not a task: most requests end long before the first beat, and
+        then this costs one timer handle.
+        """
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle | None = None
+        beats: set[asyncio.Task[None]] = set()
 
-        task = asyncio.create_task(beat())
+        def beat() -> None:
+            nonlocal handle
+            task = loop.create_task(delivery.msg.in_progress())
+            beats.add(task)
+            task.add_done_callback(_settle(beats))
+            handle = loop.call_later(every, beat)
+
+        handle = loop.call_later(every, beat)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            handle.cancel()
+
+
+def _settle(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # a failed in-progress ack only shortens the grace; never raise
+
+    return done
 
 
 async def fail_queued(broker: Broker, endpoint: str, reply: Reply, *, limit: int = 100_000) -> int:

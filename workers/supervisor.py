@@ -330,7 +330,7 @@ class ReplicaSupervisor:
             return
         timeout = (env.deadline - now) if env.deadline else self.spec.request_timeout
         try:
-            async with puller.keepalive(delivery, every=max(0.5, self._settings.ack_wait / 3)):
+            with puller.keepalive(delivery, every=max(0.5, self._settings.ack_wait / 3)):
                 reply = await forward(data, env, delivery.body, timeout, self.replica_id)
         except ReplicaTimeout:
             reply = Reply.failure(504, "timeout", f"the replica did not answer within {timeout:.3g} s")

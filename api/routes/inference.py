@@ -2,94 +2,149 @@
 
 The request goes into JetStream (``berth.req.<endpoint>``); a replica's agent
 pulls it, calls the replica and replies to this instance's inbox. The caller
-gets the replica's own status, headers and body. A plain Starlette route: no
-dependency injection or validation work on the hot path.
+gets the replica's own status, headers and body.
+
+This is a raw ASGI app served beside FastAPI, not inside it (see api/app.py):
+it is the hot path, so it builds no framework request or response objects and
+runs no dependency injection or validation. docs/performance.md has the profile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+import orjson
+from starlette.types import Message, Receive, Scope, Send
 
-from api.auth import bearer_token, is_admin
+from api.auth import is_admin
 from api.context import AppContext
 from broker.envelope import RequestEnvelope
-from shared.errors import AuthError, BodyTooLarge, EndpointDisabled, NotFound, UpstreamTimeout
+from shared.errors import AuthError, BerthError, BodyTooLarge, EndpointDisabled, NotFound, UpstreamTimeout
+from shared.names import ENDPOINT_NAME_RE
 
-__all__ = ["routes"]
+__all__ = ["DataPlane"]
 
 # Never forwarded to a replica: transport headers, and Berth's own credentials.
 _NOT_FORWARDED = frozenset(
-    {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
-     "authorization", "proxy-authorization", "x-octoai-async"}
+    {b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te",
+     b"upgrade", b"authorization", b"proxy-authorization", b"x-octoai-async"}
 )
 # The API's own server adds these; the replica's copies would be duplicates.
-_NOT_RETURNED = frozenset({"content-length", "date", "server"})
+_NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
 # Room left in a NATS message for the envelope's headers.
 _HEADER_ROOM = 64 * 1024
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-async def proxy(request: Request) -> Response:
-    ctx: AppContext = request.app.state.ctx
-    name: str = request.path_params["endpoint"]
-    spec = ctx.endpoints.items.get(name)
-    if spec is None:
-        raise NotFound(f"endpoint {name!r} does not exist")
-    if not spec.public and not is_admin(bearer_token(request), ctx.settings.admin_token.get_secret_value()):  # type: ignore[union-attr]
-        raise AuthError()
-    if spec.disabled:
-        raise EndpointDisabled(f"endpoint {name!r} is disabled")
+class DataPlane:
+    """The ASGI app for ``/e/...``; ``context()`` gives the resources the lifespan opened."""
 
-    limit = min(ctx.settings.max_body_bytes, ctx.broker.max_payload - _HEADER_ROOM)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body is over the {limit}-byte limit")
-    body = await request.body()
-    if len(body) > limit:
-        raise BodyTooLarge(f"request body is over the {limit}-byte limit")
+    def __init__(self, context: Callable[[], AppContext]):
+        self._context = context
 
-    request_id: str = request.state.request_id
-    timeout = spec.request_timeout
-    requester = ctx.requester
-    envelope = RequestEnvelope(
-        request_id=request_id,
-        method=request.method,
-        path="/" + request.path_params.get("path", ""),
-        query=request.scope["query_string"].decode("latin-1"),
-        headers=[(k, v) for k, v in request.headers.items() if k not in _NOT_FORWARDED],
-        deadline=time.time() + timeout,
-        reply_to=requester.reply_subject(request_id),
-        traceparent=request.headers.get("traceparent"),
-    )
-    waiter = requester.expect(request_id)
-    try:
-        await requester.publish(name, envelope, body)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async with asyncio.timeout(timeout):
-                reply = await waiter
-        except TimeoutError:
-            raise UpstreamTimeout(f"endpoint {name!r} gave no answer within {timeout:g} s") from None
-    finally:
-        requester.forget(request_id)
+            status, headers, body = await self._serve(self._context(), scope, receive, send)
+        except BerthError as exc:
+            status = exc.status_code
+            headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+            headers.append((b"content-type", b"application/json"))
+            body = orjson.dumps(exc.to_json())
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    response = Response(content=reply.body, status_code=reply.status)
-    raw = [
-        (k.lower().encode("latin-1"), v.encode("latin-1"))
-        for k, v in reply.headers
-        if k.lower() not in _NOT_RETURNED
-    ]
-    if reply.replica_id:
-        raw.append((b"x-berth-replica", reply.replica_id.encode()))
-    response.raw_headers = [h for h in response.raw_headers if h[0] == b"content-length"] + raw
-    return response
+    async def _serve(
+        self, ctx: AppContext, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        # /e/<endpoint>[/<path>]
+        _, _, rest = scope["path"].partition("/e/")
+        name, slash, path = rest.partition("/")
+        spec = ctx.endpoints.items.get(name) if ENDPOINT_NAME_RE.match(name) else None
+        if spec is None:
+            raise NotFound(f"endpoint {name!r} does not exist")
+
+        forwarded: list[tuple[str, str]] = []
+        token: str | None = None
+        declared = -1
+        traceparent: str | None = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                scheme, _, credential = value.decode("latin-1").partition(" ")
+                token = credential.strip() if scheme.lower() == "bearer" else None
+            elif key == b"content-length":
+                declared = int(value) if value.isdigit() else -1
+            elif key not in _NOT_FORWARDED:
+                if key == b"traceparent":
+                    traceparent = value.decode("latin-1")
+                forwarded.append((key.decode("latin-1"), value.decode("latin-1")))
+        admin = ctx.settings.admin_token
+        if not spec.public and (admin is None or not is_admin(token, admin.get_secret_value())):
+            raise AuthError()
+        if spec.disabled:
+            raise EndpointDisabled(f"endpoint {name!r} is disabled")
+
+        limit = min(ctx.settings.max_body_bytes, ctx.broker.max_payload - _HEADER_ROOM)
+        if declared > limit:
+            raise BodyTooLarge(f"request body is over the {limit}-byte limit")
+        body = await _read_body(receive, limit)
+
+        request_id: str = scope["state"]["request_id"]
+        timeout = spec.request_timeout
+        requester = ctx.requester
+        envelope = RequestEnvelope(
+            request_id=request_id,
+            method=scope["method"],
+            path=slash + path if slash else "/",
+            query=scope["query_string"].decode("latin-1"),
+            headers=forwarded,
+            deadline=time.time() + timeout,
+            reply_to=requester.reply_subject(request_id),
+            traceparent=traceparent,
+        )
+        waiter = requester.expect(request_id)
+        try:
+            await requester.publish(name, envelope, body)
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await waiter
+            except TimeoutError:
+                raise UpstreamTimeout(f"endpoint {name!r} gave no answer within {timeout:g} s") from None
+        finally:
+            requester.forget(request_id)
+
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in reply.headers
+            if k.lower() not in _NOT_RETURNED
+        ]
+        if reply.replica_id:
+            headers.append((b"x-berth-replica", reply.replica_id.encode()))
+        return reply.status, headers, reply.body
 
 
-routes = [
-    Route("/e/{endpoint}", proxy, methods=METHODS),
-    Route("/e/{endpoint}/{path:path}", proxy, methods=METHODS),
-]
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected()
+        chunk: Any = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body is over the {limit}-byte limit")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Disconnected(BerthError):
+    status_code = 499
+    code = "client_disconnected"
+
+    def __init__(self) -> None:
+        super().__init__("the client went away")
