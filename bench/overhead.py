@@ -104,10 +104,16 @@ def overhead_round(direct: Conn, berth: Conn, requests: int) -> dict[str, dict[s
     return {"direct_ms": d, "berth_ms": b, "added_ms": {k: round(b[k] - d[k], 3) for k in d}}
 
 
-def measure_overhead(stack: LocalStack, nats_url: str, requests: int, warmup: int, repeat: int) -> dict[str, Any]:
+def measure_overhead(
+    stack: LocalStack, nats_url: str, requests: int, warmup: int, repeat: int
+) -> dict[str, Any]:
     """``repeat`` rounds of ``requests`` each; per figure, the median round and the range."""
     stack.deploy("bench-echo", ECHO, min_replicas=1, max_replicas=1)
-    wait_until(lambda: [r for r in stack.replicas("bench-echo") if r["status"] == "running"], 60, "a warm replica")
+    wait_until(
+        lambda: [r for r in stack.replicas("bench-echo") if r["status"] == "running"],
+        60,
+        "a warm replica",
+    )
     direct = Conn(asyncio.run(replica_url(nats_url, "bench-echo")), "/infer")
     berth = Conn(stack.url, "/e/bench-echo/infer", stack.token)
     for _ in range(warmup):
@@ -139,7 +145,11 @@ def measure_cold_start(stack: LocalStack, runs: int) -> dict[str, Any]:
     times = [cold(f"bench-cold-{i}") for i in range(runs)]
     return {
         "runs": runs,
-        "ms": {"median": round(statistics.median(times), 1), "min": round(min(times), 1), "max": round(max(times), 1)},
+        "ms": {
+            "median": round(statistics.median(times), 1),
+            "min": round(min(times), 1),
+            "max": round(max(times), 1),
+        },
         "all_ms": [round(t, 1) for t in times],
     }
 
@@ -148,7 +158,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=5, help="overhead rounds (median and range reported)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="overhead rounds (median and range reported)"
+    )
     parser.add_argument("--cold-runs", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -178,12 +190,21 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"\n{o['rounds']} rounds of {o['requests_per_round']} requests; median round [min–max]\n")
     print("| ms, concurrency 1 | p50 | p90 | p99 |\n|---|---|---|---|")
-    for label, key in (("direct to replica", "direct_ms"), ("through Berth", "berth_ms"), ("added by Berth", "added_ms")):
-        cells = [f"{o[key][q]['median']} [{o[key][q]['min']}–{o[key][q]['max']}]" for q in ("p50", "p90", "p99")]
+    for label, key in (
+        ("direct to replica", "direct_ms"),
+        ("through Berth", "berth_ms"),
+        ("added by Berth", "added_ms"),
+    ):
+        cells = [
+            f"{o[key][q]['median']} [{o[key][q]['min']}–{o[key][q]['max']}]"
+            for q in ("p50", "p90", "p99")
+        ]
         print(f"| {label} | " + " | ".join(cells) + " |")
     c = cold["ms"]
-    print(f"\ncold start, zero replicas → response: median {c['median']} ms (min {c['min']}, max {c['max']}, {cold['runs']} runs); "
-          f"first fetch of the model: {first['ms']['median']} ms")
+    print(
+        f"\ncold start, zero replicas → response: median {c['median']} ms (min {c['min']}, max {c['max']}, {cold['runs']} runs); "
+        f"first fetch of the model: {first['ms']['median']} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def _endpoints(args: argparse.Namespace) -> None:
         for r in ep["replicas"]:
             states[r["status"]] = states.get(r["status"], 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "0"
-        print(f"{ep['name']:<24} {ep['endpoint_state']:<9} {ep['min_replicas']:>3} {ep['max_replicas']:>3} {summary:<20} {ep['endpoint']}")
+        print(
+            f"{ep['name']:<24} {ep['endpoint_state']:<9} {ep['min_replicas']:>3} {ep['max_replicas']:>3} {summary:<20} {ep['endpoint']}"
+        )
 
 
 def _infer(args: argparse.Namespace) -> None:
@@ -76,7 +78,10 @@ def _infer(args: argparse.Namespace) -> None:
     except ValueError:
         print(resp.text)
     if resp.status_code >= 400:
-        print(f"berth: HTTP {resp.status_code} (request id {resp.headers.get('x-user-request-id')})", file=sys.stderr)
+        print(
+            f"berth: HTTP {resp.status_code} (request id {resp.headers.get('x-user-request-id')})",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
 
 
@@ -114,7 +119,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--name")
     d.add_argument("--min-replicas", type=int, default=0)
     d.add_argument("--max-replicas", type=int, default=1)
-    d.add_argument("--scale-to-zero", type=int, default=300, help="seconds idle before scaling down")
+    d.add_argument(
+        "--scale-to-zero", type=int, default=300, help="seconds idle before scaling down"
+    )
     d.add_argument("--concurrency", type=int, default=1, help="requests one replica serves at once")
     d.add_argument("--timeout", type=float, help="request timeout in seconds")
     d.add_argument("--public", action="store_true", help="serve inference without a token")
@@ -127,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("infer", help="call an endpoint")
     i.add_argument("name")
-    i.add_argument("data", nargs="?", help="JSON body, e.g. '{\"prompt\": \"hi\"}'")
+    i.add_argument("data", nargs="?", help='JSON body, e.g. \'{"prompt": "hi"}\'')
     i.add_argument("--route", default="/infer")
     i.set_defaults(func=_infer)
 

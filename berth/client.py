@@ -58,7 +58,9 @@ class Client:
         return body
 
     def upload_model(self, archive: bytes) -> str:
-        resp = self.http.post("/v1/models", content=archive, headers={"content-type": "application/gzip"})
+        resp = self.http.post(
+            "/v1/models", content=archive, headers={"content-type": "application/gzip"}
+        )
         return str(self._json(resp)["model_id"])
 
     def create_endpoint(self, **fields: Any) -> dict[str, Any]:

@@ -65,8 +65,20 @@ class LocalNats:
     def start(self, **popen: Any) -> LocalNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-             "-sd", str(self.store_dir), "--server_name", "berth-local", "-l", str(self.log)],
+            [
+                nats_server_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+                "--server_name",
+                "berth-local",
+                "-l",
+                str(self.log),
+            ],
             **popen,
         )
         wait_until(self._ready, 15, f"nats-server on port {self.port}")
@@ -125,7 +137,10 @@ class LocalStack:
             with log.open("ab") as out:
                 self.procs[kind] = subprocess.Popen(
                     [sys.executable, "-m", "berth.cli", kind],
-                    env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
                 )
         if "api" in kinds:
             wait_until(self._api_ready, 60, "the API to answer /healthz")
@@ -145,7 +160,9 @@ class LocalStack:
             self.stop(kind)
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kw)
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kw
+        )
 
     def deploy(self, name: str, folder: Path, **fields: Any) -> dict[str, Any]:
         """Upload a model folder and create an endpoint from it."""
@@ -154,7 +171,9 @@ class LocalStack:
         with self.client() as c:
             resp = c.post("/v1/models", content=pack_dir(folder))
             resp.raise_for_status()
-            resp = c.post("/v1/endpoint", json={"name": name, "model_id": resp.json()["model_id"], **fields})
+            resp = c.post(
+                "/v1/endpoint", json={"name": name, "model_id": resp.json()["model_id"], **fields}
+            )
             if resp.status_code != 201:
                 raise RuntimeError(f"create endpoint {name}: {resp.status_code} {resp.text}")
             return resp.json()  # type: ignore[no-any-return]
@@ -166,4 +185,6 @@ class LocalStack:
             return resp.json()["replicas"]  # type: ignore[no-any-return]
 
     def log_text(self, tail: int = 4000) -> str:
-        return "\n".join(f"--- {k}\n{p.read_text()[-tail:]}" for k, p in self.logs.items() if p.exists())
+        return "\n".join(
+            f"--- {k}\n{p.read_text()[-tail:]}" for k, p in self.logs.items() if p.exists()
+        )

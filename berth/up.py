@@ -76,7 +76,9 @@ def main(settings: UpSettings | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    nats = LocalNats(data_dir / "nats", settings.nats_port or None, log=data_dir / "nats-server.log")
+    nats = LocalNats(
+        data_dir / "nats", settings.nats_port or None, log=data_dir / "nats-server.log"
+    )
     try:
         try:
             nats.start(start_new_session=True, preexec_fn=die_with_parent)
@@ -86,8 +88,11 @@ def main(settings: UpSettings | None = None) -> None:
         (data_dir / "nats-url").write_text(nats_url + "\n")
         env = dict(os.environ)
         env.update(
-            BERTH_DATA_DIR=str(data_dir), BERTH_NATS_URL=nats_url, BERTH_ADMIN_TOKEN=token,
-            BERTH_PORT=str(api_port), BERTH_HOST=settings.host,
+            BERTH_DATA_DIR=str(data_dir),
+            BERTH_NATS_URL=nats_url,
+            BERTH_ADMIN_TOKEN=token,
+            BERTH_PORT=str(api_port),
+            BERTH_HOST=settings.host,
         )
         berth = [sys.executable, "-m", "berth.cli"]
         children.append(("api", _spawn([*berth, "api"], env)))
@@ -105,7 +110,10 @@ def main(settings: UpSettings | None = None) -> None:
         while not stopping:
             for name, proc in children:
                 if proc.poll() is not None:
-                    print(f"berth: {name} exited with code {proc.returncode}; stopping", file=sys.stderr)
+                    print(
+                        f"berth: {name} exited with code {proc.returncode}; stopping",
+                        file=sys.stderr,
+                    )
                     stopping = True
             if nats.proc is not None and nats.proc.poll() is not None:
                 print("berth: nats-server exited; stopping", file=sys.stderr)

@@ -86,10 +86,16 @@ async def fetch_model(broker: Broker, model_id: str, cache_dir: Path) -> Path:
     except ObjectNotFoundError as exc:
         raise NotFound(f"model {model_id} is not in the model store") from exc
     data = result.data or b""
+    # Hashing and unpacking a large archive would stall every pull loop on this agent.
+    await asyncio.to_thread(_unpack, model_id, data, target)
+    return target
+
+
+def _unpack(model_id: str, data: bytes, target: Path) -> None:
     if "sha256:" + hashlib.sha256(data).hexdigest() != model_id:
         raise InvalidRequest(f"model {model_id} failed its digest check")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=cache_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             tar.extractall(staging, filter="data")
@@ -100,7 +106,6 @@ async def fetch_model(broker: Broker, model_id: str, cache_dir: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 class ModelCache:

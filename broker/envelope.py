@@ -110,4 +110,6 @@ class Reply:
     @classmethod
     def failure(cls, status: int, code: str, message: str) -> Reply:
         body = orjson.dumps({"error": {"code": code, "message": message}})
-        return cls(status=status, body=body, headers=[("content-type", "application/json")], error=code)
+        return cls(
+            status=status, body=body, headers=[("content-type", "application/json")], error=code
+        )

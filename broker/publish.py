@@ -61,7 +61,7 @@ class Requester:
                 headers=envelope.to_headers(),
                 timeout=self._broker.timeout,
             )
-        except (NatsTimeout, NoStreamResponseError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NatsTimeout, NoStreamResponseError) as exc:
             raise BrokerUnavailable(f"request queue unavailable: {exc!r}") from exc
         # Core NATS, fire and forget: the scaler reacts at once to demand on an
         # endpoint; its periodic look at the backlog covers a lost nudge.

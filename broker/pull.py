@@ -60,11 +60,13 @@ class Puller:
         assert self._sub is not None, "open() first"
         try:
             msgs = await self._sub.fetch(1, timeout=expires)
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             return None
         msg = msgs[0]
         envelope = RequestEnvelope.from_headers(msg.headers or {})
-        return Delivery(msg=msg, envelope=envelope, body=msg.data, attempt=msg.metadata.num_delivered)
+        return Delivery(
+            msg=msg, envelope=envelope, body=msg.data, attempt=msg.metadata.num_delivered
+        )
 
     async def reply(self, delivery: Delivery, reply: Reply) -> None:
         """Send the reply, then ack: the request is done.

@@ -70,7 +70,7 @@ class KvView(Generic[M]):
                 self._notify(key, value)
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _notify(self, key: str, value: M | None) -> None:
         if self._on_change is not None:

@@ -7,6 +7,7 @@ endpoint's limits change.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -93,7 +94,9 @@ def ack_wait_for(spec: EndpointSpec, ack_wait: float) -> float:
     return max(1.0, min(ack_wait, spec.request_timeout))
 
 
-async def ensure_endpoint_consumer(broker: Broker, spec: EndpointSpec, *, ack_wait: float = 30.0) -> None:
+async def ensure_endpoint_consumer(
+    broker: Broker, spec: EndpointSpec, *, ack_wait: float = 30.0
+) -> None:
     """Create or update the endpoint's durable pull consumer (``ep-<name>``)."""
     config = ConsumerConfig(
         durable_name=names.consumer_name(spec.name),
@@ -109,10 +112,8 @@ async def ensure_endpoint_consumer(broker: Broker, spec: EndpointSpec, *, ack_wa
 
 
 async def delete_endpoint_consumer(broker: Broker, endpoint: str) -> None:
-    try:
+    with contextlib.suppress(NotFoundError):
         await broker.js.delete_consumer(names.REQUESTS_STREAM, names.consumer_name(endpoint))
-    except NotFoundError:
-        pass
     await broker.js.purge_stream(names.REQUESTS_STREAM, subject=names.request_subject(endpoint))
 
 

@@ -27,7 +27,14 @@ from broker.streams import backlog
 from scaler.placement import place
 from scaler.policy import Decision, Observation, ReplicaView, decide
 from shared import names
-from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord, ReplicaState, StartReplica, StopReplica
+from shared.messages import (
+    AgentRecord,
+    EndpointSpec,
+    ReplicaRecord,
+    ReplicaState,
+    StartReplica,
+    StopReplica,
+)
 from shared.settings import ScalerSettings
 
 __all__ = ["Scaler"]
@@ -57,8 +64,12 @@ class Scaler:
     def __init__(self, settings: ScalerSettings, broker: Broker):
         self.settings = settings
         self.broker = broker
-        self.endpoints: KvView[EndpointSpec] = KvView(broker, names.KV_ENDPOINTS, EndpointSpec, self._changed)
-        self.replicas: KvView[ReplicaRecord] = KvView(broker, names.KV_REPLICAS, ReplicaRecord, self._replica_changed)
+        self.endpoints: KvView[EndpointSpec] = KvView(
+            broker, names.KV_ENDPOINTS, EndpointSpec, self._changed
+        )
+        self.replicas: KvView[ReplicaRecord] = KvView(
+            broker, names.KV_REPLICAS, ReplicaRecord, self._replica_changed
+        )
         self.agents: KvView[AgentRecord] = KvView(broker, names.KV_AGENTS, AgentRecord)
         self.activity: dict[str, float] = {}
         self.pending: dict[str, PendingStart] = {}
@@ -106,7 +117,9 @@ class Scaler:
                     break
                 self._wake.clear()
                 if time.monotonic() >= next_tick:
-                    todo = set(self.endpoints.items) | {r.endpoint for r in self.replicas.items.values()}
+                    todo = set(self.endpoints.items) | {
+                        r.endpoint for r in self.replicas.items.values()
+                    }
                     next_tick = time.monotonic() + self.settings.tick_interval
                 else:
                     todo = set()
@@ -148,12 +161,22 @@ class Scaler:
         if type_ == "replica_start_failed":
             previous = self.failures.get(endpoint)
             count = previous.count + 1 if previous else 1
-            delay = min(self.settings.start_backoff * 2 ** (count - 1), self.settings.start_backoff_max)
-            failure = StartFailure(count=count, until=now + delay, reason=event["details"].get("reason", "unknown"))
+            delay = min(
+                self.settings.start_backoff * 2 ** (count - 1), self.settings.start_backoff_max
+            )
+            failure = StartFailure(
+                count=count, until=now + delay, reason=event["details"].get("reason", "unknown")
+            )
             self.failures[endpoint] = failure
             await publish_event(
-                self.broker, "scale", endpoint, "start_backoff", level="warning",
-                reason=failure.reason, retry_in_s=round(delay, 1), failures=count,
+                self.broker,
+                "scale",
+                endpoint,
+                "start_backoff",
+                level="warning",
+                reason=failure.reason,
+                retry_in_s=round(delay, 1),
+                failures=count,
             )
             if not self._live(endpoint, now, exclude=msg_replica(msg)):
                 await self._fail_waiting(endpoint, failure)
@@ -175,15 +198,21 @@ class Scaler:
         if any(p.endpoint == endpoint and p_id != exclude for p_id, p in self.pending.items()):
             return True
         return any(
-            r.endpoint == endpoint and r.replica_id != exclude and r.fresh(now)
+            r.endpoint == endpoint
+            and r.replica_id != exclude
+            and r.fresh(now)
             and r.state in (ReplicaState.STARTING, ReplicaState.READY)
             for r in self.replicas.items.values()
         )
 
     # -- decide and act --------------------------------------------------------------------
 
-    def observe(self, endpoint: str, spec: EndpointSpec, queued: int, in_flight: int, now: float) -> Observation:
-        records = [r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)]
+    def observe(
+        self, endpoint: str, spec: EndpointSpec, queued: int, in_flight: int, now: float
+    ) -> Observation:
+        records = [
+            r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)
+        ]
         for rid, p in list(self.pending.items()):
             if now - p.issued_at > self.settings.start_timeout:
                 del self.pending[rid]
@@ -198,7 +227,9 @@ class Scaler:
             queued=queued,
             in_flight=in_flight,
             replicas=tuple(
-                ReplicaView(r.replica_id, r.state, r.in_flight, r.ready_at, current=r.digest == digest)
+                ReplicaView(
+                    r.replica_id, r.state, r.in_flight, r.ready_at, current=r.digest == digest
+                )
                 for r in records
             ),
             pending_starts=sum(1 for p in self.pending.values() if p.endpoint == endpoint),
@@ -211,7 +242,9 @@ class Scaler:
         now = time.time()
         spec = self.endpoints.items.get(endpoint)
         if spec is None:  # deleted: drain whatever still runs
-            for r in [r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)]:
+            for r in [
+                r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)
+            ]:
                 await self._stop(r, "endpoint deleted", only_if_idle=False)
             return Decision()
         bl = await backlog(self.broker, endpoint)
@@ -231,13 +264,24 @@ class Scaler:
                 if record is not None:
                     await self._stop(record, decision.reason, only_if_idle=idle_only)
         await publish_event(
-            self.broker, "scale", endpoint, "scale_decision", reason=decision.reason,
-            start=started, stop=list(decision.stop), drain=list(decision.drain),
-            queued=obs.queued, in_flight=obs.in_flight,
+            self.broker,
+            "scale",
+            endpoint,
+            "scale_decision",
+            reason=decision.reason,
+            start=started,
+            stop=list(decision.stop),
+            drain=list(decision.drain),
+            queued=obs.queued,
+            in_flight=obs.in_flight,
         )
         if started < decision.start:
             await publish_event(
-                self.broker, "scale", endpoint, "no_capacity", level="warning",
+                self.broker,
+                "scale",
+                endpoint,
+                "no_capacity",
+                level="warning",
                 reason=f"no agent had a free slot for {decision.start - started} replica(s)",
             )
         return decision
@@ -251,11 +295,15 @@ class Scaler:
             if a.fresh(now)
         ]
         on_agent = Counter(
-            r.agent_id for r in self.replicas.items.values() if r.endpoint == spec.name and r.fresh(now)
+            r.agent_id
+            for r in self.replicas.items.values()
+            if r.endpoint == spec.name and r.fresh(now)
         )
         pending_on = Counter(p.agent_id for p in self.pending.values())
         tried: set[str] = set()
-        while (agent_id := place(agents, on_agent, pending_on, exclude=frozenset(tried))) is not None:
+        while (
+            agent_id := place(agents, on_agent, pending_on, exclude=frozenset(tried))
+        ) is not None:
             tried.add(agent_id)
             replica_id = secrets.token_hex(4)
             cmd = StartReplica(replica_id=replica_id, spec=spec)
@@ -264,7 +312,8 @@ class Scaler:
             self.pending[replica_id] = PendingStart(spec.name, agent_id, now)
             try:
                 resp = await self.broker.nc.request(
-                    names.agent_subject(agent_id, "start"), cmd.model_dump_json().encode(),
+                    names.agent_subject(agent_id, "start"),
+                    cmd.model_dump_json().encode(),
                     timeout=self.settings.nats_timeout,
                 )
                 answer = orjson.loads(resp.data)
@@ -277,10 +326,16 @@ class Scaler:
         return False
 
     async def _stop(self, record: ReplicaRecord, reason: str, *, only_if_idle: bool) -> None:
-        cmd = StopReplica(endpoint=record.endpoint, replica_id=record.replica_id, reason=reason, only_if_idle=only_if_idle)
+        cmd = StopReplica(
+            endpoint=record.endpoint,
+            replica_id=record.replica_id,
+            reason=reason,
+            only_if_idle=only_if_idle,
+        )
         try:
             await self.broker.nc.request(
-                names.agent_subject(record.agent_id, "stop"), cmd.model_dump_json().encode(),
+                names.agent_subject(record.agent_id, "stop"),
+                cmd.model_dump_json().encode(),
                 timeout=self.settings.nats_timeout,
             )
         except Exception as exc:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from broker.connection import connect
 from broker.streams import ensure_layout
 from scaler.loop import Scaler
-from shared.runner import configure_logging, run_service
+from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import ScalerSettings
 
 
@@ -15,12 +13,12 @@ def main(settings: ScalerSettings | None = None) -> None:
     settings = settings or ScalerSettings()
     configure_logging(settings.log_level, "scaler")
 
-    async def run(on_signal: Callable[[Callable[[], None]], None]) -> None:
+    async def run(on_stop: OnStop) -> None:
         broker = await connect(settings.nats_url, "berth-scaler", timeout=settings.nats_timeout)
         try:
             await ensure_layout(broker)
             scaler = Scaler(settings, broker)
-            on_signal(scaler.shutdown)
+            on_stop(scaler.shutdown)
             await scaler.run()
         finally:
             await broker.close()

@@ -29,7 +29,11 @@ def place(
         free = agent.slots - agent.used_slots - pending_on[agent.agent_id]
         if free <= 0:
             continue
-        key = (endpoint_replicas_on[agent.agent_id] + pending_on[agent.agent_id], -free, agent.agent_id)
+        key = (
+            endpoint_replicas_on[agent.agent_id] + pending_on[agent.agent_id],
+            -free,
+            agent.agent_id,
+        )
         if best is None or key < best:
             best = key
     return None if best is None else best[2]

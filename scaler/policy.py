@@ -76,7 +76,9 @@ def _outdated(obs: Observation) -> tuple[str, ...]:
 
 def _stoppable(obs: Observation, count: int) -> tuple[str, ...]:
     """Up to ``count`` current replicas that are ready and idle, the youngest first."""
-    idle = [r for r in obs.replicas if r.state is ReplicaState.READY and r.in_flight == 0 and r.current]
+    idle = [
+        r for r in obs.replicas if r.state is ReplicaState.READY and r.in_flight == 0 and r.current
+    ]
     idle.sort(key=lambda r: r.ready_at or 0.0, reverse=True)
     return tuple(r.replica_id for r in idle[: max(0, count)])
 
@@ -104,7 +106,9 @@ def _scale(obs: Observation) -> Decision:
 
     if target > active:
         if obs.now < obs.backoff_until:
-            return Decision(reason=f"start held back {obs.backoff_until - obs.now:.1f} s after a failed start")
+            return Decision(
+                reason=f"start held back {obs.backoff_until - obs.now:.1f} s after a failed start"
+            )
         why = (
             f"min_replicas={spec.min_replicas}"
             if needed <= active
@@ -115,7 +119,9 @@ def _scale(obs: Observation) -> Decision:
     if active > spec.max_replicas:
         stop = _stoppable(obs, active - spec.max_replicas)
         if stop:
-            return Decision(stop=stop, reason=f"scale down {active} → {spec.max_replicas}: above max_replicas")
+            return Decision(
+                stop=stop, reason=f"scale down {active} → {spec.max_replicas}: above max_replicas"
+            )
 
     idle_for = obs.now - obs.last_activity
     if demand == 0 and idle_for >= spec.scale_to_zero and active > spec.min_replicas:

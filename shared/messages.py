@@ -61,8 +61,16 @@ class EndpointSpec(BaseModel):
     def replica_digest(self) -> str:
         """What a replica runs: a replica whose digest differs is outdated and gets replaced."""
         fields = self.model_dump(
-            include={"model_id", "image_url", "port", "health_check_path", "env_overrides",
-                     "instance_type", "concurrency_per_replica", "incarnation"}
+            include={
+                "model_id",
+                "image_url",
+                "port",
+                "health_check_path",
+                "env_overrides",
+                "instance_type",
+                "concurrency_per_replica",
+                "incarnation",
+            }
         )
         return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]
 

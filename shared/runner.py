@@ -9,7 +9,10 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
-__all__ = ["configure_logging", "run_service"]
+__all__ = ["OnStop", "configure_logging", "run_service"]
+
+# Registers a function to call when the process is asked to stop.
+OnStop = Callable[[Callable[[], None]], None]
 
 
 def configure_logging(level: str, name: str) -> None:
@@ -22,7 +25,7 @@ def configure_logging(level: str, name: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_service(main: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
+def run_service(main: Callable[[OnStop], Awaitable[None]]) -> None:
     """Run ``main(on_signal)`` on uvloop; SIGINT/SIGTERM call the stop function it registers."""
 
     async def runner() -> None:
@@ -38,6 +41,6 @@ def run_service(main: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        await main(register)  # type: ignore[arg-type]
+        await main(register)
 
     uvloop.run(runner())

@@ -59,11 +59,17 @@ class Stack(LocalStack):
     """The processes of one Berth, with the test models at hand."""
 
     def deploy(self, name: str, model: str | Path = "probe", **fields: Any) -> dict[str, Any]:  # type: ignore[override]
-        folder = MODELS / str(model) if (MODELS / str(model)).exists() else ROOT / "examples" / str(model)
+        folder = (
+            MODELS / str(model)
+            if (MODELS / str(model)).exists()
+            else ROOT / "examples" / str(model)
+        )
         return super().deploy(name, folder, **fields)
 
     def aclient(self, **kw: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kw)
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kw
+        )
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +85,13 @@ def stack(nats_server: LocalNats, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture
 def name(request: pytest.FixtureRequest) -> Iterator[str]:
     """A unique, valid endpoint name for this test; the endpoint is deleted afterwards."""
-    base = request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    base = (
+        request.node.name.lower()
+        .replace("_", "-")
+        .replace("[", "-")
+        .replace("]", "")[:40]
+        .strip("-")
+    )
     endpoint = f"{base}-{secrets.token_hex(2)}"
     yield endpoint
     if "stack" in request.fixturenames:

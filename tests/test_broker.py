@@ -12,7 +12,13 @@ from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
 from broker.publish import Requester
 from broker.pull import Puller, fail_queued
-from broker.streams import MAX_DELIVER, backlog, delete_endpoint_consumer, ensure_endpoint_consumer, ensure_layout
+from broker.streams import (
+    MAX_DELIVER,
+    backlog,
+    delete_endpoint_consumer,
+    ensure_endpoint_consumer,
+    ensure_layout,
+)
 from shared import names
 from shared.errors import BrokerUnavailable
 from shared.messages import EndpointSpec
@@ -32,7 +38,9 @@ def spec(**kw: object) -> EndpointSpec:
 
 
 def envelope(requester: Requester, rid: str) -> RequestEnvelope:
-    return RequestEnvelope(request_id=rid, method="POST", path="/infer", reply_to=requester.reply_subject(rid))
+    return RequestEnvelope(
+        request_id=rid, method="POST", path="/infer", reply_to=requester.reply_subject(rid)
+    )
 
 
 async def test_layout_is_idempotent(broker: Broker) -> None:
@@ -48,7 +56,9 @@ async def test_consumer_limits_follow_the_spec(broker: Broker) -> None:
     info = await broker.js.consumer_info(names.REQUESTS_STREAM, names.consumer_name(s.name))
     assert info.config.max_ack_pending == 6
     assert info.config.max_deliver == MAX_DELIVER
-    await ensure_endpoint_consumer(broker, s.model_copy(update={"max_replicas": 5}))  # an update, not an error
+    await ensure_endpoint_consumer(
+        broker, s.model_copy(update={"max_replicas": 5})
+    )  # an update, not an error
     info = await broker.js.consumer_info(names.REQUESTS_STREAM, names.consumer_name(s.name))
     assert info.config.max_ack_pending == 15
     await delete_endpoint_consumer(broker, s.name)
@@ -67,7 +77,9 @@ async def test_publish_pull_reply_round_trip(broker: Broker) -> None:
         await requester.publish(s.name, envelope(requester, rid), f"body-{i}".encode())
     # A duplicate publish (same request id) is dropped by JetStream's duplicate window.
     await requester.publish(s.name, envelope(requester, "r0"), b"dup")
-    assert await backlog(broker, s.name) == type(await backlog(broker, s.name))(queued=3, in_flight=0)  # type: ignore[misc]
+    assert await backlog(broker, s.name) == type(await backlog(broker, s.name))(
+        queued=3, in_flight=0
+    )  # type: ignore[misc]
 
     puller = Puller(broker, s.name)
     await puller.open()

@@ -26,7 +26,9 @@ def pg_url() -> Iterator[str]:
     """A fresh database on the PostgreSQL server, dropped afterwards."""
     psycopg = pytest.importorskip("psycopg")
     try:
-        admin = psycopg.connect(sync_url(PG_URL).replace("+psycopg", ""), autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(
+            sync_url(PG_URL).replace("+psycopg", ""), autocommit=True, connect_timeout=3
+        )
     except psycopg.OperationalError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {exc}")
@@ -53,7 +55,12 @@ async def crud(url: str) -> None:
     try:
         async with db.session() as s:
             ep = Endpoint.model_validate(
-                EndpointCreate(name="echo", model_id="sha256:x", env_overrides={"A": "1"}, container_secrets=["k"])
+                EndpointCreate(
+                    name="echo",
+                    model_id="sha256:x",
+                    env_overrides={"A": "1"},
+                    container_secrets=["k"],
+                )
             )
             s.add(ep)
             await s.commit()

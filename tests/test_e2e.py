@@ -34,7 +34,9 @@ def test_deploy_and_call_python_model(stack: Stack, name: str) -> None:
         assert resp.json()["output"] == {"text": "SHOUT"}
         # The model server's own OpenAPI document, through the endpoint URL.
         schema = c.get(f"/e/{name}/openapi.json").json()
-        body = schema["paths"]["/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        body = schema["paths"]["/infer"]["post"]["requestBody"]["content"]["application/json"][
+            "schema"
+        ]
         assert body["required"] == ["prompt"]
         assert body["properties"]["n"]["default"] == 1
     replicas = stack.replicas(name)
@@ -55,7 +57,11 @@ def test_cold_start_request_is_held_not_failed(stack: Stack, name: str) -> None:
 
 def test_min_replicas_start_without_traffic(stack: Stack, name: str) -> None:
     stack.deploy(name, min_replicas=1, max_replicas=1)
-    wait_for(lambda: [r for r in stack.replicas(name) if r["status"] == "running"], 30, "a min_replicas replica")
+    wait_for(
+        lambda: [r for r in stack.replicas(name) if r["status"] == "running"],
+        30,
+        "a min_replicas replica",
+    )
 
 
 async def test_queue_is_fifo_beyond_free_slots(stack: Stack, name: str, tmp_path: Path) -> None:
@@ -64,11 +70,19 @@ async def test_queue_is_fifo_beyond_free_slots(stack: Stack, name: str, tmp_path
     wait_for(lambda: stack.replicas(name), 30, "the replica")
     order = tmp_path / "order.log"
     async with stack.aclient() as c:
-        first = asyncio.create_task(c.post(f"/e/{name}/infer", json={"prompt": "0", "sleep": 1.0, "log": str(order)}))
-        await asyncio.to_thread(wait_for, lambda: order.exists() and order.read_text(), 30, "the first request to run")
+        first = asyncio.create_task(
+            c.post(f"/e/{name}/infer", json={"prompt": "0", "sleep": 1.0, "log": str(order)})
+        )
+        await asyncio.to_thread(
+            wait_for, lambda: order.exists() and order.read_text(), 30, "the first request to run"
+        )
         rest = []
         for i in range(1, 5):
-            rest.append(asyncio.create_task(c.post(f"/e/{name}/infer", json={"prompt": str(i), "log": str(order)})))
+            rest.append(
+                asyncio.create_task(
+                    c.post(f"/e/{name}/infer", json={"prompt": str(i), "log": str(order)})
+                )
+            )
             await asyncio.sleep(0.05)  # stagger submissions so arrival order is defined
         responses = await asyncio.gather(first, *rest)
     assert [r.status_code for r in responses] == [200] * 5
@@ -79,7 +93,9 @@ async def test_queue_is_fifo_beyond_free_slots(stack: Stack, name: str, tmp_path
 async def test_scales_up_to_max_under_load_and_back_to_zero(stack: Stack, name: str) -> None:
     stack.deploy(name, max_replicas=2, scale_to_zero=2)
     async with stack.aclient() as c:
-        calls = [c.post(f"/e/{name}/infer", json={"prompt": str(i), "sleep": 1.5}) for i in range(4)]
+        calls = [
+            c.post(f"/e/{name}/infer", json={"prompt": str(i), "sleep": 1.5}) for i in range(4)
+        ]
         responses = await asyncio.gather(*calls)
     assert all(r.status_code == 200 for r in responses)
     assert len({r.json()["output"]["pid"] for r in responses}) == 2  # both replicas took work
@@ -127,11 +143,15 @@ def test_killed_replica_mid_request_is_redelivered(stack: Stack, name: str, tmp_
 
         async def slow_call() -> httpx.Response:
             async with stack.aclient() as ac:
-                return await ac.post(f"/e/{name}/infer", json={"prompt": "survivor", "sleep": 1.0, "log": str(calls)})
+                return await ac.post(
+                    f"/e/{name}/infer", json={"prompt": "survivor", "sleep": 1.0, "log": str(calls)}
+                )
 
         async def scenario() -> httpx.Response:
             task = asyncio.create_task(slow_call())
-            await asyncio.to_thread(wait_for, lambda: calls.exists(), 30, "the request to reach the replica")
+            await asyncio.to_thread(
+                wait_for, lambda: calls.exists(), 30, "the request to reach the replica"
+            )
             os.kill(pid, signal.SIGKILL)
             return await task
 
@@ -156,7 +176,9 @@ def test_killed_replica_mid_request_is_redelivered(stack: Stack, name: str, tmp_
         ({"health_check_path": "healthz"}, "must start with '/'"),
     ],
 )
-def test_invalid_config_is_422_with_json(stack: Stack, body: dict[str, object], fragment: str) -> None:
+def test_invalid_config_is_422_with_json(
+    stack: Stack, body: dict[str, object], fragment: str
+) -> None:
     fields = {"name": "valid-name", "image_url": "example.com/echo:1", **body}
     with stack.client() as c:
         resp = c.post("/v1/endpoint", json=fields)
@@ -169,7 +191,9 @@ def test_bad_requests_get_clear_4xx(stack: Stack, name: str) -> None:
         assert c.post("/e/no-such-endpoint/infer", json={}).json()["error"]["code"] == "not_found"
         assert c.post("/e/no-such-endpoint/infer", json={}).status_code == 404
         assert c.get("/v1/endpoint/no-such-endpoint").status_code == 404
-        resp = c.post("/v1/endpoint", content=b'{"name": "x", ', headers={"content-type": "application/json"})
+        resp = c.post(
+            "/v1/endpoint", content=b'{"name": "x", ', headers={"content-type": "application/json"}
+        )
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_request"
         stack.deploy(name, "echo")
         assert c.post("/v1/endpoint", json={"name": name, "image_url": "x"}).status_code == 409
@@ -184,7 +208,10 @@ def test_bad_requests_get_clear_4xx(stack: Stack, name: str) -> None:
         assert resp.status_code == 422 and "never uploaded" in resp.json()["error"]["message"]
     # No token, wrong token: 401 on both planes; every response has a request id.
     with httpx.Client(base_url=stack.url) as anon:
-        for resp in (anon.get("/v1/endpoints"), anon.post(f"/e/{name}/infer", json={"prompt": "x"})):
+        for resp in (
+            anon.get("/v1/endpoints"),
+            anon.post(f"/e/{name}/infer", json={"prompt": "x"}),
+        ):
             assert resp.status_code == 401 and resp.json()["error"]["code"] == "unauthorized"
             assert resp.headers["x-user-request-id"]
         wrong = anon.get("/v1/endpoints", headers={"Authorization": "Bearer nope"})
@@ -214,7 +241,9 @@ def test_any_method_path_and_query_are_forwarded(stack: Stack, name: str) -> Non
         assert c.put(f"/e/{name}/infer", json={"prompt": "x"}).status_code == 405
 
 
-def test_long_request_is_kept_alive_not_redelivered(stack: Stack, name: str, tmp_path: Path) -> None:
+def test_long_request_is_kept_alive_not_redelivered(
+    stack: Stack, name: str, tmp_path: Path
+) -> None:
     """A request running longer than ack_wait (2 s in tests) is delivered once, thanks to in-progress acks."""
     stack.deploy(name, max_replicas=2)
     calls = tmp_path / "calls.log"
@@ -241,8 +270,13 @@ def test_config_change_replaces_replicas(stack: Stack, name: str) -> None:
         assert c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "1"
         resp = c.patch(f"/v1/endpoint/{name}", json={"env_overrides": {"VERSION": "2"}})
         assert resp.status_code == 200
-        wait_for(lambda: c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "2",
-                 30, "the new config to serve")
+        wait_for(
+            lambda: (
+                c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "2"
+            ),
+            30,
+            "the new config to serve",
+        )
     wait_for(lambda: len(stack.replicas(name)) == 1, 30, "the outdated replica to go")
 
 

@@ -10,9 +10,14 @@ from workers.runtimes.base import failure_reason
 
 def test_request_round_trip() -> None:
     env = RequestEnvelope(
-        request_id="r1", method="PUT", path="/v1/x", query="a=1&b=%20",
+        request_id="r1",
+        method="PUT",
+        path="/v1/x",
+        query="a=1&b=%20",
         headers=[("content-type", "application/json"), ("x-multi", "1"), ("x-multi", "2")],
-        deadline=time.time() + 5, reply_to="_INBOX.berth.abc.r1", traceparent="00-abc-def-01",
+        deadline=time.time() + 5,
+        reply_to="_INBOX.berth.abc.r1",
+        traceparent="00-abc-def-01",
     )
     headers = env.to_headers()
     assert headers[H.MSG_ID] == "r1"  # JetStream de-duplicates on the request id
@@ -24,7 +29,12 @@ def test_request_round_trip() -> None:
 
 
 def test_reply_round_trip_and_failure() -> None:
-    reply = Reply(status=201, body=b"\x00raw", headers=[("set-cookie", "a"), ("set-cookie", "b")], replica_id="r")
+    reply = Reply(
+        status=201,
+        body=b"\x00raw",
+        headers=[("set-cookie", "a"), ("set-cookie", "b")],
+        replica_id="r",
+    )
     back = Reply.from_message(reply.to_headers(), reply.body)
     assert back == reply
     failed = Reply.failure(503, "replica_failed", "boom")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from scaler.placement import place
 from scaler.policy import Decision, Observation, ReplicaView, decide
 from shared.messages import AgentRecord, EndpointSpec, ReplicaState
-
-from collections import Counter
 
 S, R = ReplicaState.STARTING, ReplicaState.READY
 NOW = 1_000.0
@@ -24,7 +24,13 @@ def obs(
     backoff: float = 0.0,
     **spec: object,
 ) -> Observation:
-    base = {"name": "ep", "min_replicas": 0, "max_replicas": 4, "scale_to_zero": 60, "concurrency_per_replica": 1}
+    base = {
+        "name": "ep",
+        "min_replicas": 0,
+        "max_replicas": 4,
+        "scale_to_zero": 60,
+        "concurrency_per_replica": 1,
+    }
     return Observation(
         spec=EndpointSpec(**(base | spec)),  # type: ignore[arg-type]
         queued=queued,
@@ -53,19 +59,46 @@ CASES = [
     ("min_replicas holds without traffic", obs(min_replicas=2, idle=1e6), 2, ()),
     ("start is held during backoff", obs(queued=1, backoff=5), 0, ()),
     ("recently active keeps replicas", obs(replicas=(("a", R, 0), ("b", R, 0)), idle=10), 0, ()),
-    ("idle past scale_to_zero stops all", obs(replicas=(("a", R, 0), ("b", R, 0)), idle=61), 0, ("b", "a")),
-    ("idle scale-down stops to min", obs(replicas=(("a", R, 0), ("b", R, 0)), idle=61, min_replicas=1), 0, ("b",)),
+    (
+        "idle past scale_to_zero stops all",
+        obs(replicas=(("a", R, 0), ("b", R, 0)), idle=61),
+        0,
+        ("b", "a"),
+    ),
+    (
+        "idle scale-down stops to min",
+        obs(replicas=(("a", R, 0), ("b", R, 0)), idle=61, min_replicas=1),
+        0,
+        ("b",),
+    ),
     ("never stops a busy replica", obs(replicas=(("a", R, 1),), idle=61), 0, ()),
     ("never stops a starting replica", obs(replicas=(("a", S, 0),), idle=61), 0, ()),
     ("queued work blocks scale-down", obs(replicas=(("a", R, 0),), queued=1, idle=61), 0, ()),
-    ("lowered max stops the excess idle", obs(replicas=(("a", R, 0), ("b", R, 0), ("c", R, 1)), max_replicas=1, idle=1), 0, ("b", "a")),
-    ("disabled stops idle replicas", obs(replicas=(("a", R, 0), ("b", R, 1)), disabled=True), 0, ("a",)),
+    (
+        "lowered max stops the excess idle",
+        obs(replicas=(("a", R, 0), ("b", R, 0), ("c", R, 1)), max_replicas=1, idle=1),
+        0,
+        ("b", "a"),
+    ),
+    (
+        "disabled stops idle replicas",
+        obs(replicas=(("a", R, 0), ("b", R, 1)), disabled=True),
+        0,
+        ("a",),
+    ),
     ("disabled never starts", obs(queued=5, disabled=True), 0, ()),
-    ("scale_to_zero 0 stops as soon as idle", obs(replicas=(("a", R, 0),), scale_to_zero=0), 0, ("a",)),
+    (
+        "scale_to_zero 0 stops as soon as idle",
+        obs(replicas=(("a", R, 0),), scale_to_zero=0),
+        0,
+        ("a",),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("observation", "starts", "stops"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("observation", "starts", "stops"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_decide(observation: Observation, starts: int, stops: tuple[str, ...]) -> None:
     decision = decide(observation)
     assert (decision.start, decision.stop, decision.drain) == (starts, stops, ())
@@ -76,20 +109,51 @@ def test_decide(observation: Observation, starts: int, stops: tuple[str, ...]) -
 OLD = False
 ROLLING = [
     # name, observation, starts, drains
-    ("outdated idle replica is drained when nothing waits", obs(replicas=(("old", R, 0, OLD),)), 0, ("old",)),
-    ("outdated replica does not count: a new one starts for demand",
-     obs(replicas=(("old", R, 1, OLD),), in_flight=1, queued=1), 2, ()),
-    ("outdated replica is drained once a new one is ready",
-     obs(replicas=(("old", R, 1, OLD), ("new", R, 0)), in_flight=1), 0, ("old",)),
-    ("outdated replica keeps serving while the new one starts",
-     obs(replicas=(("old", R, 1, OLD), ("new", S, 0)), in_flight=1), 0, ()),
-    ("min_replicas is met with current replicas only", obs(replicas=(("old", R, 0, OLD),), min_replicas=1), 1, ("old",)),
-    ("a stopping replica is not capacity", obs(replicas=(("gone", ReplicaState.STOPPING, 0),), queued=1), 1, ()),
+    (
+        "outdated idle replica is drained when nothing waits",
+        obs(replicas=(("old", R, 0, OLD),)),
+        0,
+        ("old",),
+    ),
+    (
+        "outdated replica does not count: a new one starts for demand",
+        obs(replicas=(("old", R, 1, OLD),), in_flight=1, queued=1),
+        2,
+        (),
+    ),
+    (
+        "outdated replica is drained once a new one is ready",
+        obs(replicas=(("old", R, 1, OLD), ("new", R, 0)), in_flight=1),
+        0,
+        ("old",),
+    ),
+    (
+        "outdated replica keeps serving while the new one starts",
+        obs(replicas=(("old", R, 1, OLD), ("new", S, 0)), in_flight=1),
+        0,
+        (),
+    ),
+    (
+        "min_replicas is met with current replicas only",
+        obs(replicas=(("old", R, 0, OLD),), min_replicas=1),
+        1,
+        ("old",),
+    ),
+    (
+        "a stopping replica is not capacity",
+        obs(replicas=(("gone", ReplicaState.STOPPING, 0),), queued=1),
+        1,
+        (),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("observation", "starts", "drains"), [c[1:] for c in ROLLING], ids=[c[0] for c in ROLLING])
-def test_rolling_replacement(observation: Observation, starts: int, drains: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("observation", "starts", "drains"), [c[1:] for c in ROLLING], ids=[c[0] for c in ROLLING]
+)
+def test_rolling_replacement(
+    observation: Observation, starts: int, drains: tuple[str, ...]
+) -> None:
     decision = decide(observation)
     assert (decision.start, decision.drain, decision.stop) == (starts, drains, ())
     assert decision.noop or decision.reason
@@ -113,12 +177,19 @@ def agent(agent_id: str, slots: int, used: int) -> AgentRecord:
         ([agent("a", 2, 0)], {}, {}, "a"),
         ([agent("a", 2, 2)], {}, {}, None),
         ([agent("a", 2, 1)], {}, {"a": 1}, None),
-        ([agent("a", 8, 0), agent("b", 8, 0)], {"a": 1}, {}, "b"),  # spread an endpoint across hosts
+        (
+            [agent("a", 8, 0), agent("b", 8, 0)],
+            {"a": 1},
+            {},
+            "b",
+        ),  # spread an endpoint across hosts
         ([agent("a", 8, 6), agent("b", 8, 1)], {}, {}, "b"),  # then prefer the most free slots
         ([agent("a", 8, 0), agent("b", 8, 0)], {}, {"a": 1}, "b"),  # pending starts count as placed
     ],
 )
-def test_place(agents: list[AgentRecord], on: dict[str, int], pending: dict[str, int], expected: str | None) -> None:
+def test_place(
+    agents: list[AgentRecord], on: dict[str, int], pending: dict[str, int], expected: str | None
+) -> None:
     assert place(agents, Counter(on), Counter(pending)) == expected
 
 

@@ -31,9 +31,15 @@ class Up:
         self.data_dir = data_dir
         self.port = free_port()
         self.nats_port = free_port()
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith("BERTH_")
-        } | FAST | {"BERTH_DATA_DIR": str(data_dir), "BERTH_PORT": str(self.port), "BERTH_NATS_PORT": str(self.nats_port)}
+        self.env = (
+            {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+            | FAST
+            | {
+                "BERTH_DATA_DIR": str(data_dir),
+                "BERTH_PORT": str(self.port),
+                "BERTH_NATS_PORT": str(self.nats_port),
+            }
+        )
         self.log = data_dir / f"up-{free_port()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -41,7 +47,11 @@ class Up:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "berth.cli", "up"], env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+                [sys.executable, "-m", "berth.cli", "up"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
 
         def ready() -> bool:
@@ -56,7 +66,12 @@ class Up:
         # No BERTH_URL / BERTH_TOKEN: the CLI finds both in the data directory.
         env = {k: v for k, v in self.env.items() if k not in ("BERTH_URL", "BERTH_TOKEN")}
         return subprocess.run(
-            [sys.executable, "-m", "berth.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "berth.cli", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def interrupt(self) -> int:
@@ -74,8 +89,18 @@ def test_berth_up_deploy_call_stop_and_restart(tmp_path: Path) -> None:
         assert token in banner and f"http://127.0.0.1:{up.port}" in banner
         assert stat.S_IMODE((up.data_dir / "admin-token").stat().st_mode) == 0o600
 
-        deployed = up.cli("deploy", str(ROOT / "examples" / "echo"), "--name", "echo",
-                          "--min-replicas", "0", "--max-replicas", "2", "--scale-to-zero", "30")
+        deployed = up.cli(
+            "deploy",
+            str(ROOT / "examples" / "echo"),
+            "--name",
+            "echo",
+            "--min-replicas",
+            "0",
+            "--max-replicas",
+            "2",
+            "--scale-to-zero",
+            "30",
+        )
         assert deployed.returncode == 0, deployed.stderr
         assert "endpoint echo created" in deployed.stdout
         called = up.cli("infer", "echo", '{"prompt": "hi", "n": 2}')

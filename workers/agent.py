@@ -65,7 +65,9 @@ class Agent:
             await nc.subscribe(names.agent_subject(self.id, "stop"), cb=self._on_stop),
         ]
         await put_model(self.broker, names.KV_AGENTS, self.id, self.record())
-        log.info("agent %s ready (%s runtime, %d slots)", self.id, self.runtime.name, self.settings.slots)
+        log.info(
+            "agent %s ready (%s runtime, %d slots)", self.id, self.runtime.name, self.settings.slots
+        )
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await self._shutdown.wait()
@@ -86,7 +88,9 @@ class Agent:
         for sup in self.replicas.values():
             sup.request_stop("agent shutting down", only_if_idle=False)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.settings.stop_grace + self.settings.pull_expires + 5)
+            await asyncio.wait(
+                self._tasks, timeout=self.settings.stop_grace + self.settings.pull_expires + 5
+            )
 
     async def _forget_previous_life(self) -> None:
         """Records left by an earlier run of this agent describe replicas that are gone."""
@@ -107,11 +111,18 @@ class Agent:
             except Exception as exc:
                 log.warning("heartbeat failed: %r", exc)
 
-    async def _publish_record(self, record: ReplicaRecord, sup: ReplicaSupervisor | None = None) -> None:
+    async def _publish_record(
+        self, record: ReplicaRecord, sup: ReplicaSupervisor | None = None
+    ) -> None:
         if sup is not None:
             record.in_flight = sup.in_flight
         record.updated_at = time.time()
-        await put_model(self.broker, names.KV_REPLICAS, names.replica_key(record.endpoint, record.replica_id), record)
+        await put_model(
+            self.broker,
+            names.KV_REPLICAS,
+            names.replica_key(record.endpoint, record.replica_id),
+            record,
+        )
 
     # -- commands --------------------------------------------------------------------------
 
@@ -136,8 +147,14 @@ class Agent:
             await self._publish_record(record, sup)
 
         sup = ReplicaSupervisor(
-            replica_id=cmd.replica_id, spec=cmd.spec, broker=self.broker, runtime=self.runtime,
-            settings=self.settings, work_dir=self.work_dir, models=self.models, on_change=changed,
+            replica_id=cmd.replica_id,
+            spec=cmd.spec,
+            broker=self.broker,
+            runtime=self.runtime,
+            settings=self.settings,
+            work_dir=self.work_dir,
+            models=self.models,
+            on_change=changed,
         )
         self.replicas[cmd.replica_id] = sup
         await self._publish_record(sup.record, sup)
@@ -153,7 +170,9 @@ class Agent:
             self.replicas.pop(sup.replica_id, None)
             # Why a replica failed travels in its events; the record goes either way.
             with contextlib.suppress(Exception):
-                await delete_key(self.broker, names.KV_REPLICAS, names.replica_key(sup.spec.name, sup.replica_id))
+                await delete_key(
+                    self.broker, names.KV_REPLICAS, names.replica_key(sup.spec.name, sup.replica_id)
+                )
 
     async def _on_stop(self, msg: Msg) -> None:
         try:

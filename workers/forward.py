@@ -9,8 +9,19 @@ __all__ = ["ReplicaGone", "ReplicaTimeout", "forward"]
 
 # Hop-by-hop and transport headers are the proxy's own business.
 _HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-     "trailer", "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+    }
 )
 
 

@@ -123,7 +123,9 @@ class ReplicaClient:
             lines.append(b"content-length: " + str(length).encode())
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
-    async def request(self, method: str, target: str, headers: Headers, body: bytes, timeout: float) -> Response:
+    async def request(
+        self, method: str, target: str, headers: Headers, body: bytes, timeout: float
+    ) -> Response:
         """Send one request; ConnectionError if the replica is unreachable, TimeoutError after ``timeout``."""
         head = self._head(method, target, headers, len(body))
         async with asyncio.timeout(timeout):
@@ -141,7 +143,9 @@ class ReplicaClient:
             try:
                 conn = await self._connect()
             except OSError as exc:
-                raise ConnectionError(f"cannot connect to replica at {self.host}:{self.port}: {exc}") from exc
+                raise ConnectionError(
+                    f"cannot connect to replica at {self.host}:{self.port}: {exc}"
+                ) from exc
             try:
                 return self._release(conn, await conn.send(head, body, method == "HEAD"))
             except BaseException:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from broker.connection import connect
 from broker.streams import ensure_layout
-from shared.runner import configure_logging, run_service
+from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import AgentSettings
 from workers.agent import Agent
 from workers.runtimes.process import ProcessRuntime
@@ -16,12 +14,14 @@ def main(settings: AgentSettings | None = None) -> None:
     settings = settings or AgentSettings()
     configure_logging(settings.log_level, "agent")
 
-    async def run(on_signal: Callable[[Callable[[], None]], None]) -> None:
-        broker = await connect(settings.nats_url, f"berth-agent-{settings.agent_id}", timeout=settings.nats_timeout)
+    async def run(on_stop: OnStop) -> None:
+        broker = await connect(
+            settings.nats_url, f"berth-agent-{settings.agent_id}", timeout=settings.nats_timeout
+        )
         try:
             await ensure_layout(broker)
             agent = Agent(settings, broker, ProcessRuntime(settings.replica_host))
-            on_signal(agent.shutdown)
+            on_stop(agent.shutdown)
             await agent.run()
         finally:
             await broker.close()

@@ -34,12 +34,17 @@ def load_service(model_dir: Path) -> Service:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     model_dir = Path(args[0] if args else os.environ.get("BERTH_MODEL_DIR", ".")).resolve()
-    logging.basicConfig(level=os.environ.get("BERTH_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("BERTH_LOG_LEVEL", "INFO"),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         service = load_service(model_dir)
         app = build_app(service, on_setup_failure=setup_failure_exit)
     except Exception as exc:
-        print(f"berth: cannot load service: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(
+            f"berth: cannot load service: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True
+        )
         raise SystemExit(3) from exc
     config = uvicorn.Config(
         app,

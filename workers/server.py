@@ -53,8 +53,18 @@ def input_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def build_app(service: Service, *, on_setup_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
-    status = {"state": State.LOADING, "error": None}
+class _Status:
+    __slots__ = ("error", "state")
+
+    def __init__(self) -> None:
+        self.state = State.LOADING
+        self.error: str | None = None
+
+
+def build_app(
+    service: Service, *, on_setup_failure: Callable[[BaseException], None] | None = None
+) -> FastAPI:
+    status = _Status()
     lock = asyncio.Lock()
 
     async def call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
@@ -67,13 +77,13 @@ def build_app(service: Service, *, on_setup_failure: Callable[[BaseException], N
         try:
             await run_in_threadpool(service.setup)
         except BaseException as exc:
-            status["state"] = State.FAILED
-            status["error"] = f"{type(exc).__name__}: {exc}"
+            status.state = State.FAILED
+            status.error = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
             if on_setup_failure is not None:
                 on_setup_failure(exc)
             return
-        status["state"] = State.RUNNING
+        status.state = State.RUNNING
         log.info("setup complete; serving")
 
     @asynccontextmanager
@@ -91,12 +101,12 @@ def build_app(service: Service, *, on_setup_failure: Callable[[BaseException], N
 
     @app.get("/healthcheck")
     async def healthcheck() -> JSONResponse:
-        state = status["state"]
+        state = status.state
         body: dict[str, Any] = {"status": str(state)}
         if state is State.RUNNING:
             return JSONResponse(body)
-        if status["error"]:
-            body["error"] = status["error"]
+        if status.error:
+            body["error"] = status.error
         return JSONResponse(body, status_code=503 if state is State.LOADING else 500)
 
     def add(path: str, fn: Callable[..., Any], model_name: str) -> None:
@@ -105,15 +115,21 @@ def build_app(service: Service, *, on_setup_failure: Callable[[BaseException], N
         defs = schema.pop("$defs", {})
 
         async def handler(request: Request) -> Any:
-            if status["state"] is not State.RUNNING:
-                return _error(503, "not_ready", f"replica is {status['state']}")
+            if status.state is not State.RUNNING:
+                return _error(503, "not_ready", f"replica is {status.state}")
             raw = await request.body()
             # Any content type: callers such as `curl -d` send JSON as a form.
             try:
                 payload = Input.model_validate_json(raw or b"{}")
             except ValidationError as exc:
-                return _error(422, "invalid_input", "input does not match the schema",
-                              details=exc.errors(include_url=False, include_context=False, include_input=False))
+                return _error(
+                    422,
+                    "invalid_input",
+                    "input does not match the schema",
+                    details=exc.errors(
+                        include_url=False, include_context=False, include_input=False
+                    ),
+                )
             started = time.perf_counter()
             kwargs = {name: getattr(payload, name) for name in type(payload).model_fields}
             output = await call(fn, kwargs)

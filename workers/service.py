@@ -73,7 +73,9 @@ def find_service(module: Any) -> type[Service]:
     found = [
         obj
         for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, Service) and obj is not Service
+        if inspect.isclass(obj)
+        and issubclass(obj, Service)
+        and obj is not Service
         and obj.__module__ == module.__name__
     ]
     if len(found) != 1:

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -61,7 +62,7 @@ class ReplicaSupervisor:
         settings: AgentSettings,
         work_dir: Path,
         models: ModelCache,
-        on_change: Callable[[ReplicaRecord], Awaitable[None]],
+        on_change: Callable[[ReplicaRecord], Coroutine[Any, Any, None]],
     ):
         self.replica_id = replica_id
         self.spec = spec
@@ -73,8 +74,12 @@ class ReplicaSupervisor:
         self._on_change = on_change
         now = time.time()
         self.record = ReplicaRecord(
-            endpoint=spec.name, replica_id=replica_id, agent_id=settings.agent_id,
-            state=ReplicaState.STARTING, started_at=now, digest=spec.replica_digest(),
+            endpoint=spec.name,
+            replica_id=replica_id,
+            agent_id=settings.agent_id,
+            state=ReplicaState.STARTING,
+            started_at=now,
+            digest=spec.replica_digest(),
         )
         self.in_flight = 0
         self._stop = asyncio.Event()
@@ -116,9 +121,14 @@ class ReplicaSupervisor:
 
     async def _event(self, type_: str, *, warning: bool = False, **details: object) -> None:
         await publish_event(
-            self._broker, "replica", self.spec.name, type_,
-            level="warning" if warning else "normal", replica_id=self.replica_id,
-            agent_id=self._settings.agent_id, **details,
+            self._broker,
+            "replica",
+            self.spec.name,
+            type_,
+            level="warning" if warning else "normal",
+            replica_id=self.replica_id,
+            agent_id=self._settings.agent_id,
+            **details,
         )
 
     # -- the life ------------------------------------------------------------------------
@@ -144,7 +154,9 @@ class ReplicaSupervisor:
                 ever_ready = True
                 try:
                     await self._set_state(ReplicaState.READY)
-                    await self._event("replica_ready", startup_s=round(time.time() - self.record.started_at, 3))
+                    await self._event(
+                        "replica_ready", startup_s=round(time.time() - self.record.started_at, 3)
+                    )
                     ready_since = time.monotonic()
                     await self._serve(replica, client)
                 finally:
@@ -152,12 +164,16 @@ class ReplicaSupervisor:
                     await replica.stop(self._settings.stop_grace)
                 if self._stop.is_set():
                     break
-                reason = self._broken_reason or failure_reason(replica.exit_code, replica.log_tail())
+                reason = self._broken_reason or failure_reason(
+                    replica.exit_code, replica.log_tail()
+                )
                 if time.monotonic() - ready_since > STABLE_AFTER:
                     failures = 0  # it served well for a while: this is not a crash loop
                 failures += 1
                 self.record.restarts += 1
-                await self._event("replica_restarting", warning=True, reason=reason, restarts=self.record.restarts)
+                await self._event(
+                    "replica_restarting", warning=True, reason=reason, restarts=self.record.restarts
+                )
                 if failures > len(RESTART_BACKOFF):
                     await self._set_state(ReplicaState.FAILED, reason)
                     return
@@ -199,13 +215,19 @@ class ReplicaSupervisor:
             OCTOAI_VOLUME_PATH=str(volume),
         )
         launch = Launch(
-            replica_id=self.replica_id, spec=spec, port=port, env=env, model_dir=model_dir,
+            replica_id=self.replica_id,
+            spec=spec,
+            port=port,
+            env=env,
+            model_dir=model_dir,
             log_path=self._work_dir / "logs" / spec.name / f"{self.replica_id}.log",
         )
         try:
             replica = await self._runtime.start(launch)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise StartFailed(f"{self._runtime.name} runtime could not start the replica: {exc}") from exc
+            raise StartFailed(
+                f"{self._runtime.name} runtime could not start the replica: {exc}"
+            ) from exc
         self._replica = replica
         self.record.url = f"http://{replica.host}:{replica.port}"
         client = httpx.AsyncClient(
@@ -220,7 +242,9 @@ class ReplicaSupervisor:
             raise
         return replica, client
 
-    async def _wait_healthy(self, replica: Replica, client: httpx.AsyncClient, started: float) -> None:
+    async def _wait_healthy(
+        self, replica: Replica, client: httpx.AsyncClient, started: float
+    ) -> None:
         budget = self._settings.startup_budget
         path = self.spec.health_check_path
         delay = 0.005
@@ -259,7 +283,9 @@ class ReplicaSupervisor:
 
     async def _healthy(self, client: httpx.AsyncClient) -> bool:
         try:
-            resp = await client.get(self.spec.health_check_path, timeout=self._settings.health_interval)
+            resp = await client.get(
+                self.spec.health_check_path, timeout=self._settings.health_interval
+            )
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
@@ -273,7 +299,8 @@ class ReplicaSupervisor:
         try:
             while True:
                 done, _ = await asyncio.wait(
-                    [exited, stop, broken], timeout=self._settings.health_interval,
+                    [exited, stop, broken],
+                    timeout=self._settings.health_interval,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if stop in done or broken in done:
@@ -323,7 +350,10 @@ class ReplicaSupervisor:
         env = delivery.envelope
         now = time.time()
         if env.expired(now):
-            await puller.reply(delivery, Reply.failure(504, "timeout", "the request's deadline passed while it was queued"))
+            await puller.reply(
+                delivery,
+                Reply.failure(504, "timeout", "the request's deadline passed while it was queued"),
+            )
             return
         if self._broken.is_set():
             await puller.retry(delivery)
@@ -333,7 +363,9 @@ class ReplicaSupervisor:
             with puller.keepalive(delivery, every=max(0.5, self._settings.ack_wait / 3)):
                 reply = await forward(data, env, delivery.body, timeout, self.replica_id)
         except ReplicaTimeout:
-            reply = Reply.failure(504, "timeout", f"the replica did not answer within {timeout:.3g} s")
+            reply = Reply.failure(
+                504, "timeout", f"the replica did not answer within {timeout:.3g} s"
+            )
         except ReplicaGone as exc:
             # Dead, or a passing connection fault? A dead replica fails its health
             # check too (its exit is seen by _watch at once); then it restarts.
@@ -343,7 +375,8 @@ class ReplicaSupervisor:
                 await puller.retry(delivery)
                 return
             reply = Reply.failure(
-                502, "replica_failed",
+                502,
+                "replica_failed",
                 f"the replica failed while handling this request ({delivery.attempt} attempts): {exc}",
             )
         await puller.reply(delivery, reply)

@@ -12,6 +12,7 @@ leaves no orphans holding GPUs or ports.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -26,16 +27,14 @@ import uvicorn  # noqa: F401
 import uvloop  # noqa: F401
 
 import workers.replica
-import workers.server  # noqa: F401
+import workers.server
 
 _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: best effort
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-    except (OSError, AttributeError):  # not Linux: best effort
-        pass
 
 
 def _child(request: dict[str, Any], out_fd: int) -> None:

@@ -109,7 +109,9 @@ async def _check_model(ctx: AppContext, model_id: str | None) -> None:
 
 
 @router.post("/endpoint", status_code=status.HTTP_201_CREATED, response_model=EndpointPublic)
-async def create_endpoint(body: EndpointCreate, ctx: ContextDep, session: SessionDep) -> EndpointPublic:
+async def create_endpoint(
+    body: EndpointCreate, ctx: ContextDep, session: SessionDep
+) -> EndpointPublic:
     if (await session.exec(select(Endpoint).where(Endpoint.name == body.name))).first():
         raise Conflict(f"endpoint {body.name!r} already exists")
     await _check_model(ctx, body.model_id)
@@ -142,9 +144,13 @@ async def update_endpoint(
     merged: dict[str, Any] = ep.model_dump() | changes
     try:
         check_endpoint_config(merged)
-        EndpointCreate.model_validate({k: v for k, v in merged.items() if k in EndpointCreate.model_fields})
+        EndpointCreate.model_validate(
+            {k: v for k, v in merged.items() if k in EndpointCreate.model_fields}
+        )
     except (ValueError, ValidationError) as exc:
-        raise InvalidRequest(str(exc).splitlines()[-1] if isinstance(exc, ValidationError) else str(exc)) from exc
+        raise InvalidRequest(
+            str(exc).splitlines()[-1] if isinstance(exc, ValidationError) else str(exc)
+        ) from exc
     if "model_id" in changes:
         await _check_model(ctx, changes["model_id"])
     for key, value in changes.items():
@@ -160,7 +166,9 @@ async def update_endpoint(
 
 
 @router.delete("/endpoint/{endpoint_name}")
-async def delete_endpoint(endpoint_name: str, ctx: ContextDep, session: SessionDep) -> dict[str, str]:
+async def delete_endpoint(
+    endpoint_name: str, ctx: ContextDep, session: SessionDep
+) -> dict[str, str]:
     ep = await _get(session, endpoint_name)
     await session.delete(ep)
     await session.commit()

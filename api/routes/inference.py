@@ -22,15 +22,32 @@ from starlette.types import Message, Receive, Scope, Send
 from api.auth import is_admin
 from api.context import AppContext
 from broker.envelope import RequestEnvelope
-from shared.errors import AuthError, BerthError, BodyTooLarge, EndpointDisabled, NotFound, UpstreamTimeout
+from shared.errors import (
+    AuthError,
+    BerthError,
+    BodyTooLarge,
+    EndpointDisabled,
+    NotFound,
+    UpstreamTimeout,
+)
 from shared.names import ENDPOINT_NAME_RE
 
 __all__ = ["DataPlane"]
 
 # Never forwarded to a replica: transport headers, and Berth's own credentials.
 _NOT_FORWARDED = frozenset(
-    {b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te",
-     b"upgrade", b"authorization", b"proxy-authorization", b"x-octoai-async"}
+    {
+        b"host",
+        b"content-length",
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"upgrade",
+        b"authorization",
+        b"proxy-authorization",
+        b"x-octoai-async",
+    }
 )
 # The API's own server adds these; the replica's copies would be duplicates.
 _NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
@@ -49,7 +66,9 @@ class DataPlane:
             status, headers, body = await self._serve(self._context(), scope, receive, send)
         except BerthError as exc:
             status = exc.status_code
-            headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+            headers = [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()
+            ]
             headers.append((b"content-type", b"application/json"))
             body = orjson.dumps(exc.to_json())
         headers.append((b"content-length", str(len(body)).encode()))
@@ -111,7 +130,9 @@ class DataPlane:
                 async with asyncio.timeout(timeout):
                     reply = await waiter
             except TimeoutError:
-                raise UpstreamTimeout(f"endpoint {name!r} gave no answer within {timeout:g} s") from None
+                raise UpstreamTimeout(
+                    f"endpoint {name!r} gave no answer within {timeout:g} s"
+                ) from None
         finally:
             requester.forget(request_id)
 

@@ -7,7 +7,7 @@ from sqlmodel import SQLModel
 import shared.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 config = context.config
-url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+url = str(config.attributes.get("url") or config.get_main_option("sqlalchemy.url"))
 target_metadata = SQLModel.metadata
 
 if context.is_offline_mode():

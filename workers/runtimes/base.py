@@ -70,5 +70,9 @@ def failure_reason(code: int | None, log: str) -> str:
         if line.startswith("berth: "):
             return line.removeprefix("berth: ")
     last = next((ln.strip() for ln in reversed(log.splitlines()) if ln.strip()), "")
-    what = f"exited with code {code}" if code is not None and code >= 0 else f"killed by signal {-(code or 0)}"
+    what = (
+        f"exited with code {code}"
+        if code is not None and code >= 0
+        else f"killed by signal {-(code or 0)}"
+    )
     return f"replica {what}" + (f": {last}" if last else "")

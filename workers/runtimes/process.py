@@ -70,8 +70,11 @@ class _Zygote:
     @classmethod
     async def spawn(cls) -> _Zygote:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "workers.zygote",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "workers.zygote",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
@@ -108,7 +111,12 @@ class _Zygote:
         tag = launch.replica_id
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._forks[tag] = fut
-        request = {"model_dir": str(launch.model_dir), "env": env, "log": str(launch.log_path), "tag": tag}
+        request = {
+            "model_dir": str(launch.model_dir),
+            "env": env,
+            "log": str(launch.log_path),
+            "tag": tag,
+        }
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         await self.proc.stdin.drain()
         pid = await asyncio.wait_for(fut, timeout=30)
@@ -140,6 +148,7 @@ class ProcessRuntime:
         self.use_zygote = use_zygote
         self._zygote: _Zygote | None = None
         self._lock = asyncio.Lock()
+        self._reapers: set[asyncio.Task[None]] = set()
 
     async def _get_zygote(self) -> _Zygote:
         async with self._lock:
@@ -171,19 +180,28 @@ class ProcessRuntime:
             zygote = await self._get_zygote()
             pid, exited = await zygote.fork(launch, env)
             return ProcessReplica(pid, self.host, launch.port, launch.log_path, exited)
-        log_fh = launch.log_path.open("ab")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "workers.replica", str(launch.model_dir),
-            env=env, cwd=str(launch.model_dir), stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_fh, stderr=log_fh, start_new_session=True,
-        )
-        log_fh.close()
+        return await self._spawn(launch, env)
+
+    async def _spawn(self, launch: Launch, env: dict[str, str]) -> ProcessReplica:
+        """A fresh interpreter per replica (slower start; no zygote)."""
+        with launch.log_path.open("ab") as log_fh:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "workers.replica",
+                str(launch.model_dir),
+                env=env,
+                cwd=str(launch.model_dir),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=log_fh,
+                start_new_session=True,
+            )
         exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         async def reap() -> None:
             exited.set_result(await proc.wait())
 
-        self._reapers = getattr(self, "_reapers", set())
         task = asyncio.create_task(reap())
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)

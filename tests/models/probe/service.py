@@ -18,7 +18,11 @@ class Probe(Service):
             with Path(log).open("a") as fh:
                 fh.write(f"{prompt}\n")
         time.sleep(sleep)
-        return {"prompt": prompt, "pid": os.getpid(), "replica": os.environ.get("OCTOAI_REPLICA_NAME")}
+        return {
+            "prompt": prompt,
+            "pid": os.getpid(),
+            "replica": os.environ.get("OCTOAI_REPLICA_NAME"),
+        }
 
     def env(self, name: str) -> dict:
         return {"value": os.environ.get(name)}
