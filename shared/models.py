@@ -152,5 +152,8 @@ class EndpointPublic(EndpointBase):
     name: str
     endpoint: str
     replicas: list[ReplicaPublic] = Field(default_factory=list)
+    # Berth's additions: requests waiting in the endpoint's queue, and being served.
+    queued: int = 0
+    in_flight: int = 0
     created_at: float
     updated_at: float

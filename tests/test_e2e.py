@@ -288,3 +288,36 @@ def test_delete_then_recreate_gets_a_fresh_replica(stack: Stack, name: str) -> N
     stack.deploy(name, env_overrides={"VERSION": "new"})
     with stack.client() as c:
         assert c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "new"
+
+
+async def test_full_queue_is_429_with_retry_after(stack: Stack, name: str, tmp_path: Path) -> None:
+    stack.deploy(name, min_replicas=1, max_replicas=1, max_queue_length=1)
+    wait_for(lambda: stack.replicas(name), 30, "the replica")
+    started = tmp_path / "started.log"
+    async with stack.aclient() as c:
+        running = asyncio.create_task(c.post(f"/e/{name}/infer", json={"prompt": "a", "sleep": 1.5, "log": str(started)}))
+        await asyncio.to_thread(wait_for, lambda: started.exists(), 30, "the first request to run")
+        queued = asyncio.create_task(c.post(f"/e/{name}/infer", json={"prompt": "b"}))
+
+        def one_queued() -> bool:
+            with stack.client() as sc:
+                return sc.get(f"/v1/endpoint/{name}").json()["queued"] == 1  # type: ignore[no-any-return]
+
+        await asyncio.to_thread(wait_for, one_queued, 30, "the second request to be queued")
+        rejected = await c.post(f"/e/{name}/infer", json={"prompt": "c"})
+        assert rejected.status_code == 429
+        assert rejected.json()["error"]["code"] == "queue_full"
+        assert rejected.headers["retry-after"] == "1"
+        assert [r.status_code for r in await asyncio.gather(running, queued)] == [200, 200]
+
+
+def test_disabled_endpoint_rejects_and_stops_replicas(stack: Stack, name: str) -> None:
+    stack.deploy(name, "echo", min_replicas=1)
+    wait_for(lambda: stack.replicas(name), 30, "the replica")
+    with stack.client() as c:
+        assert c.patch(f"/v1/endpoint/{name}", json={"endpoint_state": "disabled"}).status_code == 200
+        resp = c.post(f"/e/{name}/infer", json={"prompt": "x"})
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "endpoint_disabled"
+        wait_for(lambda: stack.replicas(name) == [], 30, "the replicas of a disabled endpoint to stop")
+        assert c.patch(f"/v1/endpoint/{name}", json={"endpoint_state": "active"}).status_code == 200
+        assert c.post(f"/e/{name}/infer", json={"prompt": "back"}).json()["output"]["text"] == "back"

@@ -14,7 +14,7 @@ from api.context import AppContext, ContextDep, SessionDep
 from broker.artifacts import model_exists
 from broker.events import publish_event
 from broker.registry import delete_key, put_model
-from broker.streams import delete_endpoint_consumer, ensure_endpoint_consumer
+from broker.streams import Backlog, backlog, delete_endpoint_consumer, ensure_endpoint_consumer
 from shared import names
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
@@ -72,7 +72,7 @@ def replica_public(record: ReplicaRecord, now: float) -> ReplicaPublic:
     )
 
 
-def to_public(ctx: AppContext, ep: Endpoint) -> EndpointPublic:
+def to_public(ctx: AppContext, ep: Endpoint, backlog: Backlog | None = None) -> EndpointPublic:
     now = time.time()
     replicas = sorted(
         (
@@ -85,6 +85,8 @@ def to_public(ctx: AppContext, ep: Endpoint) -> EndpointPublic:
     data = ep.model_dump()
     data["endpoint"] = f"{ctx.settings.base_url()}/e/{ep.name}"
     data["replicas"] = replicas
+    if backlog is not None:
+        data["queued"], data["in_flight"] = backlog.queued, backlog.in_flight
     return EndpointPublic.model_validate(data)
 
 
@@ -132,7 +134,8 @@ async def list_endpoints(ctx: ContextDep, session: SessionDep) -> list[EndpointP
 
 @router.get("/endpoint/{endpoint_name}", response_model=EndpointPublic)
 async def get_endpoint(endpoint_name: str, ctx: ContextDep, session: SessionDep) -> EndpointPublic:
-    return to_public(ctx, await _get(session, endpoint_name))
+    ep = await _get(session, endpoint_name)
+    return to_public(ctx, ep, await backlog(ctx.broker, ep.name))
 
 
 @router.patch("/endpoint/{endpoint_name}", response_model=EndpointPublic)

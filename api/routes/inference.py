@@ -12,6 +12,7 @@ runs no dependency injection or validation. docs/performance.md has the profile.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,17 +23,21 @@ from starlette.types import Message, Receive, Scope, Send
 from api.auth import is_admin
 from api.context import AppContext
 from broker.envelope import RequestEnvelope
+from broker.streams import backlog
 from shared.errors import (
     AuthError,
     BerthError,
     BodyTooLarge,
     EndpointDisabled,
     NotFound,
+    QueueFull,
     UpstreamTimeout,
 )
 from shared.names import ENDPOINT_NAME_RE
 
 __all__ = ["DataPlane"]
+
+log = logging.getLogger(__name__)
 
 # Never forwarded to a replica: transport headers, and Berth's own credentials.
 _NOT_FORWARDED = frozenset(
@@ -104,6 +109,14 @@ class DataPlane:
             raise AuthError()
         if spec.disabled:
             raise EndpointDisabled(f"endpoint {name!r} is disabled")
+        if spec.max_queue_length is not None:
+            waiting = await backlog(ctx.broker, name)
+            if waiting is not None and waiting.queued >= spec.max_queue_length:
+                raise QueueFull(
+                    f"endpoint {name!r} has {waiting.queued} requests queued (max_queue_length "
+                    f"{spec.max_queue_length})",
+                    headers={"Retry-After": "1"},
+                )
 
         limit = min(ctx.settings.max_body_bytes, ctx.broker.max_payload - _HEADER_ROOM)
         if declared > limit:
@@ -144,6 +157,12 @@ class DataPlane:
         if reply.replica_id:
             headers.append((b"x-berth-replica", reply.replica_id.encode()))
         return reply.status, headers, reply.body
+
+
+def _error(exc: BerthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    headers.append((b"content-type", b"application/json"))
+    return exc.status_code, headers, orjson.dumps(exc.to_json())
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
