@@ -19,6 +19,7 @@ import httpx
 __all__ = ["LocalNats", "LocalStack", "free_port", "nats_server_binary", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
+MAX_PAYLOAD = 16 * 1024 * 1024
 T = TypeVar("T")
 
 
@@ -64,9 +65,14 @@ class LocalNats:
 
     def start(self, **popen: Any) -> LocalNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        # Room for OctoAI's documented 10 MB request bodies (NATS's default is 1 MB).
+        config = self.store_dir / "nats-server.conf"
+        config.write_text(f"max_payload: {MAX_PAYLOAD}\n")
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),
+                "-c",
+                str(config),
                 "-a",
                 "127.0.0.1",
                 "-p",

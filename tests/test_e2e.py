@@ -295,7 +295,9 @@ async def test_full_queue_is_429_with_retry_after(stack: Stack, name: str, tmp_p
     wait_for(lambda: stack.replicas(name), 30, "the replica")
     started = tmp_path / "started.log"
     async with stack.aclient() as c:
-        running = asyncio.create_task(c.post(f"/e/{name}/infer", json={"prompt": "a", "sleep": 1.5, "log": str(started)}))
+        running = asyncio.create_task(
+            c.post(f"/e/{name}/infer", json={"prompt": "a", "sleep": 1.5, "log": str(started)})
+        )
         await asyncio.to_thread(wait_for, lambda: started.exists(), 30, "the first request to run")
         queued = asyncio.create_task(c.post(f"/e/{name}/infer", json={"prompt": "b"}))
 
@@ -315,9 +317,28 @@ def test_disabled_endpoint_rejects_and_stops_replicas(stack: Stack, name: str) -
     stack.deploy(name, "echo", min_replicas=1)
     wait_for(lambda: stack.replicas(name), 30, "the replica")
     with stack.client() as c:
-        assert c.patch(f"/v1/endpoint/{name}", json={"endpoint_state": "disabled"}).status_code == 200
+        assert (
+            c.patch(f"/v1/endpoint/{name}", json={"endpoint_state": "disabled"}).status_code == 200
+        )
         resp = c.post(f"/e/{name}/infer", json={"prompt": "x"})
         assert resp.status_code == 503 and resp.json()["error"]["code"] == "endpoint_disabled"
-        wait_for(lambda: stack.replicas(name) == [], 30, "the replicas of a disabled endpoint to stop")
+        wait_for(
+            lambda: stack.replicas(name) == [], 30, "the replicas of a disabled endpoint to stop"
+        )
         assert c.patch(f"/v1/endpoint/{name}", json={"endpoint_state": "active"}).status_code == 200
-        assert c.post(f"/e/{name}/infer", json={"prompt": "back"}).json()["output"]["text"] == "back"
+        assert (
+            c.post(f"/e/{name}/infer", json={"prompt": "back"}).json()["output"]["text"] == "back"
+        )
+
+
+def test_large_bodies_both_ways_and_oversized_response(stack: Stack, name: str) -> None:
+    stack.deploy(name, "echo")
+    big = "x" * (2 * 1024 * 1024)
+    with stack.client() as c:
+        resp = c.post(f"/e/{name}/infer", json={"prompt": big})
+        assert resp.status_code == 200
+        assert len(resp.json()["output"]["text"]) == len(big)
+        # 20 MB of output: over the message limit, answered at once with the reason.
+        resp = c.post(f"/e/{name}/infer", json={"prompt": "y" * 1024, "n": 20 * 1024})
+        assert resp.status_code == 502
+        assert resp.json()["error"]["code"] == "response_too_large"

@@ -61,10 +61,14 @@ async def test_replica_serves_and_stops(tmp_path: Path, zygote: bool) -> None:
 async def test_setup_failure_exits_with_its_reason(tmp_path: Path, zygote: bool) -> None:
     runtime = ProcessRuntime(use_zygote=zygote)
     try:
-        replica = await runtime.start(launch(tmp_path, MODELS / "probe", PROBE_FAIL_SETUP="no weights"))
+        replica = await runtime.start(
+            launch(tmp_path, MODELS / "probe", PROBE_FAIL_SETUP="no weights")
+        )
         code = await asyncio.wait_for(replica.wait(), 30)
         assert code == 3
-        assert failure_reason(code, replica.log_tail()) == "setup() failed: RuntimeError: no weights"
+        assert (
+            failure_reason(code, replica.log_tail()) == "setup() failed: RuntimeError: no weights"
+        )
     finally:
         await runtime.close()
 

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # and given up after this many failures in a row.
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_AFTER = 60.0
+# Room left in a NATS message for the reply's headers.
+REPLY_HEADER_ROOM = 64 * 1024
 
 
 class StartFailed(Exception):
@@ -378,5 +380,12 @@ class ReplicaSupervisor:
                 502,
                 "replica_failed",
                 f"the replica failed while handling this request ({delivery.attempt} attempts): {exc}",
+            )
+        limit = self._broker.max_payload - REPLY_HEADER_ROOM
+        if len(reply.body) > limit:
+            reply = Reply.failure(
+                502,
+                "response_too_large",
+                f"the replica's response is {len(reply.body)} bytes, over the {limit}-byte message limit",
             )
         await puller.reply(delivery, reply)
