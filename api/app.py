@@ -16,10 +16,9 @@ from api.errors import install_error_handlers
 from api.middleware import HostRouting, RequestId
 from api.routes import endpoints, models
 from api.routes.inference import DataPlane
-from broker.connection import connect
+from broker.connection import connected
 from broker.publish import Requester
 from broker.registry import KvView, delete_key
-from broker.streams import ensure_layout
 from shared import names
 from shared.db import Database, run_migrations
 from shared.messages import EndpointSpec, ReplicaRecord
@@ -80,29 +79,31 @@ def create_app(settings: ApiSettings) -> BerthApp:
         url = settings.resolved_database_url()
         await asyncio.to_thread(run_migrations, url)
         db = Database(url)
-        broker = await connect(settings.nats_url, "berth-api", timeout=settings.nats_timeout)
         try:
-            await ensure_layout(broker)
-            requester = Requester(broker)
-            await requester.start()
-            ctx = AppContext(
-                settings=settings,
-                db=db,
-                broker=broker,
-                requester=requester,
-                endpoints=KvView(broker, names.KV_ENDPOINTS, EndpointSpec),
-                replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
-            )
-            await ctx.endpoints.start()
-            await ctx.replicas.start()
-            await _resync(ctx)
-            app.state.ctx = ctx
-            log.info("API ready on %s", settings.base_url())
-            yield
-            await ctx.endpoints.stop()
-            await ctx.replicas.stop()
+            async with connected(
+                settings.nats_url, "berth-api", timeout=settings.nats_timeout
+            ) as broker:
+                requester = Requester(broker)
+                await requester.start()
+                ctx = AppContext(
+                    settings=settings,
+                    db=db,
+                    broker=broker,
+                    requester=requester,
+                    endpoints=KvView(broker, names.KV_ENDPOINTS, EndpointSpec),
+                    replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
+                )
+                await ctx.endpoints.start()
+                await ctx.replicas.start()
+                try:
+                    await _resync(ctx)
+                    app.state.ctx = ctx
+                    log.info("API ready on %s", settings.base_url())
+                    yield
+                finally:
+                    await ctx.endpoints.stop()
+                    await ctx.replicas.stop()
         finally:
-            await broker.close()
             await db.close()
 
     app = FastAPI(title="Berth", version="0.1.0", lifespan=lifespan)

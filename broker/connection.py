@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import nats
@@ -13,7 +15,7 @@ from nats.js.kv import KeyValue
 
 from shared.errors import BrokerUnavailable
 
-__all__ = ["Broker", "connect"]
+__all__ = ["Broker", "connect", "connected"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +75,16 @@ async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
     except Exception as exc:
         raise BrokerUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
     return Broker(nc=nc, js=nc.jetstream(timeout=timeout), timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str, name: str, *, timeout: float = 5.0) -> AsyncIterator[Broker]:
+    """A connection with Berth's stream, KV and object-store layout in place; drained on exit."""
+    from broker.streams import ensure_layout  # streams imports this module
+
+    broker = await connect(url, name, timeout=timeout)
+    try:
+        await ensure_layout(broker)
+        yield broker
+    finally:
+        await broker.close()

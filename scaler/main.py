@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from broker.connection import connect
-from broker.streams import ensure_layout
+from broker.connection import connected
 from scaler.loop import Scaler
 from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import ScalerSettings
@@ -14,13 +13,11 @@ def main(settings: ScalerSettings | None = None) -> None:
     configure_logging(settings.log_level, "scaler")
 
     async def run(on_stop: OnStop) -> None:
-        broker = await connect(settings.nats_url, "berth-scaler", timeout=settings.nats_timeout)
-        try:
-            await ensure_layout(broker)
+        async with connected(
+            settings.nats_url, "berth-scaler", timeout=settings.nats_timeout
+        ) as broker:
             scaler = Scaler(settings, broker)
             on_stop(scaler.shutdown)
             await scaler.run()
-        finally:
-            await broker.close()
 
     run_service(run)

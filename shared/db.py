@@ -23,23 +23,29 @@ __all__ = ["Database", "async_url", "run_migrations", "sync_url"]
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+_DRIVERS = {
+    # backend: (sync driver for Alembic, async driver for the API)
+    "postgresql": ("postgresql+psycopg", "postgresql+psycopg"),
+    "sqlite": ("sqlite", "sqlite+aiosqlite"),
+}
+
+
+def _with_driver(url: str, which: int) -> str:
+    u = make_url(url)
+    drivers = _DRIVERS.get(u.get_backend_name())
+    if drivers is None:
+        return url
+    return u.set(drivername=drivers[which]).render_as_string(hide_password=False)
+
+
 def sync_url(url: str) -> str:
     """The URL with the sync driver Alembic uses."""
-    u = make_url(url)
-    if u.get_backend_name() == "postgresql":
-        return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    if u.get_backend_name() == "sqlite":
-        return u.set(drivername="sqlite").render_as_string(hide_password=False)
-    return url
+    return _with_driver(url, 0)
 
 
 def async_url(url: str) -> str:
-    u = make_url(url)
-    if u.get_backend_name() == "postgresql":
-        return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    if u.get_backend_name() == "sqlite":
-        return u.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
-    return url
+    """The URL with the async driver the API uses."""
+    return _with_driver(url, 1)
 
 
 def run_migrations(url: str) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from broker.connection import connect
-from broker.streams import ensure_layout
+from broker.connection import connected
 from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import AgentSettings
 from workers.agent import Agent
@@ -15,15 +14,10 @@ def main(settings: AgentSettings | None = None) -> None:
     configure_logging(settings.log_level, "agent")
 
     async def run(on_stop: OnStop) -> None:
-        broker = await connect(
-            settings.nats_url, f"berth-agent-{settings.agent_id}", timeout=settings.nats_timeout
-        )
-        try:
-            await ensure_layout(broker)
+        name = f"berth-agent-{settings.agent_id}"
+        async with connected(settings.nats_url, name, timeout=settings.nats_timeout) as broker:
             agent = Agent(settings, broker, ProcessRuntime(settings.replica_host))
             on_stop(agent.shutdown)
             await agent.run()
-        finally:
-            await broker.close()
 
     run_service(run)
