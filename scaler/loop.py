@@ -41,8 +41,7 @@ __all__ = ["Scaler"]
 
 log = logging.getLogger(__name__)
 
-# Event-driven passes are at most this often, so a stream of requests costs a few
-# evaluations a second, not one per request.
+# An endpoint with live replicas is evaluated at most this often on demand.
 MIN_PASS_INTERVAL = 0.05
 
 
@@ -78,6 +77,8 @@ class Scaler:
         self._wake = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._started_at = time.time()
+        self._last_pass: dict[str, float] = {}
+        self._deferred: dict[str, float] = {}
 
     def _changed(self, key: str, _value: object) -> None:
         self._mark(key.split(".", 1)[0])
@@ -107,36 +108,47 @@ class Scaler:
         ]
         log.info("scaler running (%d endpoints known)", len(self.endpoints.items))
         try:
-            next_tick = time.monotonic()
-            while not self._shutdown.is_set():
-                timeout = max(0.0, next_tick - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._wake.wait()
-                if self._shutdown.is_set():
-                    break
-                self._wake.clear()
-                if time.monotonic() >= next_tick:
-                    todo = set(self.endpoints.items) | {
-                        r.endpoint for r in self.replicas.items.values()
-                    }
-                    next_tick = time.monotonic() + self.settings.tick_interval
-                else:
-                    todo = set()
-                todo |= self._dirty
-                self._dirty.clear()
-                for endpoint in sorted(todo):
-                    try:
-                        await self.evaluate(endpoint)
-                    except Exception:
-                        log.exception("evaluating %s failed", endpoint)
-                await asyncio.sleep(MIN_PASS_INTERVAL)
+            await self._loop()
         finally:
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             for view in (self.endpoints, self.replicas, self.agents):
                 await view.stop()
+
+    async def _loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._shutdown.is_set():
+            now = time.monotonic()
+            wake_at = min([next_tick, *(t + MIN_PASS_INTERVAL for t in self._deferred.values())])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wake_at - now)):
+                    await self._wake.wait()
+            if self._shutdown.is_set():
+                return
+            self._wake.clear()
+            now = time.monotonic()
+            todo = set(self._dirty)
+            self._dirty.clear()
+            if now >= next_tick:
+                todo |= set(self.endpoints.items) | {
+                    r.endpoint for r in self.replicas.items.values()
+                }
+                next_tick = now + self.settings.tick_interval
+            for endpoint in sorted(todo):
+                last = self._last_pass.get(endpoint, 0.0)
+                # A stream of requests to a serving endpoint costs a few passes a second,
+                # not one per request; an endpoint with nothing live is looked at at once.
+                if now - last < MIN_PASS_INTERVAL and self._live(endpoint, time.time()):
+                    self._deferred[endpoint] = last
+                    continue
+                self._deferred.pop(endpoint, None)
+                self._last_pass[endpoint] = now
+                try:
+                    await self.evaluate(endpoint)
+                except Exception:
+                    log.exception("evaluating %s failed", endpoint)
+            self._dirty |= set(self._deferred)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -148,7 +160,8 @@ class Scaler:
         if failure is not None and now < failure.until and not self._live(endpoint, now):
             # The model cannot start right now: answer at once instead of queueing.
             await self._fail_waiting(endpoint, failure)
-        self._mark(endpoint)
+        if endpoint not in self._deferred:  # a pass is already due; don't wake for each request
+            self._mark(endpoint)
 
     async def _on_replica_event(self, msg: Msg) -> None:
         try:

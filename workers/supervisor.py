@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # and given up after this many failures in a row.
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_AFTER = 60.0
+# While a replica starts, its health check is polled at most this far apart.
+HEALTH_POLL_MAX = 0.05
 # Room left in a NATS message for the reply's headers.
 REPLY_HEADER_ROOM = 64 * 1024
 
@@ -264,7 +266,7 @@ class ReplicaSupervisor:
                 if time.time() - started > budget:
                     raise StartFailed(f"health check {path} did not answer 200 within {budget:g} s")
                 await asyncio.wait([exited], timeout=delay)
-                delay = min(delay * 1.5, 0.25)
+                delay = min(delay * 1.5, HEALTH_POLL_MAX)  # a local GET is cheap; waiting is not
         finally:
             exited.cancel()
 
