@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -53,21 +52,23 @@ async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
         log.warning("nats: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected from %s", url)
+        if not nc.is_draining and not nc.is_closed:  # a drop, not our own close
+            log.warning("nats: disconnected from %s", url)
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
 
     # nats-py retries even the first connection forever when reconnects are
     # unlimited: bound it, so a wrong URL is an error, not a silent hang.
+    nc = Client()
     try:
         async with asyncio.timeout(timeout * 2):
-            nc = await nats.connect(
+            await nc.connect(
                 url,
                 name=name,
-                connect_timeout=timeout,
+                connect_timeout=timeout,  # type: ignore[arg-type]  # annotated int; takes seconds
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
