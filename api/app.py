@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.middleware import HostRouting, RequestId
-from api.routes import endpoints, models
+from api.routes import endpoints, events, models
 from api.routes.inference import DataPlane
 from broker.connection import connected
 from broker.publish import Requester
@@ -110,6 +110,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
     install_error_handlers(app)
     app.include_router(endpoints.router)
     app.include_router(models.router)
+    app.include_router(events.router)
 
     @app.get("/healthz", tags=["system"])
     async def healthz() -> dict[str, str]:

@@ -85,6 +85,22 @@ def _infer(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _events(args: argparse.Namespace) -> None:
+    from berth.client import from_environment
+
+    for item in from_environment().events(args.name, args.max_lines):
+        event = item["event"]
+        details = dict(event.get("details") or {})
+        reason = details.pop("reason", "")
+        replica = f" replica={item['replica_id']}" if item.get("replica_id") else ""
+        extra = " ".join(
+            f"{k}={v}" for k, v in details.items() if k != "agent_id" and v not in (None, [], "")
+        )
+        print(
+            f"{item['timestamp']}  {event['level']:<7} {event['type']:<22}{replica} {reason} {extra}".rstrip()
+        )
+
+
 def _delete(args: argparse.Namespace) -> None:
     from berth.client import from_environment
 
@@ -137,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("data", nargs="?", help='JSON body, e.g. \'{"prompt": "hi"}\'')
     i.add_argument("--route", default="/infer")
     i.set_defaults(func=_infer)
+
+    v = sub.add_parser("events", help="an endpoint's replica and scaling events, with reasons")
+    v.add_argument("name")
+    v.add_argument("--max-lines", type=int, default=50)
+    v.set_defaults(func=_events)
 
     x = sub.add_parser("delete", help="delete an endpoint")
     x.add_argument("name")

@@ -78,5 +78,8 @@ class Client:
     def delete_endpoint(self, name: str) -> dict[str, Any]:
         return self._json(self.http.delete(f"/v1/endpoint/{name}"))  # type: ignore[no-any-return]
 
+    def events(self, name: str, max_lines: int = 50) -> list[dict[str, Any]]:
+        return self._json(self.http.get(f"/v1/events/{name}", params={"max_lines": max_lines}))  # type: ignore[no-any-return]
+
     def infer(self, name: str, payload: Any, path: str = "/infer") -> httpx.Response:
         return self.http.post(f"/e/{name}{path}", json=payload)

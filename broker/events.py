@@ -7,14 +7,17 @@ Events never carry secret values; callers pass only names and reasons.
 from __future__ import annotations
 
 import time
+from collections import deque
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker.connection import Broker
 from shared import names
 
-__all__ = ["publish_event"]
+__all__ = ["publish_event", "read_events"]
 
 
 async def publish_event(
@@ -40,3 +43,42 @@ async def publish_event(
         },
     }
     await broker.nc.publish(names.event_subject(kind, endpoint), orjson.dumps(event))
+
+
+async def read_events(
+    broker: Broker,
+    endpoint: str,
+    *,
+    begin: float | None = None,
+    end: float | None = None,
+    max_lines: int = 100,
+) -> list[dict[str, Any]]:
+    """The endpoint's events between ``begin`` and ``end`` (unix times), the newest ``max_lines``."""
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME if begin else DeliverPolicy.ALL,
+        opt_start_time=datetime.fromtimestamp(begin, UTC) if begin else None,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+    )
+    sub = await broker.js.subscribe(
+        names.event_subject("*", endpoint),
+        stream=names.EVENTS_STREAM,
+        config=config,
+        ordered_consumer=True,
+        deliver_policy=config.deliver_policy,  # an ordered consumer reads it here, not from config
+    )
+    kept: deque[dict[str, Any]] = deque(maxlen=max(0, max_lines))
+    try:
+        remaining = (await sub.consumer_info()).num_pending or 0
+        # What is stored when we ask is bounded; events arriving meanwhile are left for next time.
+        while remaining > 0 and max_lines > 0:
+            msg = await sub.next_msg(timeout=broker.timeout)
+            remaining = msg.metadata.num_pending
+            event = orjson.loads(msg.data)
+            if end is not None and event["timestamp"] > end:
+                break
+            if begin is None or event["timestamp"] >= begin:
+                kept.append(event)
+    finally:
+        await sub.unsubscribe()
+    return list(kept)

@@ -342,3 +342,40 @@ def test_large_bodies_both_ways_and_oversized_response(stack: Stack, name: str) 
         resp = c.post(f"/e/{name}/infer", json={"prompt": "y" * 1024, "n": 20 * 1024})
         assert resp.status_code == 502
         assert resp.json()["error"]["code"] == "response_too_large"
+
+
+def test_events_tell_why(stack: Stack, name: str) -> None:
+    stack.deploy(name, "echo", scale_to_zero=1)
+    with stack.client() as c:
+        assert c.post(f"/e/{name}/infer", json={"prompt": "x"}).status_code == 200
+        wait_for(lambda: stack.replicas(name) == [], 30, "scale to zero")
+
+        def types() -> list[str]:
+            return [e["event"]["type"] for e in c.get(f"/v1/events/{name}").json()]
+
+        wait_for(lambda: "replica_stopped" in types(), 10, "the stop event")
+        events = c.get(f"/v1/events/{name}").json()
+        kinds = [e["event"]["type"] for e in events]
+        assert kinds[0] == "endpoint_created"
+        assert (
+            kinds.index("scale_decision")
+            < kinds.index("replica_ready")
+            < kinds.index("replica_stopped")
+        )
+        decisions = [
+            e["event"]["details"]["reason"]
+            for e in events
+            if e["event"]["type"] == "scale_decision"
+        ]
+        assert "scale up 0 → 1" in decisions[0] and "scale_to_zero" in decisions[-1]
+        ready = next(e for e in events if e["event"]["type"] == "replica_ready")
+        assert ready["replica_id"] and ready["event"]["details"]["startup_s"] > 0
+        assert ready["timestamp"].endswith("Z") and ready["event"]["endpoint"] == name
+        # max_lines keeps the newest; begin_time filters.
+        assert [
+            e["event"]["type"] for e in c.get(f"/v1/events/{name}", params={"max_lines": 1}).json()
+        ] == ["replica_stopped"]
+        later = c.get(f"/v1/events/{name}", params={"begin_time": "2999-01-01T00:00:00Z"}).json()
+        assert later == []
+        assert c.get("/v1/events/no-such-endpoint").status_code == 404
+        assert c.get(f"/v1/events/{name}", params={"max_lines": 5000}).status_code == 422

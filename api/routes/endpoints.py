@@ -98,7 +98,7 @@ async def publish_spec(ctx: AppContext, ep: Endpoint) -> None:
     ctx.endpoints.items[ep.name] = spec  # visible to this instance's data plane at once
 
 
-async def _get(session: SessionDep, name: str) -> Endpoint:
+async def get_endpoint_row(session: SessionDep, name: str) -> Endpoint:
     ep = (await session.exec(select(Endpoint).where(Endpoint.name == name))).first()
     if ep is None:
         raise NotFound(f"endpoint {name!r} does not exist")
@@ -134,7 +134,7 @@ async def list_endpoints(ctx: ContextDep, session: SessionDep) -> list[EndpointP
 
 @router.get("/endpoint/{endpoint_name}", response_model=EndpointPublic)
 async def get_endpoint(endpoint_name: str, ctx: ContextDep, session: SessionDep) -> EndpointPublic:
-    ep = await _get(session, endpoint_name)
+    ep = await get_endpoint_row(session, endpoint_name)
     return to_public(ctx, ep, await backlog(ctx.broker, ep.name))
 
 
@@ -142,7 +142,7 @@ async def get_endpoint(endpoint_name: str, ctx: ContextDep, session: SessionDep)
 async def update_endpoint(
     endpoint_name: str, body: EndpointUpdate, ctx: ContextDep, session: SessionDep
 ) -> EndpointPublic:
-    ep = await _get(session, endpoint_name)
+    ep = await get_endpoint_row(session, endpoint_name)
     changes = body.model_dump(exclude_unset=True)
     merged: dict[str, Any] = ep.model_dump() | changes
     try:
@@ -172,7 +172,7 @@ async def update_endpoint(
 async def delete_endpoint(
     endpoint_name: str, ctx: ContextDep, session: SessionDep
 ) -> dict[str, str]:
-    ep = await _get(session, endpoint_name)
+    ep = await get_endpoint_row(session, endpoint_name)
     await session.delete(ep)
     await session.commit()
     await delete_key(ctx.broker, names.KV_ENDPOINTS, endpoint_name)
