@@ -52,7 +52,9 @@ class Requester:
     def forget(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
 
-    async def publish(self, endpoint: str, envelope: RequestEnvelope, body: bytes) -> None:
+    async def publish(
+        self, endpoint: str, envelope: RequestEnvelope, body: bytes, digest: str = ""
+    ) -> None:
         """Store the request durably in JetStream and nudge the scaler."""
         try:
             await self._broker.js.publish(
@@ -65,4 +67,5 @@ class Requester:
             raise BrokerUnavailable(f"request queue unavailable: {exc!r}") from exc
         # Core NATS, fire and forget: the scaler reacts at once to demand on an
         # endpoint; its periodic look at the backlog covers a lost nudge.
-        await self._broker.nc.publish(names.demand_subject(endpoint), b"")
+        # The nudge names the config the caller saw, which may be newer than the scaler's view.
+        await self._broker.nc.publish(names.demand_subject(endpoint), digest.encode())

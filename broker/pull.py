@@ -119,8 +119,14 @@ def _settle(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], No
     return done
 
 
-async def fail_queued(broker: Broker, endpoint: str, reply: Reply, *, limit: int = 100_000) -> int:
-    """Answer every queued request of an endpoint with ``reply`` (a terminal error)."""
+async def fail_queued(
+    broker: Broker, endpoint: str, reply: Reply, *, before: float, limit: int = 100_000
+) -> int:
+    """Answer with ``reply`` (a terminal error) every request queued before ``before`` (unix time).
+
+    A request that arrived later is handed back untouched: it was sent after the
+    failure and may be for a fixed config.
+    """
     puller = Puller(broker, endpoint)
     await puller.open()
     failed = 0
@@ -128,6 +134,9 @@ async def fail_queued(broker: Broker, endpoint: str, reply: Reply, *, limit: int
         while failed < limit:
             delivery = await puller.next(0.05)
             if delivery is None:
+                break
+            if delivery.msg.metadata.timestamp.timestamp() > before:
+                await puller.retry(delivery)
                 break
             await puller.reply(delivery, reply)
             failed += 1

@@ -57,6 +57,8 @@ class StartFailure:
     count: int
     until: float
     reason: str
+    # replica_digest() of the config that failed: a request for another config is not failed by it.
+    digest: str
 
 
 class Scaler:
@@ -64,7 +66,7 @@ class Scaler:
         self.settings = settings
         self.broker = broker
         self.endpoints: KvView[EndpointSpec] = KvView(
-            broker, names.KV_ENDPOINTS, EndpointSpec, self._changed
+            broker, names.KV_ENDPOINTS, EndpointSpec, self._spec_changed
         )
         self.replicas: KvView[ReplicaRecord] = KvView(
             broker, names.KV_REPLICAS, ReplicaRecord, self._replica_changed
@@ -80,8 +82,13 @@ class Scaler:
         self._last_pass: dict[str, float] = {}
         self._deferred: dict[str, float] = {}
 
-    def _changed(self, key: str, _value: object) -> None:
-        self._mark(key.split(".", 1)[0])
+    def _spec_changed(self, endpoint: str, spec: EndpointSpec | None) -> None:
+        failure = self.failures.get(endpoint)
+        if failure is not None and (spec is None or spec.replica_digest() != failure.digest):
+            # New code or config (a fix, or a new endpoint of the same name): a start
+            # failure of the old one says nothing about it, so try at once.
+            del self.failures[endpoint]
+        self._mark(endpoint)
 
     def _replica_changed(self, key: str, _value: object) -> None:
         endpoint, _, replica_id = key.partition(".")
@@ -157,7 +164,13 @@ class Scaler:
         now = time.time()
         self.activity[endpoint] = now
         failure = self.failures.get(endpoint)
-        if failure is not None and now < failure.until and not self._live(endpoint, now):
+        seen = msg.data.decode()  # the digest of the spec the API served this request under
+        if (
+            failure is not None
+            and failure.digest == seen
+            and now < failure.until
+            and not self._live(endpoint, now)
+        ):
             # The model cannot start right now: answer at once instead of queueing.
             await self._fail_waiting(endpoint, failure)
         if endpoint not in self._deferred:  # a pass is already due; don't wake for each request
@@ -177,8 +190,12 @@ class Scaler:
             delay = min(
                 self.settings.start_backoff * 2 ** (count - 1), self.settings.start_backoff_max
             )
+            details = event["details"]
             failure = StartFailure(
-                count=count, until=now + delay, reason=event["details"].get("reason", "unknown")
+                count=count,
+                until=now + delay,
+                reason=details.get("reason", "unknown"),
+                digest=details.get("digest", ""),
             )
             self.failures[endpoint] = failure
             await publish_event(
@@ -202,7 +219,7 @@ class Scaler:
         reply = Reply.failure(503, "replica_failed", message)
         retry_after = max(1, round(failure.until - time.time()))
         reply.headers.append(("retry-after", str(retry_after)))
-        failed = await fail_queued(self.broker, endpoint, reply)
+        failed = await fail_queued(self.broker, endpoint, reply, before=time.time())
         if failed:
             log.warning("%s: failed %d queued request(s): %s", endpoint, failed, failure.reason)
 

@@ -10,7 +10,7 @@ import hashlib
 import time
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 __all__ = [
     "STALE_AFTER",
@@ -57,9 +57,15 @@ class EndpointSpec(BaseModel):
     revision: int = 0
     # Distinguishes an endpoint from an earlier one of the same name (delete, then create).
     incarnation: str = ""
+    _digest: str | None = PrivateAttr(default=None)
 
     def replica_digest(self) -> str:
         """What a replica runs: a replica whose digest differs is outdated and gets replaced."""
+        if self._digest is None:
+            self._digest = self._compute_digest()
+        return self._digest
+
+    def _compute_digest(self) -> str:
         fields = self.model_dump(
             include={
                 "model_id",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -122,11 +123,36 @@ async def test_fail_queued_answers_every_waiting_request(broker: Broker) -> None
     waiters = [requester.expect(f"f{i}") for i in range(4)]
     for i in range(4):
         await requester.publish(s.name, envelope(requester, f"f{i}"), b"")
-    failed = await fail_queued(broker, s.name, Reply.failure(503, "replica_failed", "no GPU"))
+    failed = await fail_queued(
+        broker, s.name, Reply.failure(503, "replica_failed", "no GPU"), before=time.time()
+    )
     assert failed == 4
     replies = await asyncio.wait_for(asyncio.gather(*waiters), 5)
     assert {(r.status, r.error) for r in replies} == {(503, "replica_failed")}
     assert (await backlog(broker, s.name)).queued == 0  # type: ignore[union-attr]
+
+
+async def test_fail_queued_leaves_later_requests(broker: Broker) -> None:
+    s = spec()
+    await ensure_endpoint_consumer(broker, s)
+    requester = Requester(broker)
+    await requester.start()
+    early = requester.expect("early")
+    await requester.publish(s.name, envelope(requester, "early"), b"")
+    cutoff = time.time()
+    await asyncio.sleep(0.01)  # JetStream's timestamps must fall on either side of the cutoff
+    await requester.publish(s.name, envelope(requester, "late"), b"")
+    assert (
+        await fail_queued(broker, s.name, Reply.failure(503, "replica_failed", "x"), before=cutoff)
+        == 1
+    )
+    assert (await asyncio.wait_for(early, 5)).status == 503
+    # The late one was handed back untouched: the next pull gets it.
+    puller = Puller(broker, s.name)
+    await puller.open()
+    again = await puller.next(2.0)
+    assert again is not None and again.envelope.request_id == "late"
+    await puller.close()
 
 
 async def test_unreachable_nats_is_a_clear_error() -> None:

@@ -379,3 +379,28 @@ def test_events_tell_why(stack: Stack, name: str) -> None:
         assert later == []
         assert c.get("/v1/events/no-such-endpoint").status_code == 404
         assert c.get(f"/v1/events/{name}", params={"max_lines": 5000}).status_code == 422
+
+
+def test_stopping_a_starting_replica_is_not_a_failure(stack: Stack, name: str) -> None:
+    """Deleting an endpoint whose replica is still starting must not put its name in start backoff."""
+    stack.deploy(name, min_replicas=1, env_overrides={"PROBE_SETUP_DELAY": "3"})
+    wait_for(
+        lambda: [r for r in stack.replicas(name) if r["status"] == "pending"],
+        30,
+        "a starting replica",
+    )
+    with stack.client() as c:
+        assert c.delete(f"/v1/endpoint/{name}").status_code == 200
+    stack.deploy(name)
+    with stack.client() as c:
+        resp = c.post(f"/e/{name}/infer", json={"prompt": "fresh"})
+    assert resp.status_code == 200, resp.text
+
+
+def test_fixing_a_broken_model_retries_at_once(stack: Stack, name: str) -> None:
+    stack.deploy(name, env_overrides={"PROBE_FAIL_SETUP": "bad config"})
+    with stack.client() as c:
+        assert c.post(f"/e/{name}/infer", json={"prompt": "x"}).status_code == 503
+        assert c.patch(f"/v1/endpoint/{name}", json={"env_overrides": {}}).status_code == 200
+        resp = c.post(f"/e/{name}/infer", json={"prompt": "fixed"})  # no waiting out the backoff
+    assert resp.status_code == 200, resp.text

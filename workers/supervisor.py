@@ -115,6 +115,8 @@ class ReplicaSupervisor:
         return self._stop.is_set()
 
     async def _set_state(self, state: ReplicaState, reason: str | None = None) -> None:
+        if self._stop.is_set() and state in (ReplicaState.STARTING, ReplicaState.READY):
+            state, reason = ReplicaState.STOPPING, self.record.reason  # a stop was asked: say so
         self.record.state = state
         self.record.reason = reason
         self.record.in_flight = self.in_flight
@@ -147,8 +149,15 @@ class ReplicaSupervisor:
                 try:
                     replica, client = await self._launch()
                 except StartFailed as exc:
+                    if self._stop.is_set():  # stopped on purpose while starting: no failure
+                        break
                     reason = str(exc)
-                    await self._event("replica_start_failed", warning=True, reason=reason)
+                    await self._event(
+                        "replica_start_failed",
+                        warning=True,
+                        reason=reason,
+                        digest=self.record.digest,
+                    )
                     if not ever_ready or failures >= len(RESTART_BACKOFF):
                         await self._set_state(ReplicaState.FAILED, reason)
                         return

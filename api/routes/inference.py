@@ -138,7 +138,7 @@ class DataPlane:
         )
         waiter = requester.expect(request_id)
         try:
-            await requester.publish(name, envelope, body)
+            await requester.publish(name, envelope, body, spec.replica_digest())
             try:
                 async with asyncio.timeout(timeout):
                     reply = await waiter
