@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from shared.proc import die_with_parent
+
 __all__ = ["LocalNats", "LocalStack", "free_port", "nats_server_binary", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +70,7 @@ class LocalNats:
         # Room for OctoAI's documented 10 MB request bodies (NATS's default is 1 MB).
         config = self.store_dir / "nats-server.conf"
         config.write_text(f"max_payload: {MAX_PAYLOAD}\n")
+        popen.setdefault("preexec_fn", die_with_parent)  # no orphan if our process dies
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),
@@ -144,6 +147,7 @@ class LocalStack:
                 self.procs[kind] = subprocess.Popen(
                     [sys.executable, "-m", "berth.cli", kind],
                     env=self.env,
+                    preexec_fn=die_with_parent,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from berth.local import LocalNats, stop_process, wait_until
+from shared.proc import die_with_parent
 from shared.settings import UpSettings
-from workers.zygote import die_with_parent
 
 __all__ = ["main"]
 

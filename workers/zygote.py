@@ -12,8 +12,6 @@ leaves no orphans holding GPUs or ports.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import select
@@ -29,9 +27,8 @@ import uvloop  # noqa: F401
 
 import workers.replica
 import workers.server
+from shared.proc import die_with_parent
 from workers.service import Service
-
-_PR_SET_PDEATHSIG = 1
 
 
 class _WarmUp(Service):
@@ -49,11 +46,6 @@ def warm_up() -> None:
     app = workers.server.build_app(_WarmUp())
     app.openapi()
     uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on").load()
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: best effort
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
 
 
 def _child(request: dict[str, Any], out_fd: int) -> None:
