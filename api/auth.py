@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -38,4 +37,3 @@ def require_admin(request: Request, ctx: ContextDep) -> None:
 
 
 AdminDep = Depends(require_admin)
-AdminAuth = Annotated[None, AdminDep]

@@ -66,7 +66,6 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
         (names.KV_ENDPOINTS, None),
         (names.KV_REPLICAS, replica_ttl),
         (names.KV_AGENTS, replica_ttl),
-        (names.KV_ACTIVITY, None),
     ):
         try:
             await js.key_value(bucket)

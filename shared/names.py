@@ -18,7 +18,6 @@ AGENT_SUBJECT_PREFIX = "berth.agent."
 KV_ENDPOINTS = "berth_endpoints"
 KV_REPLICAS = "berth_replicas"
 KV_AGENTS = "berth_agents"
-KV_ACTIVITY = "berth_activity"
 OBJ_MODELS = "berth_models"
 
 # An endpoint name is a DNS label: it becomes a subject token, a KV key part,

@@ -5,6 +5,7 @@ Every wait is for an event, with a bound; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from berth.local import ROOT, LocalNats, LocalStack, free_port, wait_until
+from shared.db import sync_url
 
 __all__ = ["FAST", "MODELS", "ROOT", "NatsServer", "Stack", "free_port", "wait_for"]
 
@@ -80,6 +82,30 @@ def stack(nats_server: LocalNats, tmp_path_factory: pytest.TempPathFactory) -> I
         yield s
     finally:
         s.close()
+
+
+PG_URL = os.environ.get("BERTH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(
+            sync_url(PG_URL).replace("+psycopg", ""), autocommit=True, connect_timeout=3
+        )
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
+    db = f"berth_test_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{db}"')
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + "/" + db
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
 
 
 @pytest.fixture

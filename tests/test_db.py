@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,33 +10,10 @@ from sqlmodel import select
 from shared.db import Database, async_url, run_migrations, sync_url
 from shared.models import Endpoint, EndpointCreate
 
-PG_URL = os.environ.get("BERTH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'sub' / 'berth.db'}"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the PostgreSQL server, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(
-            sync_url(PG_URL).replace("+psycopg", ""), autocommit=True, connect_timeout=3
-        )
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
-    db = f"berth_test_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{db}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + "/" + db
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
 
 
 def test_url_drivers() -> None:
