@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker.connection import Broker
@@ -53,32 +54,37 @@ async def read_events(
     end: float | None = None,
     max_lines: int = 100,
 ) -> list[dict[str, Any]]:
-    """The endpoint's events between ``begin`` and ``end`` (unix times), the newest ``max_lines``."""
+    """The endpoint's events between ``begin`` and ``end`` (unix times), the newest ``max_lines``.
+
+    Reads what is stored when asked, with a pull consumer: each message says how
+    many are left behind it, so the read ends exactly, never on a timeout.
+    """
+    subject = names.event_subject("*", endpoint)
+    info = await broker.js.stream_info(names.EVENTS_STREAM, subjects_filter=subject)
+    if max_lines <= 0 or not sum((info.state.subjects or {}).values()):
+        return []
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_TIME if begin else DeliverPolicy.ALL,
         opt_start_time=datetime.fromtimestamp(begin, UTC) if begin else None,
         ack_policy=AckPolicy.NONE,
         inactive_threshold=30.0,
     )
-    sub = await broker.js.subscribe(
-        names.event_subject("*", endpoint),
-        stream=names.EVENTS_STREAM,
-        config=config,
-        ordered_consumer=True,
-        deliver_policy=config.deliver_policy,  # an ordered consumer reads it here, not from config
-    )
-    kept: deque[dict[str, Any]] = deque(maxlen=max(0, max_lines))
+    sub = await broker.js.pull_subscribe(subject, stream=names.EVENTS_STREAM, config=config)
+    kept: deque[dict[str, Any]] = deque(maxlen=max_lines)
     try:
-        remaining = (await sub.consumer_info()).num_pending or 0
-        # What is stored when we ask is bounded; events arriving meanwhile are left for next time.
-        while remaining > 0 and max_lines > 0:
-            msg = await sub.next_msg(timeout=broker.timeout)
-            remaining = msg.metadata.num_pending
-            event = orjson.loads(msg.data)
-            if end is not None and event["timestamp"] > end:
+        while True:
+            try:
+                batch = await sub.fetch(256, timeout=broker.timeout)
+            except NatsTimeout:
+                break  # nothing at or after `begin`
+            for msg in batch:
+                event = orjson.loads(msg.data)
+                if end is not None and event["timestamp"] > end:
+                    return list(kept)
+                if begin is None or event["timestamp"] >= begin:
+                    kept.append(event)
+            if batch[-1].metadata.num_pending == 0:
                 break
-            if begin is None or event["timestamp"] >= begin:
-                kept.append(event)
     finally:
         await sub.unsubscribe()
     return list(kept)

@@ -11,6 +11,7 @@ import pytest
 
 from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
+from broker.events import publish_event, read_events
 from broker.publish import Requester
 from broker.pull import Puller, fail_queued
 from broker.streams import (
@@ -158,3 +159,18 @@ async def test_fail_queued_leaves_later_requests(broker: Broker) -> None:
 async def test_unreachable_nats_is_a_clear_error() -> None:
     with pytest.raises(BrokerUnavailable, match="cannot connect to NATS"):
         await connect("nats://127.0.0.1:1", "test", timeout=0.5)
+
+
+async def test_read_events_is_complete_every_time(broker: Broker) -> None:
+    """Regression: a push consumer's pending count read 0 once the server had pushed everything."""
+    endpoint = f"ev-{secrets.token_hex(3)}"
+    assert await read_events(broker, endpoint) == []  # none yet: no waiting on a timeout
+    for i in range(20):
+        await publish_event(broker, "scale", endpoint, f"e{i}")
+    await broker.nc.flush()
+    async with asyncio.timeout(5):  # stored by the events stream
+        while len(await read_events(broker, endpoint)) < 20:
+            await asyncio.sleep(0.01)
+    for _ in range(10):
+        events = await read_events(broker, endpoint, max_lines=5)
+        assert [e["event"]["type"] for e in events] == [f"e{i}" for i in range(15, 20)]
