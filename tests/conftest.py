@@ -38,6 +38,19 @@ FAST = {
 }
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Like berth.local.wait_until, failing the test (not erroring) on timeout."""
     try:
@@ -72,6 +85,16 @@ class Stack(LocalStack):
         return httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kw
         )
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[LocalNats]:
+    """A nats-server for one test: a second Berth must not share the session's
+    (two scalers on one NATS would both act; the HA lease is issue #6)."""
+    server = LocalNats(tmp_path / "own-nats")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
 def test_api_on_postgres_keeps_endpoints_across_restarts(
-    pg_url: str, nats_server: NatsServer, tmp_path: Path
+    pg_url: str, own_nats: NatsServer, tmp_path: Path
 ) -> None:
-    stack = Stack(tmp_path, nats_server.url, env={**FAST, "BERTH_DATABASE_URL": pg_url})
+    stack = Stack(tmp_path / "berth", own_nats.url, env={**FAST, "BERTH_DATABASE_URL": pg_url})
     try:
         stack.start()
         stack.deploy("pg-echo", "echo", max_replicas=1, scale_to_zero=1)
@@ -24,7 +24,7 @@ def test_api_on_postgres_keeps_endpoints_across_restarts(
                 c.post("/e/pg-echo/infer", json={"prompt": "pg"}).json()["output"]["text"] == "pg"
             )
         stack.stop("api")
-        assert not (tmp_path / "berth.db").exists()  # nothing went to SQLite
+        assert not (tmp_path / "berth" / "berth.db").exists()  # nothing went to SQLite
         stack.start("api")
         with stack.client() as c:
             got = c.get("/v1/endpoint/pg-echo")

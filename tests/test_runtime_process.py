@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from shared.messages import EndpointSpec
-from tests.conftest import MODELS, ROOT, free_port
+from tests.conftest import MODELS, ROOT, free_port, process_alive
 from workers.runtimes.base import Launch, failure_reason
 from workers.runtimes.process import ProcessRuntime
 
@@ -85,16 +85,6 @@ async def test_replicas_die_with_the_zygote(tmp_path: Path) -> None:
     assert await asyncio.wait_for(replica.wait(), 10) == -signal.SIGKILL
     pid = replica.pid  # type: ignore[attr-defined]
     async with asyncio.timeout(10):
-        while _alive(pid):
+        while process_alive(pid):
             await asyncio.sleep(0.02)
     await runtime.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is dead for our purpose.
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split()[2] != "Z"
