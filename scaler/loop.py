@@ -83,6 +83,9 @@ class Scaler:
         self._deferred: dict[str, float] = {}
 
     def _spec_changed(self, endpoint: str, spec: EndpointSpec | None) -> None:
+        if spec is None:  # deleted: forget it (its replicas are drained by the next pass)
+            for state in (self.activity, self.failures, self._last_pass, self._deferred):
+                state.pop(endpoint, None)
         failure = self.failures.get(endpoint)
         if failure is not None and (spec is None or spec.replica_digest() != failure.digest):
             # New code or config (a fix, or a new endpoint of the same name): a start

@@ -404,3 +404,17 @@ def test_fixing_a_broken_model_retries_at_once(stack: Stack, name: str) -> None:
         assert c.patch(f"/v1/endpoint/{name}", json={"env_overrides": {}}).status_code == 200
         resp = c.post(f"/e/{name}/infer", json={"prompt": "fixed"})  # no waiting out the backoff
     assert resp.status_code == 200, resp.text
+
+
+def test_container_endpoint_without_a_container_runtime_fails_clearly(
+    stack: Stack, name: str
+) -> None:
+    """Until the docker runtime lands (#3), an image endpoint is accepted but says why it cannot run."""
+    with stack.client() as c:
+        created = c.post(
+            "/v1/endpoint", json={"name": name, "image_url": "registry.local/echo:1", "port": 8080}
+        )
+        assert created.status_code == 201, created.text
+        resp = c.post(f"/e/{name}/infer", json={"prompt": "x"})
+    assert resp.status_code == 503
+    assert "runs Python models only" in resp.json()["error"]["message"]
