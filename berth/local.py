@@ -137,14 +137,16 @@ class LocalStack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
-    def start(self, *kinds: str) -> LocalStack:
+    def start(self, *names: str) -> LocalStack:
+        """Start processes by name: ``api``, ``scaler``, ``agent``; ``scaler:b`` is a second scaler."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        kinds = kinds or ("api", "scaler", "agent")
-        for kind in kinds:
-            log = self.data_dir / f"{kind}.log"
-            self.logs[kind] = log
+        names = names or ("api", "scaler", "agent")
+        for name in names:
+            kind = name.partition(":")[0]
+            log = self.data_dir / f"{name.replace(':', '-')}.log"
+            self.logs[name] = log
             with log.open("ab") as out:
-                self.procs[kind] = subprocess.Popen(
+                self.procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "berth.cli", kind],
                     env=self.env,
                     preexec_fn=die_with_parent,
@@ -152,7 +154,7 @@ class LocalStack:
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,
                 )
-        if "api" in kinds:
+        if "api" in names:
             wait_until(self._api_ready, 60, "the API to answer /healthz")
         return self
 

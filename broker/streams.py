@@ -66,6 +66,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
         (names.KV_ENDPOINTS, None),
         (names.KV_REPLICAS, replica_ttl),
         (names.KV_AGENTS, replica_ttl),
+        (names.KV_LEASES, names.LEASE_TTL),
     ):
         try:
             await js.key_value(bucket)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from broker.events import publish_event
 from broker.pull import fail_queued
 from broker.registry import KvView
 from broker.streams import backlog
+from scaler.lease import Lease
 from scaler.placement import place
 from scaler.policy import Decision, Observation, ReplicaView, decide
 from shared import names
@@ -81,6 +84,12 @@ class Scaler:
         self._started_at = time.time()
         self._last_pass: dict[str, float] = {}
         self._deferred: dict[str, float] = {}
+        self.lease = Lease(broker, f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
+
+    @property
+    def leader(self) -> bool:
+        """Only the lease holder acts; the others observe, ready to take over."""
+        return self.lease.held
 
     def _spec_changed(self, endpoint: str, spec: EndpointSpec | None) -> None:
         if spec is None:  # deleted: forget it (its replicas are drained by the next pass)
@@ -116,15 +125,36 @@ class Scaler:
             await nc.subscribe(f"{names.DEMAND_SUBJECT_PREFIX}*", cb=self._on_demand),
             await nc.subscribe(f"{names.EVENT_SUBJECT_PREFIX}replica.*", cb=self._on_replica_event),
         ]
-        log.info("scaler running (%d endpoints known)", len(self.endpoints.items))
+        log.info(
+            "scaler %s running (%d endpoints known)", self.lease.holder, len(self.endpoints.items)
+        )
+        lease = asyncio.create_task(self._hold_lease(), name="scaler-lease")
         try:
             await self._loop()
         finally:
+            lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease
+            await self.lease.release()
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             for view in (self.endpoints, self.replicas, self.agents):
                 await view.stop()
+
+    async def _hold_lease(self) -> None:
+        while True:
+            was = self.leader
+            if await self.lease.hold() and not was:
+                log.info("scaler %s is the leader", self.lease.holder)
+                # Starts the old leader had in flight are unknown here; their replicas
+                # show up in the replicas bucket within moments.
+                self.pending.clear()
+                for endpoint in self.endpoints.items:
+                    self._mark(endpoint)
+            elif was and not self.leader:
+                log.warning("scaler %s is no longer the leader", self.lease.holder)
+            await asyncio.sleep(names.LEASE_TTL / 3)
 
     async def _loop(self) -> None:
         next_tick = time.monotonic()
@@ -145,6 +175,9 @@ class Scaler:
                     r.endpoint for r in self.replicas.items.values()
                 }
                 next_tick = now + self.settings.tick_interval
+            if not self.leader:  # observe only; the holder acts
+                self._deferred.clear()
+                continue
             for endpoint in sorted(todo):
                 last = self._last_pass.get(endpoint, 0.0)
                 # A stream of requests to a serving endpoint costs a few passes a second,
@@ -169,7 +202,8 @@ class Scaler:
         failure = self.failures.get(endpoint)
         seen = msg.data.decode()  # the digest of the spec the API served this request under
         if (
-            failure is not None
+            self.leader
+            and failure is not None
             and failure.digest == seen
             and now < failure.until
             and not self._live(endpoint, now)
@@ -201,6 +235,8 @@ class Scaler:
                 digest=details.get("digest", ""),
             )
             self.failures[endpoint] = failure
+            if not self.leader:
+                return
             await publish_event(
                 self.broker,
                 "scale",

@@ -18,6 +18,9 @@ AGENT_SUBJECT_PREFIX = "berth.agent."
 KV_ENDPOINTS = "berth_endpoints"
 KV_REPLICAS = "berth_replicas"
 KV_AGENTS = "berth_agents"
+KV_LEASES = "berth_leases"
+# A scaler that stops renewing loses its lease this long after its last renewal.
+LEASE_TTL = 5.0
 OBJ_MODELS = "berth_models"
 
 # An endpoint name is a DNS label: it becomes a subject token, a KV key part,
