@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
+from nats.js.errors import APIError
 
 from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
@@ -22,6 +24,8 @@ from broker.streams import MAX_DELIVER
 from shared import names
 
 __all__ = ["Delivery", "Puller", "fail_queued"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -61,6 +65,12 @@ class Puller:
         try:
             msgs = await self._sub.fetch(1, timeout=expires)
         except (TimeoutError, NatsTimeout):
+            return None
+        except APIError as exc:
+            # The consumer was deleted (its endpoint is going away) or JetStream is
+            # briefly unavailable (a restart, a cluster election): nothing this time.
+            log.info("pull from %s: %s", self.endpoint, exc.description or type(exc).__name__)
+            await asyncio.sleep(min(expires, 0.5))
             return None
         msg = msgs[0]
         envelope = RequestEnvelope.from_headers(msg.headers or {})

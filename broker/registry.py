@@ -69,7 +69,9 @@ class KvView(Generic[M]):
                 self.items[key] = value
                 self._notify(key, value)
             # Only stop() ends the watch on purpose; otherwise this view is now frozen.
-            log.error("the watch of KV bucket %s ended; its view is no longer updated", self._bucket)
+            log.error(
+                "the watch of KV bucket %s ended; its view is no longer updated", self._bucket
+            )
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]

@@ -174,3 +174,17 @@ async def test_read_events_is_complete_every_time(broker: Broker) -> None:
     for _ in range(10):
         events = await read_events(broker, endpoint, max_lines=5)
         assert [e["event"]["type"] for e in events] == [f"e{i}" for i in range(15, 20)]
+
+
+async def test_pull_from_a_deleted_consumer_is_no_crash(broker: Broker) -> None:
+    """An endpoint deleted under a waiting replica: its pull ends quietly, not with an exception."""
+    s = spec()
+    await ensure_endpoint_consumer(broker, s)
+    puller = Puller(broker, s.name)
+    await puller.open()
+    waiting = asyncio.create_task(puller.next(2.0))
+    await asyncio.sleep(0.1)  # let the pull request reach the server before the delete
+    await delete_endpoint_consumer(broker, s.name)
+    assert await asyncio.wait_for(waiting, 5) is None
+    assert await puller.next(0.2) is None  # and stays quiet while the consumer is gone
+    await puller.close()

@@ -17,8 +17,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from broker.artifacts import ModelCache
 from broker.connection import Broker
 from broker.envelope import Reply
@@ -173,7 +171,7 @@ class ReplicaSupervisor:
                     ready_since = time.monotonic()
                     await self._serve(replica, client)
                 finally:
-                    await client.aclose()
+                    client.close()
                     await replica.stop(self._settings.stop_grace)
                 if self._stop.is_set():
                     break
@@ -208,7 +206,7 @@ class ReplicaSupervisor:
             async with asyncio.timeout(seconds):
                 await self._stop.wait()
 
-    async def _launch(self) -> tuple[Replica, httpx.AsyncClient]:
+    async def _launch(self) -> tuple[Replica, ReplicaClient]:
         spec = self.spec
         started = time.time()
         model_dir: Path | None = None
@@ -243,21 +241,16 @@ class ReplicaSupervisor:
             ) from exc
         self._replica = replica
         self.record.url = f"http://{replica.host}:{replica.port}"
-        client = httpx.AsyncClient(
-            base_url=f"http://{replica.host}:{replica.port}",
-            limits=httpx.Limits(max_keepalive_connections=spec.concurrency_per_replica + 2),
-        )
+        client = ReplicaClient(replica.host, replica.port, max_idle=1)
         try:
             await self._wait_healthy(replica, client, started)
         except BaseException:
-            await client.aclose()
+            client.close()
             await replica.stop(self._settings.stop_grace)
             raise
         return replica, client
 
-    async def _wait_healthy(
-        self, replica: Replica, client: httpx.AsyncClient, started: float
-    ) -> None:
+    async def _wait_healthy(self, replica: Replica, client: ReplicaClient, started: float) -> None:
         budget = self._settings.startup_budget
         path = self.spec.health_check_path
         delay = 0.005
@@ -266,10 +259,8 @@ class ReplicaSupervisor:
             while True:
                 if exited.done():
                     raise StartFailed(failure_reason(exited.result(), replica.log_tail()))
-                with contextlib.suppress(httpx.TransportError):
-                    resp = await client.get(path, timeout=2.0)
-                    if resp.status_code == 200:
-                        return
+                if await self._healthy(client, timeout=2.0):
+                    return
                 if self._stop.is_set():
                     raise StartFailed("stopped before it became ready")
                 if time.time() - started > budget:
@@ -279,7 +270,7 @@ class ReplicaSupervisor:
         finally:
             exited.cancel()
 
-    async def _serve(self, replica: Replica, client: httpx.AsyncClient) -> None:
+    async def _serve(self, replica: Replica, client: ReplicaClient) -> None:
         data = ReplicaClient(replica.host, replica.port, max_idle=self.spec.concurrency_per_replica)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -294,16 +285,21 @@ class ReplicaSupervisor:
             self._broken_reason = reason
             self._broken.set()
 
-    async def _healthy(self, client: httpx.AsyncClient) -> bool:
+    async def _healthy(self, client: ReplicaClient, timeout: float | None = None) -> bool:
+        """One health check: a 200 from ``health_check_path``; anything else, or no answer, is not."""
         try:
-            resp = await client.get(
-                self.spec.health_check_path, timeout=self._settings.health_interval
+            resp = await client.request(
+                "GET",
+                self.spec.health_check_path,
+                [],
+                b"",
+                timeout or self._settings.health_interval,
             )
-        except httpx.HTTPError:
+        except (ConnectionError, TimeoutError):
             return False
-        return resp.status_code == 200
+        return resp.status == 200
 
-    async def _watch(self, replica: Replica, client: httpx.AsyncClient) -> None:
+    async def _watch(self, replica: Replica, client: ReplicaClient) -> None:
         """Health checks and exit watch while serving; breaks the replica when it fails."""
         exited = asyncio.ensure_future(replica.wait())
         stop = asyncio.ensure_future(self._stop.wait())
@@ -331,7 +327,7 @@ class ReplicaSupervisor:
             for fut in (exited, stop, broken):
                 fut.cancel()
 
-    async def _slot(self, data: ReplicaClient, health: httpx.AsyncClient) -> None:
+    async def _slot(self, data: ReplicaClient, health: ReplicaClient) -> None:
         """One concurrency slot: pull a request only while free, answer it, repeat."""
         puller = Puller(self._broker, self.spec.name)
         await puller.open()
@@ -358,7 +354,7 @@ class ReplicaSupervisor:
             await puller.close()
 
     async def _handle(
-        self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: httpx.AsyncClient
+        self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: ReplicaClient
     ) -> None:
         env = delivery.envelope
         now = time.time()
