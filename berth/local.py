@@ -195,8 +195,3 @@ class LocalStack:
             resp = c.get(f"/v1/endpoint/{name}")
             resp.raise_for_status()
             return resp.json()["replicas"]  # type: ignore[no-any-return]
-
-    def log_text(self, tail: int = 4000) -> str:
-        return "\n".join(
-            f"--- {k}\n{p.read_text()[-tail:]}" for k, p in self.logs.items() if p.exists()
-        )

@@ -8,7 +8,6 @@ endpoint's limits change.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 from nats.js.api import (
@@ -121,9 +120,6 @@ async def delete_endpoint_consumer(broker: Broker, endpoint: str) -> None:
 class Backlog:
     queued: int
     in_flight: int
-
-    def replicas_needed(self, concurrency: int) -> int:
-        return math.ceil((self.queued + self.in_flight) / max(1, concurrency))
 
 
 async def backlog(broker: Broker, endpoint: str) -> Backlog | None:

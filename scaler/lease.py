@@ -52,14 +52,6 @@ class Lease:
             self._revision = None  # cannot prove we hold it: act as a follower
         return self.held
 
-    async def holder_now(self) -> str | None:
-        kv = await self._broker.kv(names.KV_LEASES)
-        try:
-            entry = await kv.get(KEY)
-        except Exception:
-            return None
-        return entry.value.decode() if entry.value else None
-
     async def release(self) -> None:
         if self._revision is None:
             return

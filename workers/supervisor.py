@@ -108,10 +108,6 @@ class ReplicaSupervisor:
         task.add_done_callback(self._background.discard)
         return True
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     async def _set_state(self, state: ReplicaState, reason: str | None = None) -> None:
         if self._stop.is_set() and state in (ReplicaState.STARTING, ReplicaState.READY):
             state, reason = ReplicaState.STOPPING, self.record.reason  # a stop was asked: say so
