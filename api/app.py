@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from sqlmodel import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.auth import Authenticator
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.middleware import HostRouting, RequestId
-from api.routes import endpoints, events, models
+from api.replica_secrets import replica_secrets
+from api.routes import endpoints, events, models, secrets, tokens
 from api.routes.inference import DataPlane
 from broker.connection import connected
 from broker.publish import Requester
 from broker.registry import KvView, delete_key
+from broker.secrets import serve_replica_secrets
 from shared import names
 from shared.db import Database, run_migrations
 from shared.messages import EndpointSpec, ReplicaRecord
-from shared.models import Endpoint
+from shared.models import ApiToken, Endpoint
 from shared.settings import ApiSettings
+from shared.stores import open_store
+from shared.tokens import has_admin_token
 
 __all__ = ["BerthApp", "create_app"]
 
@@ -70,21 +78,36 @@ class BerthApp:
             await self._app(scope, receive, send)
 
 
-def create_app(settings: ApiSettings) -> BerthApp:
-    if settings.admin_token is None or not settings.admin_token.get_secret_value():
-        raise ValueError("BERTH_ADMIN_TOKEN is required: the API never runs without auth")
+async def _check_some_admin(settings: ApiSettings, db: Database) -> None:
+    """Nothing is open by accident, and nobody is locked out by accident either."""
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+        return
+    async with db.session() as session:
+        rows = list((await session.exec(select(ApiToken))).all())
+    if not has_admin_token(rows, time.time()):
+        raise RuntimeError(
+            "no admin token: set BERTH_ADMIN_TOKEN, or run `berth tokens bootstrap` once "
+            "(`berth up` does this on first start)"
+        )
 
+
+def create_app(settings: ApiSettings) -> BerthApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.resolved_database_url()
         await asyncio.to_thread(run_migrations, url)
         db = Database(url)
         try:
-            async with connected(
-                settings.nats_url, "berth-api", timeout=settings.nats_timeout
-            ) as broker:
+            await _check_some_admin(settings, db)
+            store = await open_store(settings, db)
+            async with (
+                contextlib.AsyncExitStack() as stack,
+                connected(settings.nats_url, "berth-api", timeout=settings.nats_timeout) as broker,
+            ):
+                stack.push_async_callback(store.close)
                 requester = Requester(broker)
                 await requester.start()
+                static = settings.admin_token.get_secret_value() if settings.admin_token else None
                 ctx = AppContext(
                     settings=settings,
                     db=db,
@@ -92,13 +115,16 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     requester=requester,
                     endpoints=KvView(broker, names.KV_ENDPOINTS, EndpointSpec),
                     replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
+                    auth=Authenticator(db, static, settings.token_cache_ttl),
+                    store=store,
                 )
                 await ctx.endpoints.start()
                 await ctx.replicas.start()
                 try:
                     await _resync(ctx)
+                    await serve_replica_secrets(broker, partial(replica_secrets, ctx))
                     app.state.ctx = ctx
-                    log.info("API ready on %s", settings.base_url())
+                    log.info("API ready on %s (%s secret store)", settings.base_url(), store.name)
                     yield
                 finally:
                     await ctx.endpoints.stop()
@@ -111,6 +137,8 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(endpoints.router)
     app.include_router(models.router)
     app.include_router(events.router)
+    app.include_router(tokens.router)
+    app.include_router(secrets.router)
 
     @app.get("/healthz", tags=["system"])
     async def healthz() -> dict[str, str]:

@@ -1,39 +1,168 @@
-"""Bearer-token auth. Nothing is open by accident: the API refuses to start without an admin token."""
+"""Who is calling: bearer tokens, their scopes, and the checks routes depend on.
+
+A token is either the static admin token from ``BERTH_ADMIN_TOKEN`` (for
+automation and bootstrap) or a row of the ``api_token`` table (see
+:mod:`shared.tokens`). Verified rows are cached for ``token_cache_ttl``
+seconds, so the data plane's hot path costs a dict lookup and one SHA-256.
+
+A missing, malformed, unknown, wrong or expired token is a 401; a valid token
+outside its scope is a 403. Every comparison of secrets is constant-time.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from api.context import ContextDep
-from shared.errors import AuthError
+from shared.db import Database
+from shared.errors import AuthError, Forbidden
+from shared.models import ApiToken, Scope
+from shared.tokens import digest, parse
 
-__all__ = ["AdminDep", "bearer_token", "is_admin"]
+__all__ = [
+    "AdminDep",
+    "Authenticator",
+    "Principal",
+    "PrincipalDep",
+    "bearer_token",
+]
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified caller."""
+
+    token_id: str  # "static" for BERTH_ADMIN_TOKEN
+    scopes: frozenset[str]
+    endpoints: frozenset[str] | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return Scope.ADMIN in self.scopes
+
+    def may_infer(self, endpoint: str) -> bool:
+        if self.is_admin:
+            return True
+        return Scope.INFERENCE in self.scopes and (
+            self.endpoints is None or endpoint in self.endpoints
+        )
+
+    def may_fetch_secrets(self) -> bool:
+        return self.is_admin or Scope.AGENT in self.scopes
 
 
-def is_admin(token: str | None, admin_token: str) -> bool:
-    if token is None:
-        return False
-    # Compare digests so the comparison takes the same time whatever the lengths.
+STATIC_ADMIN = Principal(token_id="static", scopes=frozenset({Scope.ADMIN}))
+
+
+@dataclass(slots=True)
+class _Cached:
+    """A looked-up token id; ``principal`` is None when no such token exists."""
+
+    secret_sha256: str
+    principal: Principal | None
+    expires_at: float | None
+    fetched_at: float
+
+
+def _same(a: str, b: str) -> bool:
+    # Digests of both, so the time taken does not depend on where they differ or their lengths.
     return hmac.compare_digest(
-        hashlib.sha256(token.encode()).digest(), hashlib.sha256(admin_token.encode()).digest()
+        hashlib.sha256(a.encode()).digest(), hashlib.sha256(b.encode()).digest()
     )
 
 
-def require_admin(request: Request, ctx: ContextDep) -> None:
-    assert ctx.settings.admin_token is not None
-    if not is_admin(bearer_token(request), ctx.settings.admin_token.get_secret_value()):
-        raise AuthError()
+class Authenticator:
+    """Turns a bearer token into a :class:`Principal`, or raises 401."""
+
+    def __init__(
+        self,
+        db: Database,
+        static_admin: str | None,
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._db = db
+        self._static = static_admin or None
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, _Cached | None] = {}
+
+    def forget(self, token_id: str) -> None:
+        """Drop a cached token at once (it was deleted through this instance)."""
+        self._cache.pop(token_id, None)
+
+    async def _lookup(self, token_id: str, now: float) -> _Cached:
+        cached = self._cache.get(token_id)
+        if cached is not None and now - cached.fetched_at < self._ttl:
+            return cached
+        async with self._db.session() as session:
+            row = await session.get(ApiToken, token_id)
+        if row is None:
+            entry = _Cached(secret_sha256="", principal=None, expires_at=None, fetched_at=now)
+        else:
+            entry = _Cached(
+                secret_sha256=row.secret_sha256,
+                principal=Principal(
+                    token_id=row.id,
+                    scopes=frozenset(row.scopes),
+                    endpoints=None if row.endpoints is None else frozenset(row.endpoints),
+                ),
+                expires_at=row.expires_at,
+                fetched_at=now,
+            )
+        if len(self._cache) >= 10_000:  # bounded: made-up ids cannot grow it without limit
+            self._cache.clear()
+        self._cache[token_id] = entry
+        return entry
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+        if self._static is not None and _same(token, self._static):
+            return STATIC_ADMIN
+        parsed = parse(token)
+        if parsed is None:
+            raise AuthError("invalid token")
+        token_id, secret = parsed
+        now = self._clock()
+        entry = await self._lookup(token_id, now)
+        if entry.principal is None or not hmac.compare_digest(entry.secret_sha256, digest(secret)):
+            raise AuthError("invalid token")
+        if entry.expires_at is not None and entry.expires_at <= now:
+            raise AuthError("token expired")
+        return entry.principal
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]] | None = None, value: str = "") -> str | None:
+    """The token of an ``Authorization: Bearer`` header value (or raw ASGI headers)."""
+    if headers is not None:
+        value = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def current_principal(request: Request, ctx: ContextDep) -> Principal:
+    principal: Principal = await ctx.auth.authenticate(
+        bearer_token(value=request.headers.get("authorization", ""))
+    )
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("this token may not use the control plane (it needs the admin scope)")
+    return principal
 
 
 AdminDep = Depends(require_admin)

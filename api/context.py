@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -15,8 +15,12 @@ from broker.registry import KvView
 from shared.db import Database
 from shared.messages import EndpointSpec, ReplicaRecord
 from shared.settings import ApiSettings
+from shared.stores import SecretStore
 
-__all__ = ["AppContext", "BrokerDep", "ContextDep", "SessionDep", "SettingsDep"]
+if TYPE_CHECKING:
+    from api.auth import Authenticator
+
+__all__ = ["AppContext", "BrokerDep", "ContextDep", "SessionDep", "SettingsDep", "StoreDep"]
 
 
 @dataclass(slots=True)
@@ -27,6 +31,8 @@ class AppContext:
     requester: Requester
     endpoints: KvView[EndpointSpec]
     replicas: KvView[ReplicaRecord]
+    auth: Authenticator
+    store: SecretStore
 
 
 def get_context(request: Request) -> AppContext:
@@ -50,5 +56,10 @@ def _settings(ctx: ContextDep) -> ApiSettings:
     return ctx.settings
 
 
+def _store(ctx: ContextDep) -> SecretStore:
+    return ctx.store
+
+
 BrokerDep = Annotated[Broker, Depends(_broker)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
+StoreDep = Annotated[SecretStore, Depends(_store)]

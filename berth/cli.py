@@ -1,7 +1,8 @@
 """The ``berth`` command.
 
 Processes: ``up`` (everything on one machine), ``api``, ``scaler``, ``agent``.
-Client commands (talk to the API): ``deploy``, ``endpoints``, ``infer``, ``delete``.
+Client commands (talk to the API): ``deploy``, ``endpoints``, ``infer``, ``delete``,
+``tokens``, ``secrets``, ``registry-credentials`` (see berth/access.py).
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ def parser() -> argparse.ArgumentParser:
     x = sub.add_parser("delete", help="delete an endpoint")
     x.add_argument("name")
     x.set_defaults(func=_delete)
+
+    from berth.access import add_parsers
+
+    add_parsers(sub)
     return p
 
 

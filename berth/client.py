@@ -81,5 +81,9 @@ class Client:
     def events(self, name: str, max_lines: int = 50) -> list[dict[str, Any]]:
         return self._json(self.http.get(f"/v1/events/{name}", params={"max_lines": max_lines}))  # type: ignore[no-any-return]
 
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """Any control-plane call; the decoded JSON answer, or ApiError."""
+        return self._json(self.http.request(method, path, json=body))
+
     def infer(self, name: str, payload: Any, path: str = "/infer") -> httpx.Response:
         return self.http.post(f"/e/{name}{path}", json=payload)

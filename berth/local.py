@@ -130,6 +130,7 @@ class LocalStack:
             "BERTH_DATA_DIR": str(data_dir),
             "BERTH_NATS_URL": nats_url,
             "BERTH_ADMIN_TOKEN": self.token,
+            "BERTH_AGENT_TOKEN": self.token,
             "BERTH_PORT": str(self.port),
             "BERTH_AGENT_ID": "agent-" + secrets.token_hex(3),
             **(env or {}),

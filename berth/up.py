@@ -10,34 +10,68 @@ keeps endpoints, models and queued requests.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from berth.local import LocalNats, stop_process, wait_until
+from shared.models import Scope
 from shared.proc import die_with_parent
 from shared.settings import UpSettings
+from shared.tokens import bootstrap_token, parse
 
 __all__ = ["main"]
 
 
-def admin_token(data_dir: Path) -> str:
-    """The bootstrap admin token: BERTH_ADMIN_TOKEN, or one made on first start (0600 file)."""
-    if os.environ.get("BERTH_ADMIN_TOKEN"):
-        return os.environ["BERTH_ADMIN_TOKEN"]
-    path = data_dir / "admin-token"
-    if path.exists():
-        return path.read_text().strip()
-    token = "berth_" + secrets.token_urlsafe(32)
+def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token
+        fh.write(text + "\n")
+
+
+@dataclass(slots=True)
+class Tokens:
+    """What ``berth up`` passes on: the admin token (and whether it is new), the agent's."""
+
+    admin: str
+    admin_is_new: bool
+    agent: str
+    # Set when the admin token is a static one (BERTH_ADMIN_TOKEN, or an older berth up's).
+    static_admin: str | None
+
+
+def bootstrap_tokens(settings: UpSettings, data_dir: Path) -> Tokens:
+    """The tokens, made in the database on first start and kept in 0600 files.
+
+    The admin token is printed once, when it is made; later starts point at its file.
+    """
+    static = os.environ.get("BERTH_ADMIN_TOKEN") or None
+    admin_file, agent_file = data_dir / "admin-token", data_dir / "agent-token"
+    url = settings.database_url or f"sqlite:///{data_dir / 'berth.db'}"
+    new = False
+    if static:
+        admin = static
+    elif admin_file.exists():
+        admin = admin_file.read_text().strip()
+        if parse(admin) is None:  # made by an older berth up, before tokens lived in the DB
+            static = admin
+    else:
+        admin = bootstrap_token(url, "bootstrap admin (berth up)", [Scope.ADMIN])
+        _write_private(admin_file, admin)
+        new = True
+    if os.environ.get("BERTH_AGENT_TOKEN"):
+        agent = os.environ["BERTH_AGENT_TOKEN"]
+    elif agent_file.exists():
+        agent = agent_file.read_text().strip()
+    else:
+        agent = bootstrap_token(url, f"agent {settings.agent_id} (berth up)", [Scope.AGENT])
+        _write_private(agent_file, agent)
+    return Tokens(admin=admin, admin_is_new=new, agent=agent, static_admin=static)
 
 
 def wait_for_api(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -62,7 +96,7 @@ def main(settings: UpSettings | None = None) -> None:
     settings = settings or UpSettings()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = admin_token(data_dir)
+    tokens = bootstrap_tokens(settings, data_dir)
     api_port = settings.port
     url = settings.public_url or f"http://{settings.host}:{api_port}"
 
@@ -87,10 +121,12 @@ def main(settings: UpSettings | None = None) -> None:
         nats_url = nats.url
         (data_dir / "nats-url").write_text(nats_url + "\n")
         env = dict(os.environ)
+        if tokens.static_admin:
+            env["BERTH_ADMIN_TOKEN"] = tokens.static_admin
         env.update(
             BERTH_DATA_DIR=str(data_dir),
             BERTH_NATS_URL=nats_url,
-            BERTH_ADMIN_TOKEN=token,
+            BERTH_AGENT_TOKEN=tokens.agent,
             BERTH_PORT=str(api_port),
             BERTH_HOST=settings.host,
         )
@@ -100,10 +136,16 @@ def main(settings: UpSettings | None = None) -> None:
         children.append(("agent", _spawn([*berth, "agent"], env)))
         wait_for_api(url, children[0][1])
         (data_dir / "api-url").write_text(url + "\n")
+        token_file = data_dir / "admin-token"
+        shown = (
+            f"{tokens.admin}\n               (shown this once; also kept in {token_file}, mode 0600)"
+            if tokens.admin_is_new
+            else f"in {token_file}"
+        )
         print(
-            f"\nBerth is up.\n  API:         {url}\n  admin token: {token}\n"
+            f"\nBerth is up.\n  API:         {url}\n  admin token: {shown}\n"
             f"  data dir:    {data_dir}\n\n"
-            f"  export BERTH_URL={url} BERTH_TOKEN={token}\n"
+            f"  export BERTH_URL={url} BERTH_TOKEN=$(cat {token_file})\n"
             f"Press Ctrl-C to stop.\n",
             flush=True,
         )

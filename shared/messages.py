@@ -51,6 +51,10 @@ class EndpointSpec(BaseModel):
     request_timeout: float = 300.0
     env_overrides: dict[str, str] = Field(default_factory=dict)
     instance_type: str = "cpu"
+    # Keys only: the values reach a replica through the API (broker.secrets), never KV.
+    container_secrets: list[str] = Field(default_factory=list)
+    registry_credential: str | None = None
+    secrets_generation: int = 0
     public: bool = False
     disabled: bool = False
     max_queue_length: int | None = None
@@ -75,6 +79,9 @@ class EndpointSpec(BaseModel):
                 "env_overrides",
                 "instance_type",
                 "concurrency_per_replica",
+                "container_secrets",
+                "registry_credential",
+                "secrets_generation",
                 "incarnation",
             }
         )

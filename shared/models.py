@@ -13,18 +13,24 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
-from sqlalchemy import JSON
+from sqlalchemy import JSON, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from shared.names import ENDPOINT_NAME_RE
 
 __all__ = [
+    "ApiToken",
     "Endpoint",
     "EndpointCreate",
     "EndpointPublic",
     "EndpointState",
     "EndpointUpdate",
     "ReplicaPublic",
+    "Scope",
+    "StoredSecret",
+    "TokenCreate",
+    "TokenCreated",
+    "TokenPublic",
     "Visibility",
 ]
 
@@ -133,6 +139,9 @@ class Endpoint(EndpointBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=63, unique=True, index=True)
     revision: int = 0
+    # Bumped when a secret or registry credential the endpoint uses changes, so its
+    # replicas roll over to the new values.
+    secrets_generation: int = 0
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
 
@@ -155,5 +164,81 @@ class EndpointPublic(EndpointBase):
     # Berth's additions: requests waiting in the endpoint's queue, and being served.
     queued: int = 0
     in_flight: int = 0
+    created_at: float
+    updated_at: float
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+class Scope(StrEnum):
+    ADMIN = "admin"  # the control plane, and inference on every endpoint
+    INFERENCE = "inference"  # the data plane (optionally of named endpoints only)
+    AGENT = "agent"  # a fleet agent: its replicas' secrets and registry credentials
+
+
+class TokenCreate(SQLModel):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Scope] = Field(min_length=1)
+    # Inference tokens only: the endpoints this token may call (None: all of them).
+    endpoints: list[str] | None = None
+    # Seconds from now until the token stops working (None: never).
+    expires_in: int | None = Field(default=None, gt=0, le=10 * 365 * 86400)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            if not ENDPOINT_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not an endpoint name")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenCreate:
+        if self.endpoints is not None and self.scopes != [Scope.INFERENCE]:
+            raise ValueError("endpoints limits inference tokens only: scopes must be ['inference']")
+        return self
+
+
+class TokenBase(SQLModel):
+    name: str
+    scopes: list[str] = Field(sa_type=JSON)
+    endpoints: list[str] | None = Field(default=None, sa_type=JSON)
+    created_at: float = Field(default_factory=time.time)
+    expires_at: float | None = None
+
+
+class ApiToken(TokenBase, table=True):
+    """A token as stored: its secret part only as a SHA-256 digest, never recoverable."""
+
+    __tablename__ = "api_token"
+    id: str = Field(primary_key=True, max_length=32)
+    secret_sha256: str = Field(max_length=64)
+
+
+class TokenPublic(TokenBase):
+    id: str
+
+
+class TokenCreated(TokenPublic):
+    # Shown once, at creation.
+    token: str
+
+
+# -- the local secret store -----------------------------------------------------------------
+
+
+class StoredSecret(SQLModel, table=True):
+    """One secret or registry credential of the local store, sealed with AES-GCM."""
+
+    __tablename__ = "stored_secret"
+    __table_args__ = (UniqueConstraint("kind", "key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    key: str = Field(max_length=128)
+    nonce: bytes = Field(sa_type=LargeBinary)
+    ciphertext: bytes = Field(sa_type=LargeBinary)
+    # Which key sealed it (a fingerprint, see shared.stores.local.key_id).
+    key_id: str = Field(max_length=32)
     created_at: float
     updated_at: float

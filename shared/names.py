@@ -50,3 +50,8 @@ def agent_subject(agent_id: str, verb: str) -> str:
 
 def replica_key(endpoint: str, replica_id: str) -> str:
     return f"{endpoint}.{replica_id}"
+
+
+# Agents ask the API for a replica's secrets here (core NATS request/reply, sealed answer).
+REPLICA_SECRETS_SUBJECT = "berth.ctl.replica-secrets"
+API_QUEUE_GROUP = "berth-api"

@@ -55,9 +55,30 @@ class ApiSettings(CommonSettings):
     default_request_timeout: float = 300.0
     # How long a cached endpoint lookup on the data plane may be stale.
     endpoint_cache_ttl: float = 2.0
+    # How long a verified API token stays cached here: a token deleted through another
+    # API instance keeps working on this one for at most this long.
+    token_cache_ttl: float = 2.0
+
+    # Secrets and registry credentials: Vault when vault_addr is set, else the local
+    # store in the database, sealed with secret_key (or the 0600 key file).
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+    vault_addr: str | None = None
+    vault_token: SecretStr | None = None
+    vault_role_id: str | None = None
+    vault_secret_id: SecretStr | None = None
+    vault_approle_mount: str = "approle"
+    vault_mount: str = "secret"
+    vault_prefix: str = "berth"
+    vault_namespace: str | None = None
+    vault_ca_cert: str | None = None
+    vault_timeout: float = 5.0
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'berth.db'}"
+
+    def resolved_secret_key_file(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret.key"
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
@@ -75,6 +96,9 @@ class AgentSettings(CommonSettings):
     # How long one idle pull waits before asking again (bounds stop latency).
     pull_expires: float = 2.0
     stop_grace: float = 10.0
+    # A token with the `agent` (or `admin`) scope: the API hands a replica's secrets
+    # and registry credential only to an agent that shows one.
+    agent_token: SecretStr | None = None
     # Number of (virtual) hardware slots this agent offers; GPUs are counted by issue #3.
     slots: int = 8
 

@@ -38,8 +38,11 @@ def test_api_on_postgres_keeps_endpoints_across_restarts(
         stack.close()
 
 
-def test_api_refuses_to_start_without_an_admin_token() -> None:
+async def test_api_refuses_to_start_without_any_admin_token(tmp_path: Path) -> None:
+    """Neither BERTH_ADMIN_TOKEN nor an admin token in the database: no start, and why."""
     from api.app import create_app
 
-    with pytest.raises(ValueError, match="BERTH_ADMIN_TOKEN is required"):
-        create_app(ApiSettings(admin_token=None))
+    app = create_app(ApiSettings(admin_token=None, data_dir=tmp_path))
+    with pytest.raises(RuntimeError, match="no admin token.*berth tokens bootstrap"):
+        async with app.control.router.lifespan_context(app.control):
+            pass

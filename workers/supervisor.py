@@ -22,6 +22,7 @@ from broker.connection import Broker
 from broker.envelope import Reply
 from broker.events import publish_event
 from broker.pull import Delivery, Puller
+from broker.secrets import ReplicaSecrets, fetch_replica_secrets
 from shared.errors import BerthError
 from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
 from shared.settings import AgentSettings
@@ -88,6 +89,8 @@ class ReplicaSupervisor:
         self._broken = asyncio.Event()
         self._broken_reason = ""
         self._replica: Replica | None = None
+        # Secret values this replica was given: never repeated in a reason or an event.
+        self._secret_values: list[str] = []
         self._background: set[asyncio.Task[None]] = set()
 
     # -- control ---------------------------------------------------------------------------
@@ -108,11 +111,17 @@ class ReplicaSupervisor:
         task.add_done_callback(self._background.discard)
         return True
 
+    def _redact(self, text: str) -> str:
+        """A replica's log tail may print its secrets; reasons and events never do."""
+        for value in self._secret_values:
+            text = text.replace(value, "[redacted]")
+        return text
+
     async def _set_state(self, state: ReplicaState, reason: str | None = None) -> None:
         if self._stop.is_set() and state in (ReplicaState.STARTING, ReplicaState.READY):
             state, reason = ReplicaState.STOPPING, self.record.reason  # a stop was asked: say so
         self.record.state = state
-        self.record.reason = reason
+        self.record.reason = self._redact(reason) if reason else reason
         self.record.in_flight = self.in_flight
         self.record.updated_at = time.time()
         if state is ReplicaState.READY:
@@ -128,7 +137,7 @@ class ReplicaSupervisor:
             level="warning" if warning else "normal",
             replica_id=self.replica_id,
             agent_id=self._settings.agent_id,
-            **details,
+            **{k: self._redact(v) if isinstance(v, str) else v for k, v in details.items()},
         )
 
     # -- the life ------------------------------------------------------------------------
@@ -211,11 +220,13 @@ class ReplicaSupervisor:
                 model_dir = await self._models.get(spec.model_id)
             except BerthError as exc:
                 raise StartFailed(exc.message) from exc
+        secrets = await self._secrets()
         host = self._settings.replica_host
         port = free_port(host)
         volume = self._work_dir / "volumes" / spec.name
         volume.mkdir(parents=True, exist_ok=True)
         env = dict(spec.env_overrides)
+        env.update(secrets.env if secrets else {})
         env.update(
             PORT=str(port),
             OCTOAI_REPLICA_NAME=f"{spec.name}-{self.replica_id}",
@@ -227,6 +238,7 @@ class ReplicaSupervisor:
             port=port,
             env=env,
             model_dir=model_dir,
+            registry=secrets.registry if secrets else None,
             log_path=self._work_dir / "logs" / spec.name / f"{self.replica_id}.log",
         )
         try:
@@ -245,6 +257,24 @@ class ReplicaSupervisor:
             await replica.stop(self._settings.stop_grace)
             raise
         return replica, client
+
+    async def _secrets(self) -> ReplicaSecrets | None:
+        """The endpoint's secrets and registry credential, asked of the API for this start."""
+        spec = self.spec
+        if not spec.container_secrets and not spec.registry_credential:
+            return None
+        token = self._settings.agent_token
+        try:
+            found = await fetch_replica_secrets(
+                self._broker,
+                token.get_secret_value() if token else None,
+                spec.name,
+                timeout=self._settings.nats_timeout * 2,
+            )
+        except BerthError as exc:
+            raise StartFailed(exc.message) from exc
+        self._secret_values = sorted(found.values(), key=len, reverse=True)
+        return found
 
     async def _wait_healthy(self, replica: Replica, client: ReplicaClient, started: float) -> None:
         budget = self._settings.startup_budget

@@ -28,6 +28,8 @@ from shared.models import (
     Visibility,
     check_endpoint_config,
 )
+from shared.stores import Kind, SecretStore
+from shared.stores.base import CREDENTIAL_KEY_RE, SECRET_KEY_RE
 
 router = APIRouter(prefix="/v1", tags=["endpoints"], dependencies=[AdminDep])
 
@@ -53,6 +55,9 @@ def to_spec(ep: Endpoint) -> EndpointSpec:
         request_timeout=ep.request_timeout,
         env_overrides=ep.env_overrides,
         instance_type=ep.instance_type,
+        container_secrets=ep.container_secrets,
+        registry_credential=ep.registry_credential,
+        secrets_generation=ep.secrets_generation,
         public=ep.visibility == Visibility.PUBLIC,
         disabled=ep.endpoint_state == EndpointState.DISABLED,
         max_queue_length=ep.max_queue_length,
@@ -98,6 +103,25 @@ async def publish_spec(ctx: AppContext, ep: Endpoint) -> None:
     ctx.endpoints.items[ep.name] = spec  # visible to this instance's data plane at once
 
 
+async def check_references(
+    store: SecretStore, container_secrets: list[str], registry_credential: str | None
+) -> None:
+    """422 unless every secret and the credential an endpoint names exist."""
+    for key in container_secrets:
+        if not SECRET_KEY_RE.match(key) or await store.get(Kind.SECRET, key) is None:
+            raise InvalidRequest(
+                f"container_secrets: secret {key!r} does not exist (POST /v1/secret first)"
+            )
+    if registry_credential is not None and (
+        not CREDENTIAL_KEY_RE.match(registry_credential)
+        or await store.get(Kind.REGISTRY, registry_credential) is None
+    ):
+        raise InvalidRequest(
+            f"registry_credential: {registry_credential!r} does not exist "
+            "(POST /v1/registry-credential first)"
+        )
+
+
 async def get_endpoint_row(session: SessionDep, name: str) -> Endpoint:
     ep = (await session.exec(select(Endpoint).where(Endpoint.name == name))).first()
     if ep is None:
@@ -117,6 +141,7 @@ async def create_endpoint(
     if (await session.exec(select(Endpoint).where(Endpoint.name == body.name))).first():
         raise Conflict(f"endpoint {body.name!r} already exists")
     await _check_model(ctx, body.model_id)
+    await check_references(ctx.store, body.container_secrets, body.registry_credential)
     ep = Endpoint.model_validate(body)
     session.add(ep)
     await session.commit()
@@ -156,6 +181,10 @@ async def update_endpoint(
         ) from exc
     if "model_id" in changes:
         await _check_model(ctx, changes["model_id"])
+    if "container_secrets" in changes or "registry_credential" in changes:
+        await check_references(
+            ctx.store, merged["container_secrets"], merged["registry_credential"]
+        )
     for key, value in changes.items():
         setattr(ep, key, value)
     ep.revision += 1

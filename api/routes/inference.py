@@ -20,15 +20,14 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from api.auth import is_admin
 from api.context import AppContext
 from broker.envelope import RequestEnvelope
 from broker.streams import backlog
 from shared.errors import (
-    AuthError,
     BerthError,
     BodyTooLarge,
     EndpointDisabled,
+    Forbidden,
     NotFound,
     QueueFull,
     UpstreamTimeout,
@@ -87,8 +86,6 @@ class DataPlane:
         _, _, rest = scope["path"].partition("/e/")
         name, slash, path = rest.partition("/")
         spec = ctx.endpoints.items.get(name) if ENDPOINT_NAME_RE.match(name) else None
-        if spec is None:
-            raise NotFound(f"endpoint {name!r} does not exist")
 
         forwarded: list[tuple[str, str]] = []
         token: str | None = None
@@ -104,9 +101,11 @@ class DataPlane:
                 if key == b"traceparent":
                     traceparent = value.decode("latin-1")
                 forwarded.append((key.decode("latin-1"), value.decode("latin-1")))
-        admin = ctx.settings.admin_token
-        if not spec.public and (admin is None or not is_admin(token, admin.get_secret_value())):
-            raise AuthError()
+        if spec is None:
+            await ctx.auth.authenticate(token)  # whether an endpoint exists is not public
+            raise NotFound(f"endpoint {name!r} does not exist")
+        if not spec.public and not (await ctx.auth.authenticate(token)).may_infer(name):
+            raise Forbidden(f"this token may not call endpoint {name!r}")
         if spec.disabled:
             raise EndpointDisabled(f"endpoint {name!r} is disabled")
         if spec.max_queue_length is not None:

@@ -18,9 +18,11 @@ class Launch:
     replica_id: str
     spec: EndpointSpec
     port: int
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)
     log_path: Path
     model_dir: Path | None = None
+    # The endpoint's registry credential ({"username", "password"}), for image pulls only.
+    registry: dict[str, str] | None = field(default=None, repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
 
