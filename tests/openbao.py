@@ -83,7 +83,9 @@ class OpenBao:
         if "approle/" not in auths:
             self.api("POST", "sys/auth/approle", {"type": "approle"})
         self.api("PUT", f"sys/policies/acl/{name}", {"policy": policy_hcl})
-        self.api("POST", f"auth/approle/role/{name}", {"token_policies": [name], "token_ttl": "10m"})
+        self.api(
+            "POST", f"auth/approle/role/{name}", {"token_policies": [name], "token_ttl": "10m"}
+        )
         role_id = self.api("GET", f"auth/approle/role/{name}/role-id").json()["data"]["role_id"]
         secret_id = self.api("POST", f"auth/approle/role/{name}/secret-id").json()["data"][
             "secret_id"

@@ -43,6 +43,6 @@ async def test_api_refuses_to_start_without_any_admin_token(tmp_path: Path) -> N
     from api.app import create_app
 
     app = create_app(ApiSettings(admin_token=None, data_dir=tmp_path))
-    with pytest.raises(RuntimeError, match="no admin token.*berth tokens bootstrap"):
+    with pytest.raises(RuntimeError, match=r"no admin token.*berth tokens bootstrap"):
         async with app.control.router.lifespan_context(app.control):
             pass
