@@ -33,6 +33,7 @@ def _deploy(args: argparse.Namespace) -> None:
         "concurrency_per_replica": args.concurrency,
         "visibility": "public" if args.public else "private",
         "env_overrides": dict(kv.split("=", 1) for kv in args.env),
+        "container_secrets": args.secret,
     }
     if args.timeout is not None:
         fields["request_timeout"] = args.timeout
@@ -143,6 +144,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, help="request timeout in seconds")
     d.add_argument("--public", action="store_true", help="serve inference without a token")
     d.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument(
+        "--secret", action="append", default=[], metavar="KEY", help="inject a stored secret"
+    )
     d.set_defaults(func=_deploy)
 
     e = sub.add_parser("endpoints", help="list endpoints, or show one")

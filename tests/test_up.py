@@ -62,7 +62,7 @@ class Up:
 
         wait_for(ready, 90, "berth up to print its banner")
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         # No BERTH_URL / BERTH_TOKEN: the CLI finds both in the data directory.
         env = {k: v for k, v in self.env.items() if k not in ("BERTH_URL", "BERTH_TOKEN")}
         return subprocess.run(
@@ -72,6 +72,7 @@ class Up:
             capture_output=True,
             text=True,
             timeout=120,
+            input=stdin if stdin is not None else "",
         )
 
     def interrupt(self) -> int:
@@ -87,7 +88,22 @@ def test_berth_up_deploy_call_stop_and_restart(tmp_path: Path) -> None:
         banner = up.log.read_text()
         token = (up.data_dir / "admin-token").read_text().strip()
         assert token in banner and f"http://127.0.0.1:{up.port}" in banner
-        assert stat.S_IMODE((up.data_dir / "admin-token").stat().st_mode) == 0o600
+        assert token.startswith("berth_")  # a bootstrap token in the database, not a static one
+        for made in ("admin-token", "agent-token", "secret.key"):
+            assert stat.S_IMODE((up.data_dir / made).stat().st_mode) == 0o600
+
+        # Secrets through the CLI (the value on stdin), into a model that reads one.
+        stored = up.cli("secrets", "set", "GREETING", stdin="Ahoy\n")
+        assert stored.returncode == 0 and "created" in stored.stdout, stored.stderr
+        assert up.cli("secrets", "list").stdout.split() == ["GREETING"]
+        greeter = up.cli("deploy", str(ROOT / "examples" / "greeter"), "--secret", "GREETING")
+        assert greeter.returncode == 0, greeter.stderr
+        greeted = up.cli("infer", "greeter", '{"name": "Ada"}')
+        assert json.loads(greeted.stdout)["output"]["text"] == "Ahoy, Ada!", greeted.stderr
+        assert "Ahoy" not in up.log.read_text()
+        made = up.cli("tokens", "create", "ci", "--scope", "inference", "--endpoint", "greeter")
+        assert made.returncode == 0 and made.stdout.startswith("berth_"), made.stderr
+        assert "ci" in up.cli("tokens", "list").stdout
 
         deployed = up.cli(
             "deploy",
@@ -114,9 +130,10 @@ def test_berth_up_deploy_call_stop_and_restart(tmp_path: Path) -> None:
     assert not port_open(up.port) and not port_open(up.nats_port)
     assert "berth: stopped" in up.log.read_text()
 
-    # Run it again: the endpoint and its model are still there.
+    # Run it again: the endpoint and its model are still there; the token is not shown again.
     up.start()
     try:
+        assert token not in up.log.read_text() and "admin token: in " in up.log.read_text()
         listed = up.cli("endpoints", "echo")
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout)["max_replicas"] == 2
