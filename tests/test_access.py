@@ -207,7 +207,7 @@ def test_secrets_api(stack: Stack, name: str) -> None:
             assert "a\x00b" not in resp.text
 
         # Endpoints may only name secrets and credentials that exist.
-        with pytest.raises(RuntimeError, match="422.*NOPE_MISSING"):
+        with pytest.raises(RuntimeError, match=r"422.*NOPE_MISSING"):
             stack.deploy(name, container_secrets=["NOPE_MISSING"])
         stack.deploy(name, container_secrets=[key])
         resp = c.patch(f"/v1/endpoint/{name}", json={"registry_credential": "nope-missing"})
