@@ -80,7 +80,7 @@ class BerthApp:
 
 async def _check_some_admin(settings: ApiSettings, db: Database) -> None:
     """Nothing is open by accident, and nobody is locked out by accident either."""
-    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+    if settings.static_admin_token():
         return
     async with db.session() as session:
         rows = list((await session.exec(select(ApiToken))).all())
@@ -107,7 +107,6 @@ def create_app(settings: ApiSettings) -> BerthApp:
                 stack.push_async_callback(store.close)
                 requester = Requester(broker)
                 await requester.start()
-                static = settings.admin_token.get_secret_value() if settings.admin_token else None
                 ctx = AppContext(
                     settings=settings,
                     db=db,
@@ -115,7 +114,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     requester=requester,
                     endpoints=KvView(broker, names.KV_ENDPOINTS, EndpointSpec),
                     replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
-                    auth=Authenticator(db, static, settings.token_cache_ttl),
+                    auth=Authenticator(db, settings.static_admin_token(), settings.token_cache_ttl),
                     store=store,
                 )
                 await ctx.endpoints.start()

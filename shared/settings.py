@@ -77,6 +77,10 @@ class ApiSettings(CommonSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'berth.db'}"
 
+    def static_admin_token(self) -> str | None:
+        """BERTH_ADMIN_TOKEN, if set and not empty."""
+        return self.admin_token.get_secret_value() or None if self.admin_token else None
+
     def resolved_secret_key_file(self) -> Path:
         return self.secret_key_file or self.data_dir / "secret.key"
 

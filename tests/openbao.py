@@ -39,6 +39,13 @@ class OpenBao:
         self.proc: subprocess.Popen[bytes] | None = None
         self.unseal_key = ""
 
+    @classmethod
+    def at(cls, addr: str, token: str) -> OpenBao:
+        """A handle on a server that is already running (its root token in hand)."""
+        handle = cls.__new__(cls)
+        handle.addr, handle.token, handle.proc, handle.unseal_key = addr, token, None, ""
+        return handle
+
     def start(self) -> OpenBao:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(

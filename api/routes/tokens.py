@@ -52,7 +52,7 @@ async def delete_token(token_id: str, ctx: ContextDep, session: SessionDep) -> d
     rows = list((await session.exec(select(ApiToken))).all())
     others = [r for r in rows if r.id != token_id]
     if (
-        ctx.settings.admin_token is None
+        ctx.settings.static_admin_token() is None
         and has_admin_token(rows, time.time())
         and not has_admin_token(others, time.time())
     ):
