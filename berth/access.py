@@ -69,14 +69,15 @@ def _tokens_delete(args: argparse.Namespace) -> None:
 
 
 def _tokens_bootstrap(args: argparse.Namespace) -> None:
-    """An admin token straight in the database: for a first start without ``berth up``."""
+    """A token straight in the database: for a first start without ``berth up``."""
     from shared.models import Scope
     from shared.settings import ApiSettings
     from shared.tokens import bootstrap_token
 
     url = ApiSettings().resolved_database_url()
-    print(bootstrap_token(url, args.name, [Scope.ADMIN]))
-    print("admin token created; shown this once: keep it now", file=sys.stderr)
+    scope = Scope(args.scope)
+    print(bootstrap_token(url, args.name or f"bootstrap {scope.value}", [scope]))
+    print(f"{scope.value} token created; shown this once: keep it now", file=sys.stderr)
 
 
 # -- secrets and registry credentials --------------------------------------------------------
@@ -196,8 +197,9 @@ def add_parsers(sub: Any) -> None:
     d = t.add_parser("delete")
     d.add_argument("id")
     d.set_defaults(func=_tokens_delete)
-    b = t.add_parser("bootstrap", help="make an admin token directly in the database")
-    b.add_argument("--name", default="bootstrap admin")
+    b = t.add_parser("bootstrap", help="make a token directly in the database (first start)")
+    b.add_argument("--name")
+    b.add_argument("--scope", default="admin", choices=["admin", "agent"])
     b.set_defaults(func=_tokens_bootstrap)
 
     s = sub.add_parser("secrets", help="secrets injected into replicas").add_subparsers(

@@ -67,6 +67,9 @@ class ApiSettings(CommonSettings):
     vault_token: SecretStr | None = None
     vault_role_id: str | None = None
     vault_secret_id: SecretStr | None = None
+    # Or read both from files (written by a Vault agent or an init job).
+    vault_role_id_file: Path | None = None
+    vault_secret_id_file: Path | None = None
     vault_approle_mount: str = "approle"
     vault_mount: str = "secret"
     vault_prefix: str = "berth"

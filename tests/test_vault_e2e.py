@@ -25,14 +25,17 @@ def test_api_keeps_secrets_in_vault_and_replicas_get_them(
     addr, root = vault_server
     vault = OpenBao.at(addr, root)
     role_id, secret_id = vault.approle("berth", POLICY)
+    # As deploy/compose.yaml does it: the AppRole's ids in files an init job wrote.
+    (tmp_path / "role_id").write_text(role_id + "\n")
+    (tmp_path / "secret_id").write_text(secret_id + "\n")
     stack = Stack(
         tmp_path / "berth",
         own_nats.url,
         env={
             **FAST,
             "BERTH_VAULT_ADDR": addr,
-            "BERTH_VAULT_ROLE_ID": role_id,
-            "BERTH_VAULT_SECRET_ID": secret_id,
+            "BERTH_VAULT_ROLE_ID_FILE": str(tmp_path / "role_id"),
+            "BERTH_VAULT_SECRET_ID_FILE": str(tmp_path / "secret_id"),
         },
     )
     key = "VAULT_" + secrets.token_hex(3).upper()

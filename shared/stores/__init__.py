@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from shared.db import Database
 from shared.settings import ApiSettings
 from shared.stores.base import (
@@ -31,16 +33,17 @@ async def open_store(settings: ApiSettings, db: Database) -> SecretStore:
     if settings.vault_addr:
         from shared.stores.vault import VaultConfig, VaultStore
 
+        role_id, secret_id = settings.vault_role_id, settings.vault_secret_id
+        if settings.vault_role_id_file:
+            role_id = settings.vault_role_id_file.read_text().strip()
+        if settings.vault_secret_id_file:
+            secret_id = SecretStr(settings.vault_secret_id_file.read_text().strip())
         return VaultStore(
             VaultConfig(
                 addr=settings.vault_addr,
                 token=settings.vault_token.get_secret_value() if settings.vault_token else None,
-                role_id=settings.vault_role_id,
-                secret_id=(
-                    settings.vault_secret_id.get_secret_value()
-                    if settings.vault_secret_id
-                    else None
-                ),
+                role_id=role_id,
+                secret_id=secret_id.get_secret_value() if secret_id else None,
                 approle_mount=settings.vault_approle_mount,
                 mount=settings.vault_mount,
                 prefix=settings.vault_prefix,
