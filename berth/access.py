@@ -83,19 +83,24 @@ def _tokens_bootstrap(args: argparse.Namespace) -> None:
 # -- secrets and registry credentials --------------------------------------------------------
 
 
-def _secrets_set(args: argparse.Namespace) -> None:
+def _create_or_update(kind: str, key: str, fields: dict[str, str]) -> None:
+    """POST it; if the key exists, PUT the new value instead."""
     from berth.client import ApiError
 
-    value = _read_value(args, f"value of {args.key}")
     client = _client()
+    noun = kind.replace("-", " ")
     try:
-        client.call("POST", "/v1/secret", {"key": args.key, "value": value})
-        print(f"secret {args.key} created")
+        client.call("POST", f"/v1/{kind}", {"key": key, **fields})
+        print(f"{noun} {key} created")
     except ApiError as exc:
         if exc.status != 409:
             raise
-        client.call("PUT", f"/v1/secret/{args.key}", {"value": value})
-        print(f"secret {args.key} updated (endpoints using it get new replicas)")
+        client.call("PUT", f"/v1/{kind}/{key}", fields)
+        print(f"{noun} {key} updated (endpoints using it get new replicas)")
+
+
+def _secrets_set(args: argparse.Namespace) -> None:
+    _create_or_update("secret", args.key, {"value": _read_value(args, f"value of {args.key}")})
 
 
 def _secrets_list(_: argparse.Namespace) -> None:
@@ -160,19 +165,10 @@ def _rotate_key(args: argparse.Namespace) -> None:
 
 
 def _credentials_set(args: argparse.Namespace) -> None:
-    from berth.client import ApiError
-
     password = _read_value(args, f"password for {args.username}")
-    body = {"username": args.username, "password": password}
-    client = _client()
-    try:
-        client.call("POST", "/v1/registry-credential", {"key": args.key, **body})
-        print(f"registry credential {args.key} created")
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
-        client.call("PUT", f"/v1/registry-credential/{args.key}", body)
-        print(f"registry credential {args.key} updated")
+    _create_or_update(
+        "registry-credential", args.key, {"username": args.username, "password": password}
+    )
 
 
 def _credentials_list(_: argparse.Namespace) -> None:

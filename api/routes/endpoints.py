@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import ValidationError
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep
@@ -122,6 +123,19 @@ async def check_references(
         )
 
 
+async def save_change(
+    ctx: AppContext, session: AsyncSession, ep: Endpoint, fields: list[str]
+) -> None:
+    """Commit a changed endpoint and make it live: a new revision, its spec, an event."""
+    ep.revision += 1
+    ep.updated_at = time.time()
+    session.add(ep)
+    await session.commit()
+    await session.refresh(ep)
+    await publish_spec(ctx, ep)
+    await publish_event(ctx.broker, "endpoint", ep.name, "endpoint_updated", fields=fields)
+
+
 async def get_endpoint_row(session: SessionDep, name: str) -> Endpoint:
     ep = (await session.exec(select(Endpoint).where(Endpoint.name == name))).first()
     if ep is None:
@@ -187,13 +201,7 @@ async def update_endpoint(
         )
     for key, value in changes.items():
         setattr(ep, key, value)
-    ep.revision += 1
-    ep.updated_at = time.time()
-    session.add(ep)
-    await session.commit()
-    await session.refresh(ep)
-    await publish_spec(ctx, ep)
-    await publish_event(ctx.broker, "endpoint", ep.name, "endpoint_updated", fields=sorted(changes))
+    await save_change(ctx, session, ep, sorted(changes))
     return to_public(ctx, ep)
 
 

@@ -9,7 +9,6 @@ replicas over; deleting one that an endpoint uses is refused with a 409.
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, status
@@ -19,8 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep, StoreDep
-from api.routes.endpoints import publish_spec
-from broker.events import publish_event
+from api.routes.endpoints import save_change
 from shared.errors import Conflict, NotFound
 from shared.models import Endpoint
 from shared.stores import Kind, Stored
@@ -128,15 +126,13 @@ async def _roll(ctx: AppContext, session: AsyncSession, kind: Kind, key: str) ->
     """A value changed: the endpoints using it get new replicas with the new value."""
     for ep in await users_of(session, kind, key):
         ep.secrets_generation += 1
-        ep.revision += 1
-        ep.updated_at = time.time()
-        session.add(ep)
-        await session.commit()
-        await session.refresh(ep)
-        await publish_spec(ctx, ep)
-        await publish_event(
-            ctx.broker, "endpoint", ep.name, "endpoint_updated", fields=[f"{kind.value}:{key}"]
-        )
+        await save_change(ctx, session, ep, [f"{kind.value}:{key}"])
+
+
+def _found(kind: Kind, key: str, item: Stored | None) -> Stored:
+    if item is None:
+        raise NotFound(f"{_noun(kind)} {key!r} does not exist")
+    return item
 
 
 async def _delete(ctx: AppContext, session: AsyncSession, kind: Kind, key: str) -> dict[str, str]:
@@ -171,19 +167,20 @@ async def list_secrets(store: StoreDep) -> list[str]:
 
 @router.get("/secret/{key}", response_model=SecretPublic)
 async def get_secret(key: SecretKey, store: StoreDep) -> SecretPublic:
-    item = await store.get(Kind.SECRET, _checked(Kind.SECRET, key))
-    if item is None:
-        raise NotFound(f"secret {key!r} does not exist")
-    return _secret(item)
+    return _secret(
+        _found(Kind.SECRET, key, await store.get(Kind.SECRET, _checked(Kind.SECRET, key)))
+    )
 
 
 @router.put("/secret/{key}", response_model=SecretPublic)
 async def update_secret(
     key: SecretKey, body: SecretUpdate, ctx: ContextDep, session: SessionDep
 ) -> SecretPublic:
-    item = await ctx.store.update(Kind.SECRET, _checked(Kind.SECRET, key), {"value": body.value})
-    if item is None:
-        raise NotFound(f"secret {key!r} does not exist")
+    item = _found(
+        Kind.SECRET,
+        key,
+        await ctx.store.update(Kind.SECRET, _checked(Kind.SECRET, key), {"value": body.value}),
+    )
     await _roll(ctx, session, Kind.SECRET, key)
     return _secret(item)
 
@@ -221,22 +218,19 @@ async def list_credentials(store: StoreDep) -> list[CredentialPublic]:
 @router.get("/registry-credential/{key}", response_model=CredentialPublic)
 async def get_credential(key: SecretKey, store: StoreDep) -> CredentialPublic:
     item = await store.get(Kind.REGISTRY, _checked(Kind.REGISTRY, key))
-    if item is None:
-        raise NotFound(f"registry credential {key!r} does not exist")
-    return _credential(item)
+    return _credential(_found(Kind.REGISTRY, key, item))
 
 
 @router.put("/registry-credential/{key}", response_model=CredentialPublic)
 async def update_credential(
     key: SecretKey, body: CredentialUpdate, ctx: ContextDep, session: SessionDep
 ) -> CredentialPublic:
-    item = await ctx.store.update(
+    data = {"username": body.username, "password": body.password}
+    item = _found(
         Kind.REGISTRY,
-        _checked(Kind.REGISTRY, key),
-        {"username": body.username, "password": body.password},
+        key,
+        await ctx.store.update(Kind.REGISTRY, _checked(Kind.REGISTRY, key), data),
     )
-    if item is None:
-        raise NotFound(f"registry credential {key!r} does not exist")
     await _roll(ctx, session, Kind.REGISTRY, key)
     return _credential(item)
 
