@@ -41,18 +41,26 @@ def own_bao(tmp_path: Path) -> Iterator[OpenBao]:
     server.stop()
 
 
-async def local_store(tmp_path: Path) -> tuple[LocalStore, Database, str]:
-    url = f"sqlite:///{tmp_path / 'berth.db'}"
+async def local_store(tmp_path: Path, url: str | None = None) -> tuple[LocalStore, Database, str]:
+    url = url or f"sqlite:///{tmp_path / 'berth.db'}"
     run_migrations(url)
     db = Database(url)
     key = load_key(None, tmp_path / "secret.key")
     return await LocalStore(db, key).open(), db, url
 
 
-@pytest.fixture(params=["local", "vault-token", "vault-approle"])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("local-postgres", marks=pytest.mark.postgres),
+        "vault-token",
+        "vault-approle",
+    ]
+)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SecretStore]:
-    if request.param == "local":
-        s, db, _ = await local_store(tmp_path)
+    if request.param.startswith("local"):
+        pg = request.getfixturevalue("pg_url") if request.param == "local-postgres" else None
+        s, db, _ = await local_store(tmp_path, pg)
         yield s
         await db.close()
         return
@@ -131,6 +139,20 @@ async def test_local_refuses_a_wrong_key(tmp_path: Path) -> None:
     with pytest.raises(KeyMismatch, match="Refusing to start"):
         await LocalStore(db, os.urandom(32)).open()
     await db.close()
+
+
+async def test_api_refuses_to_start_with_a_wrong_key(tmp_path: Path) -> None:
+    from api.app import create_app
+    from shared.settings import ApiSettings
+
+    store, db, _ = await local_store(tmp_path)
+    await store.create(Kind.SECRET, "K", {"value": "v"})
+    await db.close()
+    wrong = encode_key(os.urandom(32))
+    app = create_app(ApiSettings(admin_token="t", data_dir=tmp_path, secret_key=wrong))
+    with pytest.raises(KeyMismatch, match="Refusing to start"):
+        async with app.control.router.lifespan_context(app.control):
+            pass
 
 
 async def test_local_rows_are_bound_to_their_key(tmp_path: Path) -> None:
