@@ -19,7 +19,7 @@ from api.context import AppContext
 from api.errors import install_error_handlers
 from api.middleware import HostRouting, RequestId
 from api.replica_secrets import replica_secrets
-from api.routes import endpoints, events, models, secrets, tokens
+from api.routes import endpoints, events, fleet, models, secrets, tokens
 from api.routes.inference import DataPlane
 from broker.connection import connected
 from broker.publish import Requester
@@ -27,7 +27,7 @@ from broker.registry import KvView, delete_key
 from broker.secrets import serve_replica_secrets
 from shared import names
 from shared.db import Database, run_migrations
-from shared.messages import EndpointSpec, ReplicaRecord
+from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord
 from shared.models import ApiToken, Endpoint
 from shared.settings import ApiSettings
 from shared.stores import open_store
@@ -114,11 +114,13 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     requester=requester,
                     endpoints=KvView(broker, names.KV_ENDPOINTS, EndpointSpec),
                     replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
+                    agents=KvView(broker, names.KV_AGENTS, AgentRecord),
                     auth=Authenticator(db, settings.static_admin_token(), settings.token_cache_ttl),
                     store=store,
                 )
                 await ctx.endpoints.start()
                 await ctx.replicas.start()
+                await ctx.agents.start()
                 try:
                     await _resync(ctx)
                     await serve_replica_secrets(broker, partial(replica_secrets, ctx))
@@ -128,6 +130,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
                 finally:
                     await ctx.endpoints.stop()
                     await ctx.replicas.stop()
+                    await ctx.agents.stop()
         finally:
             await db.close()
 
@@ -137,6 +140,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(models.router)
     app.include_router(events.router)
     app.include_router(tokens.router)
+    app.include_router(fleet.router)
     app.include_router(secrets.router)
 
     @app.get("/healthz", tags=["system"])

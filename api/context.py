@@ -13,7 +13,7 @@ from broker.connection import Broker
 from broker.publish import Requester
 from broker.registry import KvView
 from shared.db import Database
-from shared.messages import EndpointSpec, ReplicaRecord
+from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord
 from shared.settings import ApiSettings
 from shared.stores import SecretStore
 
@@ -31,6 +31,7 @@ class AppContext:
     requester: Requester
     endpoints: KvView[EndpointSpec]
     replicas: KvView[ReplicaRecord]
+    agents: KvView[AgentRecord]
     auth: Authenticator
     store: SecretStore
 

@@ -30,6 +30,7 @@ from scaler.lease import Lease
 from scaler.placement import place
 from scaler.policy import Decision, Observation, ReplicaView, decide
 from shared import names
+from shared.instance_types import parse_instance_type
 from shared.messages import (
     AgentRecord,
     EndpointSpec,
@@ -53,6 +54,8 @@ class PendingStart:
     endpoint: str
     agent_id: str
     issued_at: float
+    gpu_type: str | None = None
+    gpus: int = 0
 
 
 @dataclass(slots=True)
@@ -351,9 +354,22 @@ class Scaler:
                 endpoint,
                 "no_capacity",
                 level="warning",
-                reason=f"no agent had a free slot for {decision.start - started} replica(s)",
+                reason=self._no_capacity_reason(endpoint, decision.start - started),
             )
         return decision
+
+    def _no_capacity_reason(self, endpoint: str, missing: int) -> str:
+        spec = self.endpoints.items.get(endpoint)
+        try:
+            need = parse_instance_type(spec.instance_type) if spec else None
+        except ValueError:
+            need = None
+        if need is not None and need.gpu_type is not None:
+            return (
+                f"no agent had {need.gpus} free {need.gpu_type} GPU(s) and a free slot for "
+                f"{missing} replica(s) of instance type {need.name}"
+            )
+        return f"no agent had a free slot for {missing} replica(s)"
 
     async def _start(self, spec: EndpointSpec, now: float) -> bool:
         # An agent's own count of used slots is a heartbeat old; its replica records are newer.
@@ -369,16 +385,33 @@ class Scaler:
             if r.endpoint == spec.name and r.fresh(now)
         )
         pending_on = Counter(p.agent_id for p in self.pending.values())
+        try:
+            need = parse_instance_type(spec.instance_type)
+        except ValueError:  # the API validates it; an older spec may not be
+            return False
+        pending_gpus_on: Counter[str] = Counter()
+        for p in self.pending.values():
+            if need.gpu_type is not None and p.gpu_type == need.gpu_type:
+                pending_gpus_on[p.agent_id] += p.gpus
         tried: set[str] = set()
         while (
-            agent_id := place(agents, on_agent, pending_on, exclude=frozenset(tried))
+            agent_id := place(
+                agents,
+                on_agent,
+                pending_on,
+                need=need,
+                pending_gpus_on=pending_gpus_on,
+                exclude=frozenset(tried),
+            )
         ) is not None:
             tried.add(agent_id)
             replica_id = secrets.token_hex(4)
             cmd = StartReplica(replica_id=replica_id, spec=spec)
             # Pending before asking: the agent's record of the replica may arrive
             # (and clear the entry) before its answer does.
-            self.pending[replica_id] = PendingStart(spec.name, agent_id, now)
+            self.pending[replica_id] = PendingStart(
+                spec.name, agent_id, now, need.gpu_type, need.gpus
+            )
             try:
                 resp = await self.broker.nc.request(
                     names.agent_subject(agent_id, "start"),

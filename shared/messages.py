@@ -16,6 +16,7 @@ __all__ = [
     "STALE_AFTER",
     "AgentRecord",
     "EndpointSpec",
+    "GpuInfo",
     "ReplicaRecord",
     "ReplicaState",
     "StartReplica",
@@ -127,12 +128,32 @@ class ReplicaRecord(BaseModel):
         return now - self.updated_at < STALE_AFTER
 
 
+class GpuInfo(BaseModel):
+    """One GPU of an agent: ``id`` is its index on the host, ``type`` its family (``h100``)."""
+
+    id: str
+    type: str
+    name: str = ""
+    uuid: str | None = None
+    memory_mib: int = 0
+
+
 class AgentRecord(BaseModel):
     v: int = 1
     agent_id: str
     slots: int
     used_slots: int
+    # The host: CPUs and memory (MiB), and its GPUs.
+    cpus: int = 0
+    memory_mib: int = 0
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    # Ids of the GPUs its replicas hold.
+    gpus_used: list[str] = Field(default_factory=list)
     updated_at: float = Field(default_factory=time.time)
 
     def fresh(self, now: float) -> bool:
         return now - self.updated_at < STALE_AFTER
+
+    def free_gpus(self, gpu_type: str) -> int:
+        used = set(self.gpus_used)
+        return sum(1 for g in self.gpus if g.type == gpu_type and g.id not in used)

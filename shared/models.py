@@ -16,6 +16,7 @@ from pydantic import field_validator, model_validator
 from sqlalchemy import JSON, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from shared.instance_types import parse_instance_type
 from shared.names import ENDPOINT_NAME_RE
 
 __all__ = [
@@ -89,6 +90,12 @@ class EndpointCreate(EndpointBase):
     @classmethod
     def _path(cls, value: str) -> str:
         _check_path(value)
+        return value
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str) -> str:
+        parse_instance_type(value)
         return value
 
     @model_validator(mode="after")

@@ -106,6 +106,9 @@ class AgentSettings(CommonSettings):
     # A token with the `agent` (or `admin`) scope: the API hands a replica's secrets
     # and registry credential only to an agent that shows one.
     agent_token: SecretStr | None = None
+    # GPUs offered: unset = what nvidia-smi lists; or declared, e.g. "a10g:4", "h100:2,l4",
+    # "none". Each GPU replica gets its own devices (workers/gpus.py).
+    gpus: str | None = None
     # Number of (virtual) hardware slots this agent offers; GPUs are counted by issue #3.
     slots: int = 8
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from broker.artifacts import ModelCache
 from broker.connection import Broker
 from broker.registry import delete_key, put_model
 from shared import names
+from shared.instance_types import parse_instance_type
 from shared.messages import AgentRecord, ReplicaRecord, StartReplica, StopReplica
 from shared.settings import AgentSettings
+from workers.gpus import GpuPool, discover, host_memory_mib
 from workers.runtimes.base import Runtime
 from workers.supervisor import ReplicaSupervisor
 
@@ -42,6 +45,7 @@ class Agent:
         self.work_dir = Path(settings.data_dir) / f"agent-{self.id}"
         self.models = ModelCache(broker, self.work_dir / "models")
         self.replicas: dict[str, ReplicaSupervisor] = {}
+        self.gpus = GpuPool([])
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown = asyncio.Event()
         self._subs: list[object] = []
@@ -51,11 +55,20 @@ class Agent:
         return len(self.replicas)
 
     def record(self) -> AgentRecord:
-        return AgentRecord(agent_id=self.id, slots=self.settings.slots, used_slots=self.used_slots)
+        return AgentRecord(
+            agent_id=self.id,
+            slots=self.settings.slots,
+            used_slots=self.used_slots,
+            cpus=os.cpu_count() or 0,
+            memory_mib=host_memory_mib(),
+            gpus=self.gpus.gpus,
+            gpus_used=self.gpus.used(),
+        )
 
     async def run(self) -> None:
         """Serve until :meth:`shutdown`; then drain every replica and return."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.gpus = GpuPool(await asyncio.to_thread(discover, self.settings.gpus))
         await self._forget_previous_life()
         if hasattr(self.runtime, "prepare"):
             await self.runtime.prepare()
@@ -66,7 +79,11 @@ class Agent:
         ]
         await put_model(self.broker, names.KV_AGENTS, self.id, self.record())
         log.info(
-            "agent %s ready (%s runtime, %d slots)", self.id, self.runtime.name, self.settings.slots
+            "agent %s ready (%s runtime, %d slots, GPUs: %s)",
+            self.id,
+            self.runtime.name,
+            self.settings.slots,
+            ", ".join(f"{g.id}:{g.type}" for g in self.gpus.gpus) or "none",
         )
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
@@ -142,6 +159,15 @@ class Agent:
         if self.used_slots >= self.settings.slots or self._shutdown.is_set():
             await self._respond(msg, False, "no free slot")
             return
+        try:
+            need = parse_instance_type(cmd.spec.instance_type)
+        except ValueError as exc:
+            await self._respond(msg, False, str(exc))
+            return
+        gpus = self.gpus.take(cmd.replica_id, need)
+        if isinstance(gpus, str):
+            await self._respond(msg, False, gpus)
+            return
 
         async def changed(record: ReplicaRecord) -> None:
             await self._publish_record(record, sup)
@@ -155,8 +181,11 @@ class Agent:
             work_dir=self.work_dir,
             models=self.models,
             on_change=changed,
+            gpus=gpus,
         )
         self.replicas[cmd.replica_id] = sup
+        if gpus:  # the scaler sees these GPUs taken before it sees the replica
+            await put_model(self.broker, names.KV_AGENTS, self.id, self.record())
         await self._publish_record(sup.record, sup)
         task = asyncio.create_task(self._supervise(sup), name=f"replica:{cmd.replica_id}")
         self._tasks.add(task)
@@ -168,6 +197,7 @@ class Agent:
             await sup.run()
         finally:
             self.replicas.pop(sup.replica_id, None)
+            self.gpus.give_back(sup.replica_id)
             # Why a replica failed travels in its events; the record goes either way.
             with contextlib.suppress(Exception):
                 await delete_key(

@@ -24,9 +24,10 @@ from broker.events import publish_event
 from broker.pull import Delivery, Puller
 from broker.secrets import ReplicaSecrets, fetch_replica_secrets
 from shared.errors import BerthError
-from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
+from shared.messages import EndpointSpec, GpuInfo, ReplicaRecord, ReplicaState
 from shared.settings import AgentSettings
 from workers.forward import ReplicaGone, ReplicaTimeout, forward
+from workers.gpus import visible_devices_env
 from workers.http import ReplicaClient
 from workers.runtimes.base import Launch, Replica, Runtime, failure_reason
 
@@ -66,6 +67,7 @@ class ReplicaSupervisor:
         work_dir: Path,
         models: ModelCache,
         on_change: Callable[[ReplicaRecord], Coroutine[Any, Any, None]],
+        gpus: list[GpuInfo] | None = None,
     ):
         self.replica_id = replica_id
         self.spec = spec
@@ -75,6 +77,7 @@ class ReplicaSupervisor:
         self._work_dir = work_dir
         self._models = models
         self._on_change = on_change
+        self.gpus = gpus or []
         now = time.time()
         self.record = ReplicaRecord(
             endpoint=spec.name,
@@ -227,6 +230,7 @@ class ReplicaSupervisor:
         volume.mkdir(parents=True, exist_ok=True)
         env = dict(spec.env_overrides)
         env.update(secrets.env if secrets else {})
+        env.update(visible_devices_env(self.gpus))  # its own GPUs, or none at all
         env.update(
             PORT=str(port),
             OCTOAI_REPLICA_NAME=f"{spec.name}-{self.replica_id}",

@@ -22,6 +22,7 @@ class Probe(Service):
             "prompt": prompt,
             "pid": os.getpid(),
             "replica": os.environ.get("OCTOAI_REPLICA_NAME"),
+            "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
 
     def env(self, name: str) -> dict:
