@@ -356,7 +356,34 @@ class Scaler:
                 level="warning",
                 reason=self._no_capacity_reason(endpoint, decision.start - started),
             )
+            unsatisfiable = self._unsatisfiable(spec, now)
+            if started == 0 and unsatisfiable and not self._live(endpoint, now):
+                # Waiting would not help: no host could ever run it. Say so at once.
+                failure = StartFailure(
+                    count=1,
+                    until=now + self.settings.start_backoff,
+                    reason=unsatisfiable,
+                    digest=spec.replica_digest(),
+                )
+                self.failures[endpoint] = failure
+                await self._fail_waiting(endpoint, failure)
         return decision
+
+    def _unsatisfiable(self, spec: EndpointSpec, now: float) -> str | None:
+        """Why no agent of the fleet, even idle, could run a replica of ``spec``; None if one could."""
+        try:
+            need = parse_instance_type(spec.instance_type)
+        except ValueError as exc:
+            return str(exc)
+        if need.gpu_type is None:
+            return None
+        for agent in self.agents.items.values():
+            if agent.fresh(now) and sum(g.type == need.gpu_type for g in agent.gpus) >= need.gpus:
+                return None
+        return (
+            f"no agent offers {need.gpus} {need.gpu_type} GPU(s) on one host (instance type "
+            f"{need.name}); GET /v1/instance-types lists what the fleet has"
+        )
 
     def _no_capacity_reason(self, endpoint: str, missing: int) -> str:
         spec = self.endpoints.items.get(endpoint)

@@ -57,6 +57,13 @@ def test_each_gpu_replica_gets_its_own_device(own_nats: NatsServer, tmp_path: Pa
             assert any("free testgpu GPU" in r for r in reasons), reasons
             free = {t["instance_name"]: t["free"] for t in c.get("/v1/instance-types").json()}
             assert free["gpu.testgpu"] == 0
+        # More GPUs than any host has: no waiting, a clear answer.
+        stack.deploy("too-big", instance_type="gpu.testgpu.3x", max_replicas=1)
+        with stack.client() as c:
+            resp = c.post("/e/too-big/infer", json={"prompt": "p"})
+            assert resp.status_code == 503, resp.text
+            assert "no agent offers 3 testgpu GPU(s) on one host" in resp.json()["error"]["message"]
+            c.delete("/v1/endpoint/too-big")
         # A CPU replica on a GPU host sees no GPU at all.
         assert call("cpu-ep")[1] == ""
         # Scaled to zero, the GPUs are free again.
