@@ -109,7 +109,7 @@ class AgentSettings(CommonSettings):
     # GPUs offered: unset = what nvidia-smi lists; or declared, e.g. "a10g:4", "h100:2,l4",
     # "none". Each GPU replica gets its own devices (workers/gpus.py).
     gpus: str | None = None
-    # Number of (virtual) hardware slots this agent offers; GPUs are counted by issue #3.
+    # Replicas this agent runs at once (GPU replicas also need free GPUs of their type).
     slots: int = 8
 
 
