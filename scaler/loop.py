@@ -375,10 +375,18 @@ class Scaler:
             need = parse_instance_type(spec.instance_type)
         except ValueError as exc:
             return str(exc)
+        agents = [a for a in self.agents.items.values() if a.fresh(now)]
+        if agents and not any(a.runs(spec) for a in agents):
+            return (
+                "no agent can run container images (none has a Docker engine; see "
+                "BERTH_DOCKER_HOST)"
+                if spec.image_url
+                else "no agent runs Python models"
+            )
         if need.gpu_type is None:
             return None
-        for agent in self.agents.items.values():
-            if agent.fresh(now) and sum(g.type == need.gpu_type for g in agent.gpus) >= need.gpus:
+        for agent in agents:
+            if agent.runs(spec) and sum(g.type == need.gpu_type for g in agent.gpus) >= need.gpus:
                 return None
         return (
             f"no agent offers {need.gpus} {need.gpu_type} GPU(s) on one host (instance type "
@@ -427,6 +435,7 @@ class Scaler:
                 on_agent,
                 pending_on,
                 need=need,
+                runtime="docker" if spec.image_url else "process",
                 pending_gpus_on=pending_gpus_on,
                 exclude=frozenset(tried),
             )

@@ -27,17 +27,19 @@ def place(
     pending_on: Counter[str],
     *,
     need: InstanceType = CPU,
+    runtime: str = "process",
     pending_gpus_on: Counter[str] | None = None,
     exclude: frozenset[str] = frozenset(),
 ) -> str | None:
     """The agent for one more replica of an endpoint, or None if no agent has room.
 
+    ``runtime`` is what the replica needs (``process`` or ``docker``);
     ``pending_on`` counts starts issued but not yet reported per agent;
     ``pending_gpus_on`` the GPUs of ``need.gpu_type`` those starts will hold.
     """
     best: tuple[int, int, str] | None = None
     for agent in agents:
-        if agent.agent_id in exclude:
+        if agent.agent_id in exclude or runtime not in agent.runtimes:
             continue
         free = agent.slots - agent.used_slots - pending_on[agent.agent_id]
         if free <= 0:

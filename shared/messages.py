@@ -143,6 +143,8 @@ class AgentRecord(BaseModel):
     agent_id: str
     slots: int
     used_slots: int
+    # What it can run: "process" (Python models), "docker" (images).
+    runtimes: list[str] = Field(default_factory=lambda: ["process"])
     # The host: CPUs and memory (MiB), and its GPUs.
     cpus: int = 0
     memory_mib: int = 0
@@ -153,6 +155,9 @@ class AgentRecord(BaseModel):
 
     def fresh(self, now: float) -> bool:
         return now - self.updated_at < STALE_AFTER
+
+    def runs(self, spec: EndpointSpec) -> bool:
+        return ("docker" if spec.image_url else "process") in self.runtimes
 
     def free_gpus(self, gpu_type: str) -> int:
         used = set(self.gpus_used)

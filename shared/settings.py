@@ -106,6 +106,11 @@ class AgentSettings(CommonSettings):
     # A token with the `agent` (or `admin`) scope: the API hands a replica's secrets
     # and registry credential only to an agent that shows one.
     agent_token: SecretStr | None = None
+    # Container replicas: the Docker engine (unset: DOCKER_HOST, else the default socket;
+    # "none": this agent runs no images), and each container's limits.
+    docker_host: str | None = None
+    docker_memory: str = "8g"
+    docker_pids: int = 4096
     # GPUs offered: unset = what nvidia-smi lists; or declared, e.g. "a10g:4", "h100:2,l4",
     # "none". Each GPU replica gets its own devices (workers/gpus.py).
     gpus: str | None = None

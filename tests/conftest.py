@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +18,7 @@ import pytest
 
 from berth.local import ROOT, LocalNats, LocalStack, free_port, wait_until
 from shared.db import sync_url
+from tests.dockerenv import DockerEnv, missing_tools
 from tests.openbao import OpenBao, bao_binary
 
 __all__ = ["FAST", "MODELS", "ROOT", "NatsServer", "Stack", "free_port", "wait_for"]
@@ -36,6 +39,8 @@ FAST = {
     "BERTH_ACK_WAIT": "2",
     "BERTH_ENDPOINT_DOMAIN": "berth.test",
     "BERTH_LOG_LEVEL": "INFO",
+    # Agents run Python models only, unless a test gives them its Docker engine.
+    "BERTH_DOCKER_HOST": "none",
 }
 
 
@@ -168,3 +173,27 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     server = OpenBao(binary, tmp_path_factory.mktemp("openbao") / "bao.log").start()
     yield server.addr, server.token
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_env() -> Iterator[DockerEnv]:
+    """A Docker engine, a base image built offline and a private registry (tests/dockerenv.py)."""
+    missing = missing_tools()
+    if missing:
+        reason = f"Docker tests need {', '.join(missing)} (Debian: docker.io, debootstrap, docker-registry)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    # A short path: the engine's unix socket must fit in 108 bytes.
+    work = Path(tempfile.mkdtemp(prefix="bd-", dir="/tmp"))
+    env = DockerEnv(work)
+    try:
+        env.start()
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        env.stop()
+        if os.environ.get("CI"):
+            pytest.fail(f"could not start a Docker engine: {exc}")
+        pytest.skip(f"could not start a Docker engine: {exc}")
+    yield env
+    env.stop()
+    shutil.rmtree(work, ignore_errors=True)

@@ -409,7 +409,8 @@ def test_fixing_a_broken_model_retries_at_once(stack: Stack, name: str) -> None:
 def test_container_endpoint_without_a_container_runtime_fails_clearly(
     stack: Stack, name: str
 ) -> None:
-    """Until the docker runtime lands (#3), an image endpoint is accepted but says why it cannot run."""
+    """No agent has a Docker engine (this stack's run with BERTH_DOCKER_HOST=none): an image
+    endpoint is accepted, and its requests are answered at once with why they cannot run."""
     with stack.client() as c:
         created = c.post(
             "/v1/endpoint", json={"name": name, "image_url": "registry.local/echo:1", "port": 8080}
@@ -417,4 +418,4 @@ def test_container_endpoint_without_a_container_runtime_fails_clearly(
         assert created.status_code == 201, created.text
         resp = c.post(f"/e/{name}/infer", json={"prompt": "x"})
     assert resp.status_code == 503
-    assert "runs Python models only" in resp.json()["error"]["message"]
+    assert "no agent can run container images" in resp.json()["error"]["message"]

@@ -37,10 +37,17 @@ log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, broker: Broker, runtime: Runtime):
+    def __init__(
+        self,
+        settings: AgentSettings,
+        broker: Broker,
+        runtime: Runtime,
+        docker: Runtime | None = None,
+    ):
         self.settings = settings
         self.broker = broker
         self.runtime = runtime
+        self.docker = docker
         self.id = settings.agent_id
         self.work_dir = Path(settings.data_dir) / f"agent-{self.id}"
         self.models = ModelCache(broker, self.work_dir / "models")
@@ -59,6 +66,7 @@ class Agent:
             agent_id=self.id,
             slots=self.settings.slots,
             used_slots=self.used_slots,
+            runtimes=["process", "docker"] if self.docker else ["process"],
             cpus=os.cpu_count() or 0,
             memory_mib=host_memory_mib(),
             gpus=self.gpus.gpus,
@@ -70,8 +78,9 @@ class Agent:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.gpus = GpuPool(await asyncio.to_thread(discover, self.settings.gpus))
         await self._forget_previous_life()
-        if hasattr(self.runtime, "prepare"):
-            await self.runtime.prepare()
+        for runtime in (self.runtime, self.docker):
+            if runtime is not None and hasattr(runtime, "prepare"):
+                await runtime.prepare()
         nc = self.broker.nc
         self._subs = [
             await nc.subscribe(names.agent_subject(self.id, "start"), cb=self._on_start),
@@ -97,6 +106,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 await delete_key(self.broker, names.KV_AGENTS, self.id)
             await self.runtime.close()
+            if self.docker is not None:
+                await self.docker.close()
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -159,6 +170,10 @@ class Agent:
         if self.used_slots >= self.settings.slots or self._shutdown.is_set():
             await self._respond(msg, False, "no free slot")
             return
+        runtime = self.docker if cmd.spec.image_url else self.runtime
+        if runtime is None:
+            await self._respond(msg, False, "no Docker engine on this agent")
+            return
         try:
             need = parse_instance_type(cmd.spec.instance_type)
         except ValueError as exc:
@@ -176,7 +191,7 @@ class Agent:
             replica_id=cmd.replica_id,
             spec=cmd.spec,
             broker=self.broker,
-            runtime=self.runtime,
+            runtime=runtime,
             settings=self.settings,
             work_dir=self.work_dir,
             models=self.models,

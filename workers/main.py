@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import logging
+
 from broker.connection import connected
 from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import AgentSettings
 from workers.agent import Agent
+from workers.runtimes.base import Runtime
 from workers.runtimes.process import ProcessRuntime
+
+log = logging.getLogger("workers.main")
+
+
+async def docker_runtime(settings: AgentSettings) -> Runtime | None:
+    """The Docker runtime if an engine answers; None (image endpoints go elsewhere) if not."""
+    if (settings.docker_host or "").lower() == "none":
+        return None
+    from docker.errors import DockerException
+
+    from workers.runtimes.docker import DockerRuntime
+
+    try:
+        runtime = DockerRuntime(
+            settings.agent_id,
+            base_url=settings.docker_host,
+            host=settings.replica_host,
+            memory_limit=settings.docker_memory,
+            pids_limit=settings.docker_pids,
+        )
+        await runtime.ping(timeout=10)
+    except (DockerException, OSError, TimeoutError) as exc:
+        log.info("no Docker engine (%s): this agent runs Python models only", exc)
+        return None
+    return runtime
 
 
 def main(settings: AgentSettings | None = None) -> None:
@@ -16,7 +44,12 @@ def main(settings: AgentSettings | None = None) -> None:
     async def run(on_stop: OnStop) -> None:
         name = f"berth-agent-{settings.agent_id}"
         async with connected(settings.nats_url, name, timeout=settings.nats_timeout) as broker:
-            agent = Agent(settings, broker, ProcessRuntime(settings.replica_host))
+            agent = Agent(
+                settings,
+                broker,
+                ProcessRuntime(settings.replica_host),
+                await docker_runtime(settings),
+            )
             on_stop(agent.shutdown)
             await agent.run()
 

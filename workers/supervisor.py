@@ -243,6 +243,8 @@ class ReplicaSupervisor:
             env=env,
             model_dir=model_dir,
             registry=secrets.registry if secrets else None,
+            gpus=self.gpus,
+            report=self._report,
             log_path=self._work_dir / "logs" / spec.name / f"{self.replica_id}.log",
         )
         try:
@@ -261,6 +263,9 @@ class ReplicaSupervisor:
             await replica.stop(self._settings.stop_grace)
             raise
         return replica, client
+
+    async def _report(self, type_: str, details: dict[str, Any]) -> None:
+        await self._event(type_, **details)
 
     async def _secrets(self) -> ReplicaSecrets | None:
         """The endpoint's secrets and registry credential, asked of the API for this start."""

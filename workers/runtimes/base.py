@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from shared.messages import EndpointSpec
+from shared.messages import EndpointSpec, GpuInfo
 
 __all__ = ["Launch", "Replica", "Runtime"]
 
@@ -23,6 +24,10 @@ class Launch:
     model_dir: Path | None = None
     # The endpoint's registry credential ({"username", "password"}), for image pulls only.
     registry: dict[str, str] | None = field(default=None, repr=False)
+    # The GPUs the agent assigned to this replica.
+    gpus: list[GpuInfo] = field(default_factory=list)
+    # Reports progress (an image pull) as an event of the replica: (type, details).
+    report: Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]] | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 

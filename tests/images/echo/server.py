@@ -1,0 +1,70 @@
+"""An echo model as a plain container: any image that serves HTTP on $PORT is a replica.
+
+Standard library only. GET /healthcheck (and Cog's /health-check) answers 200
+once ready; POST /infer and Cog's POST /predictions echo the JSON body back with
+this process's pid, after sleeping `sleep` seconds if asked; GET /env?name=X
+reports one environment variable. ECHO_READY_DELAY delays readiness;
+ECHO_NEVER_READY keeps the health check at 503; ECHO_EXIT exits at once with
+that code after printing a line.
+"""
+
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+STARTED = time.monotonic()
+READY_AFTER = float(os.environ.get("ECHO_READY_DELAY", "0"))
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status: int, payload: object) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        if url.path in ("/healthcheck", "/health-check"):
+            ready = not os.environ.get("ECHO_NEVER_READY") and (
+                time.monotonic() - STARTED >= READY_AFTER
+            )
+            self._send(200 if ready else 503, {"status": "READY" if ready else "STARTING"})
+        elif url.path == "/env":
+            name = parse_qs(url.query).get("name", [""])[0]
+            self._send(200, {"name": name, "value": os.environ.get(name)})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        data = json.loads(self.rfile.read(length) or b"{}")
+        if self.path in ("/infer", "/predictions"):
+            time.sleep(float(data.get("sleep", 0)))
+            payload = {
+                "echo": data,
+                "pid": os.getpid(),
+                "replica": os.environ.get("OCTOAI_REPLICA_NAME"),
+            }
+            self._send(200, {"output": payload} if self.path == "/predictions" else payload)
+        else:
+            self._send(404, {"error": "not found"})
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        sys.stderr.write("echo: " + fmt % args + "\n")
+
+
+if __name__ == "__main__":
+    if os.environ.get("ECHO_EXIT"):
+        print("echo: failing on purpose", flush=True)
+        sys.exit(int(os.environ["ECHO_EXIT"]))
+    port = int(os.environ.get("PORT", "8080"))
+    print(f"echo: listening on {port}", flush=True)
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
