@@ -19,7 +19,7 @@ from api.context import AppContext
 from api.errors import install_error_handlers
 from api.middleware import HostRouting, RequestId
 from api.replica_secrets import replica_secrets
-from api.routes import endpoints, events, fleet, models, secrets, tokens
+from api.routes import endpoints, events, fleet, logs, models, secrets, tokens
 from api.routes.inference import DataPlane
 from broker.connection import connected
 from broker.publish import Requester
@@ -141,6 +141,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(events.router)
     app.include_router(tokens.router)
     app.include_router(fleet.router)
+    app.include_router(logs.router)
     app.include_router(secrets.router)
 
     @app.get("/healthz", tags=["system"])

@@ -103,6 +103,27 @@ def _events(args: argparse.Namespace) -> None:
         )
 
 
+def _logs(args: argparse.Namespace) -> None:
+    from berth.client import from_environment
+
+    client = from_environment(timeout=None if args.follow else 330.0)
+    params: dict[str, Any] = {}
+    if args.replica:
+        params["replica_id"] = args.replica
+    if args.follow:
+        with client.http.stream("GET", f"/v1/logs/{args.name}/stream", params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                client.call("GET", f"/v1/logs/{args.name}")  # raises with the API's error
+            for line in resp.iter_lines():
+                item = json.loads(line)
+                print(f"{item['timestamp']}  {item['replica_id']}  {item['data']}", flush=True)
+        return
+    params["max_lines"] = args.max_lines
+    for item in client.http.get(f"/v1/logs/{args.name}", params=params).json():
+        print(f"{item['timestamp']}  {item['replica_id']}  {item['data']}")
+
+
 def _delete(args: argparse.Namespace) -> None:
     from berth.client import from_environment
 
@@ -163,6 +184,13 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("name")
     v.add_argument("--max-lines", type=int, default=50)
     v.set_defaults(func=_events)
+
+    lg = sub.add_parser("logs", help="an endpoint's replica output")
+    lg.add_argument("name")
+    lg.add_argument("--replica", help="one replica's only")
+    lg.add_argument("--max-lines", type=int, default=100)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.set_defaults(func=_logs)
 
     x = sub.add_parser("delete", help="delete an endpoint")
     x.add_argument("name")

@@ -30,7 +30,7 @@ def data_dir() -> Path:
     return Path(os.environ.get("BERTH_DATA_DIR") or default_data_dir())
 
 
-def from_environment(timeout: float = 330.0) -> Client:
+def from_environment(timeout: float | None = 330.0) -> Client:
     url = os.environ.get("BERTH_URL")
     token = os.environ.get("BERTH_TOKEN")
     if not url and (data_dir() / "api-url").exists():
@@ -43,7 +43,7 @@ def from_environment(timeout: float = 330.0) -> Client:
 
 
 class Client:
-    def __init__(self, url: str, token: str | None, *, timeout: float = 330.0):
+    def __init__(self, url: str, token: str | None, *, timeout: float | None = 330.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)

@@ -61,6 +61,17 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
             max_msgs=1_000_000,
         ),
     )
+    await _ensure_stream(
+        broker,
+        StreamConfig(
+            name=names.LOGS_STREAM,
+            subjects=[f"{names.LOG_SUBJECT_PREFIX}>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=7 * 24 * 3600.0,
+            max_bytes=2 * 1024**3,
+        ),
+    )
     for bucket, ttl in (
         (names.KV_ENDPOINTS, None),
         (names.KV_REPLICAS, replica_ttl),

@@ -13,6 +13,8 @@ REQUEST_SUBJECT_PREFIX = "berth.req."
 EVENTS_STREAM = "BERTH_EVENTS"
 EVENT_SUBJECT_PREFIX = "berth.evt."
 DEMAND_SUBJECT_PREFIX = "berth.demand."
+LOGS_STREAM = "BERTH_LOGS"
+LOG_SUBJECT_PREFIX = "berth.log."
 AGENT_SUBJECT_PREFIX = "berth.agent."
 
 KV_ENDPOINTS = "berth_endpoints"
@@ -42,6 +44,10 @@ def demand_subject(endpoint: str) -> str:
 
 def event_subject(kind: str, endpoint: str) -> str:
     return f"{EVENT_SUBJECT_PREFIX}{kind}.{endpoint}"
+
+
+def log_subject(endpoint: str, replica_id: str = "*") -> str:
+    return f"{LOG_SUBJECT_PREFIX}{endpoint}.{replica_id}"
 
 
 def agent_subject(agent_id: str, verb: str) -> str:

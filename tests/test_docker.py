@@ -185,6 +185,14 @@ def test_private_image_with_secrets_served_and_redelivered_after_a_kill(
         assert c.get("/e/echo/env", params={"name": "GREETING"}).json()["value"] == "hi"
         types = [e["event"]["type"] for e in c.get("/v1/events/echo").json()]
         assert "image_pull_started" in types and "image_pulled" in types
+        wait_for(
+            lambda: any(
+                x["data"].startswith("echo: listening on")
+                for x in c.get("/v1/logs/echo", params={"max_lines": 1000}).json()
+            ),
+            15,
+            "the container's output in /v1/logs",
+        )
 
         # Kill the container while it works on a request: the request is still answered.
         answer: dict[str, Any] = {}

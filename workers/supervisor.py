@@ -29,6 +29,7 @@ from shared.settings import AgentSettings
 from workers.forward import ReplicaGone, ReplicaTimeout, forward
 from workers.gpus import visible_devices_env
 from workers.http import ReplicaClient
+from workers.logship import LogShipper
 from workers.runtimes.base import Launch, Replica, Runtime, failure_reason
 
 __all__ = ["ReplicaSupervisor", "StartFailed"]
@@ -145,8 +146,24 @@ class ReplicaSupervisor:
 
     # -- the life ------------------------------------------------------------------------
 
+    @property
+    def log_path(self) -> Path:
+        return self._work_dir / "logs" / self.spec.name / f"{self.replica_id}.log"
+
     async def run(self) -> None:
         """Run until stopped or given up; never raises (failures become events)."""
+        shipper = LogShipper(
+            self._broker, self.spec.name, self.replica_id, self.log_path, self._redact
+        )
+        shipping = asyncio.create_task(shipper.run())
+        try:
+            await self._run()
+        finally:
+            shipper.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(shipping, timeout=10)
+
+    async def _run(self) -> None:
         ever_ready = False
         failures = 0
         try:
@@ -245,7 +262,7 @@ class ReplicaSupervisor:
             registry=secrets.registry if secrets else None,
             gpus=self.gpus,
             report=self._report,
-            log_path=self._work_dir / "logs" / spec.name / f"{self.replica_id}.log",
+            log_path=self.log_path,
         )
         try:
             replica = await self._runtime.start(launch)

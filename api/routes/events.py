@@ -1,22 +1,21 @@
-"""``GET /v1/events/{endpoint_name}``: replica lifecycle and scale decisions, in OctoAI's event shape."""
+"""``GET /v1/events/{endpoint_name}`` (and ``/stream``): replica lifecycle and scale decisions,
+in OctoAI's event shape."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 
 from api.auth import AdminDep
 from api.context import ContextDep, SessionDep
 from api.routes.endpoints import get_endpoint_row
-from broker.events import read_events
+from api.routes.logs import iso, ndjson, unix
+from broker.events import follow_events, read_events
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[AdminDep])
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 @router.get("/events/{endpoint_name}")
@@ -34,12 +33,23 @@ async def list_events(
     events = await read_events(
         ctx.broker,
         endpoint_name,
-        begin=_utc(begin_time).timestamp() if begin_time else None,
-        end=_utc(end_time).timestamp() if end_time else None,
+        begin=unix(begin_time),
+        end=unix(end_time),
         max_lines=max_lines,
     )
-    return [{**e, "timestamp": _iso(e["timestamp"])} for e in events]
+    return [{**e, "timestamp": iso(e["timestamp"])} for e in events]
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+@router.get("/events/{endpoint_name}/stream", response_class=StreamingResponse)
+async def stream_events(
+    endpoint_name: str,
+    ctx: ContextDep,
+    session: SessionDep,
+    begin_time: Annotated[
+        datetime | None, Query(description="ISO 8601; default: from now on")
+    ] = None,
+) -> StreamingResponse:
+    """The endpoint's events as they happen, one JSON object a line."""
+    await get_endpoint_row(session, endpoint_name)
+    events = follow_events(ctx.broker, endpoint_name, begin=unix(begin_time))
+    return StreamingResponse(ndjson(events), media_type="application/x-ndjson")

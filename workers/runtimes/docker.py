@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -30,7 +32,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 from docker.utils import parse_repository_tag
 
-from workers.runtimes.base import Launch
+from workers.runtimes.base import Launch, tail_file
 
 __all__ = ["LABEL", "DockerReplica", "DockerRuntime", "PullFailed"]
 
@@ -55,15 +57,31 @@ def image_ref(image_url: str) -> tuple[str, str]:
 
 
 class DockerReplica:
-    def __init__(self, runtime: DockerRuntime, container: Container, host: str, port: int):
+    def __init__(
+        self, runtime: DockerRuntime, container: Container, host: str, port: int, log_path: Path
+    ):
         self._runtime = runtime
         self.container = container
         self.host = host
         self.port = port
+        self._log_path = log_path
         self._exit: int | None = None
         self._oom = False
-        self._logs = ""
         self._waiter: asyncio.Future[int] | None = None
+        # The container's output, copied to the replica's log file as it comes, so it
+        # outlives the container (and the agent ships it like any replica's).
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._copier = threading.Thread(target=self._copy_logs, daemon=True)
+        self._copier.start()
+
+    def _copy_logs(self) -> None:
+        try:
+            with self._log_path.open("ab") as out:
+                for chunk in self.container.logs(stream=True, follow=True):
+                    out.write(chunk)
+                    out.flush()
+        except DockerException as exc:  # the container went away
+            log.debug("log copy of %s ended: %r", self.container.name, exc)
 
     @property
     def exit_code(self) -> int | None:
@@ -75,7 +93,7 @@ class DockerReplica:
         with contextlib.suppress(DockerException):
             await asyncio.to_thread(self.container.reload)
             self._oom = bool(self.container.attrs.get("State", {}).get("OOMKilled"))
-        self._logs = await self._runtime.call(lambda: self._read_logs(50))
+        await asyncio.to_thread(self._copier.join, 5)  # the last lines, before reasons are read
         self._exit = code
         return code
 
@@ -88,9 +106,7 @@ class DockerReplica:
         def stop() -> None:
             with contextlib.suppress(NotFound):
                 self.container.stop(timeout=max(1, round(grace)))
-            if self._exit is None:
-                with contextlib.suppress(DockerException):
-                    self._logs = self._read_logs(50)
+            self._copier.join(5)
             with contextlib.suppress(NotFound):
                 self.container.remove(force=True)
 
@@ -99,16 +115,8 @@ class DockerReplica:
         except (TimeoutError, DockerException) as exc:
             log.warning("stopping container %s: %r", self.container.name, exc)
 
-    def _read_logs(self, lines: int) -> str:
-        data: bytes = self.container.logs(tail=lines, stdout=True, stderr=True)
-        return data.decode("utf-8", "replace")
-
     def log_tail(self, lines: int = 20) -> str:
-        text = self._logs
-        if not text and self._exit is None:
-            with contextlib.suppress(DockerException):
-                text = self._read_logs(lines)
-        text = "\n".join(text.splitlines()[-lines:])
+        text = tail_file(self._log_path, lines)
         if self._oom:
             limit = self._runtime.memory_limit
             text += f"\nberth: killed for running out of memory (container limit {limit})"
@@ -282,7 +290,7 @@ class DockerRuntime:
             ) from exc
         except DockerException as exc:
             raise RuntimeError(f"the engine failed: {exc}") from exc
-        return DockerReplica(self, container, self.host, launch.port)
+        return DockerReplica(self, container, self.host, launch.port, launch.log_path)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -25,5 +25,10 @@ class Probe(Service):
             "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
 
+    def say(self, text: str, env: str = "") -> dict:
+        """Print a line to the replica's output (with an environment variable's value, if named)."""
+        print(text + (" " + os.environ.get(env, "") if env else ""), flush=True)
+        return {"said": True}
+
     def env(self, name: str) -> dict:
         return {"value": os.environ.get(name)}
