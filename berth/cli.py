@@ -124,6 +124,45 @@ def _logs(args: argparse.Namespace) -> None:
         print(f"{item['timestamp']}  {item['replica_id']}  {item['data']}")
 
 
+def _docker_client(host: str | None) -> Any:
+    import docker
+
+    return docker.DockerClient(base_url=host) if host else docker.from_env()
+
+
+def _build(args: argparse.Namespace) -> None:
+    from berth.build import build_image
+
+    image = build_image(_docker_client(args.docker_host), Path(args.path), args.tag, base=args.base)
+    print(f"built {args.tag} ({image[:19]})")
+
+
+def _progress_bar(done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / total) if total else 0
+    print(
+        f"\r[{'#' * filled}{' ' * (width - filled)}] {done / 1e6:7.1f} / {total / 1e6:.1f} MB",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _push(args: argparse.Namespace) -> None:
+    from berth.build import push_image
+
+    auth = None
+    if args.username:
+        password = sys.stdin.read().rstrip("\n") if not sys.stdin.isatty() else ""
+        if not password:
+            import getpass
+
+            password = getpass.getpass(f"password for {args.username}: ")
+        auth = {"username": args.username, "password": password}
+    push_image(_docker_client(args.docker_host), args.tag, auth, progress=_progress_bar)
+    print(f"\npushed {args.tag}", file=sys.stderr)
+
+
 def _delete(args: argparse.Namespace) -> None:
     from berth.client import from_environment
 
@@ -184,6 +223,19 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("name")
     v.add_argument("--max-lines", type=int, default=50)
     v.set_defaults(func=_events)
+
+    bd = sub.add_parser("build", help="build a container image from a folder with a service.py")
+    bd.add_argument("path")
+    bd.add_argument("--tag", "-t", required=True)
+    bd.add_argument("--base", default="python:3.11-slim", help="the base image (a Python 3.11)")
+    bd.add_argument("--docker-host", help="the Docker engine (default: DOCKER_HOST)")
+    bd.set_defaults(func=_build)
+
+    pu = sub.add_parser("push", help="push a built image to its registry, with progress")
+    pu.add_argument("tag")
+    pu.add_argument("--username", help="registry user; the password comes from stdin")
+    pu.add_argument("--docker-host", help="the Docker engine (default: DOCKER_HOST)")
+    pu.set_defaults(func=_push)
 
     lg = sub.add_parser("logs", help="an endpoint's replica output")
     lg.add_argument("name")

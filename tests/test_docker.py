@@ -6,7 +6,10 @@ Marked ``docker``; they skip, saying why, where no engine can be started (and fa
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +21,8 @@ import pytest
 
 from berth.local import free_port
 from shared.messages import EndpointSpec, GpuInfo
-from tests.conftest import FAST, NatsServer, Stack, wait_for
-from tests.dockerenv import DockerEnv
+from tests.conftest import FAST, ROOT, NatsServer, Stack, wait_for
+from tests.dockerenv import BASE, DockerEnv
 from workers.runtimes.base import Launch, failure_reason
 from workers.runtimes.docker import LABEL, DockerRuntime
 
@@ -277,3 +280,50 @@ def test_a_cog_style_container_through_the_same_url(docker_stack: tuple[Stack, s
         assert resp.status_code == 200, resp.text
         assert resp.json()["output"]["echo"] == {"input": {"prompt": "p"}}
         c.delete("/v1/endpoint/cog")
+
+
+def test_berth_build_and_push_then_serve_the_image(
+    docker_env: DockerEnv, docker_stack: tuple[Stack, str]
+) -> None:
+    """`berth build` a Python model into an image (base: the offline one), `berth push` it
+    to the private registry, and serve it as a container endpoint."""
+    stack, _ = docker_stack
+    tag = f"{docker_env.registry}/team/echo-model:{secrets.token_hex(3)}"
+    env = {**os.environ, "DOCKER_HOST": docker_env.url}
+    example = str(ROOT / "examples" / "echo")
+    built = subprocess.run(
+        [sys.executable, "-m", "berth.cli", "build", example, "-t", tag, "--base", BASE],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr + built.stdout
+    assert f"built {tag}" in built.stdout
+    pushed = subprocess.run(
+        [sys.executable, "-m", "berth.cli", "push", tag, "--username", docker_env.username],
+        env=env,
+        cwd=ROOT,
+        input=docker_env.password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert "MB" in pushed.stderr and f"pushed {tag}" in pushed.stderr  # the progress bar
+    assert docker_env.client is not None
+    docker_env.client.images.remove(tag)  # the agent pulls it, with the endpoint's credential
+    create(stack, "built", tag, registry_credential="team-reg")
+    with stack.client() as c:
+        resp = c.post("/e/built/infer", json={"prompt": "ahoy", "n": 2})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["output"]["text"] == "ahoyahoy"
+        c.delete("/v1/endpoint/built")
+
+
+def test_build_refuses_a_folder_without_a_service(tmp_path: Path) -> None:
+    from berth.build import build_context
+
+    with pytest.raises(ValueError, match=r"no service\.py"):
+        build_context(tmp_path, "base", tmp_path / "ctx")
