@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,8 @@ def _deploy(args: argparse.Namespace) -> None:
     from berth.client import ApiError, from_environment
     from broker.artifacts import pack_dir
 
-    folder = Path(args.path)
-    if not (folder / "service.py").is_file():
-        raise SystemExit(f"berth: {folder} has no service.py")
     client = from_environment()
-    model_id = client.upload_model(pack_dir(folder))
     fields: dict[str, Any] = {
-        "model_id": model_id,
         "min_replicas": args.min_replicas,
         "max_replicas": args.max_replicas,
         "scale_to_zero": args.scale_to_zero,
@@ -34,10 +30,28 @@ def _deploy(args: argparse.Namespace) -> None:
         "visibility": "public" if args.public else "private",
         "env_overrides": dict(kv.split("=", 1) for kv in args.env),
         "container_secrets": args.secret,
+        "instance_type": args.instance_type,
     }
     if args.timeout is not None:
         fields["request_timeout"] = args.timeout
-    name = args.name or folder.resolve().name.lower().replace("_", "-")
+    if args.image:  # a container image, from any registry
+        if not args.name:
+            raise SystemExit("berth: --image needs --name")
+        name, what = args.name, args.image
+        fields.update(image_url=args.image, port=args.port, model_id=None)
+        fields["health_check_path"] = args.health_check_path
+        if args.registry_credential:
+            fields["registry_credential"] = args.registry_credential
+    else:
+        if not args.path:
+            raise SystemExit("berth: give a folder with a service.py, or --image")
+        folder = Path(args.path)
+        if not (folder / "service.py").is_file():
+            raise SystemExit(f"berth: {folder} has no service.py")
+        model_id = client.upload_model(pack_dir(folder))
+        fields.update(model_id=model_id, image_url=None)
+        name = args.name or folder.resolve().name.lower().replace("_", "-")
+        what = f"{model_id[:19]}…"
     try:
         client.get_endpoint(name)
     except ApiError as exc:
@@ -48,7 +62,7 @@ def _deploy(args: argparse.Namespace) -> None:
     else:
         endpoint = client.update_endpoint(name, **fields)
         verb = "updated"
-    print(f"endpoint {name} {verb} ({model_id[:19]}…)\n  URL: {endpoint['endpoint']}")
+    print(f"endpoint {name} {verb} ({what})\n  URL: {endpoint['endpoint']}")
 
 
 def _endpoints(args: argparse.Namespace) -> None:
@@ -87,20 +101,39 @@ def _infer(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _event_line(item: dict[str, Any]) -> str:
+    event = item["event"]
+    details = dict(event.get("details") or {})
+    reason = details.pop("reason", "")
+    replica = f" replica={item['replica_id']}" if item.get("replica_id") else ""
+    extra = " ".join(
+        f"{k}={v}" for k, v in details.items() if k != "agent_id" and v not in (None, [], "")
+    )
+    return f"{item['timestamp']}  {event['level']:<7} {event['type']:<22}{replica} {reason} {extra}".rstrip()
+
+
 def _events(args: argparse.Namespace) -> None:
     from berth.client import from_environment
 
-    for item in from_environment().events(args.name, args.max_lines):
-        event = item["event"]
-        details = dict(event.get("details") or {})
-        reason = details.pop("reason", "")
-        replica = f" replica={item['replica_id']}" if item.get("replica_id") else ""
-        extra = " ".join(
-            f"{k}={v}" for k, v in details.items() if k != "agent_id" and v not in (None, [], "")
-        )
-        print(
-            f"{item['timestamp']}  {event['level']:<7} {event['type']:<22}{replica} {reason} {extra}".rstrip()
-        )
+    if not args.follow:
+        for item in from_environment().events(args.name, args.max_lines):
+            print(_event_line(item))
+        return
+    # Live: the last ten minutes, then each event as it happens; an image pull as a bar.
+    client = from_environment(timeout=None)
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
+    path = f"/v1/events/{args.name}/stream"
+    with client.http.stream("GET", path, params={"begin_time": since}) as resp:
+        if resp.status_code >= 400:
+            client.call("GET", f"/v1/endpoint/{args.name}")  # raises with the API's error
+        for line in resp.iter_lines():
+            item = json.loads(line)
+            details = item["event"].get("details") or {}
+            if item["event"]["type"] == "image_pull_progress" and details.get("total_bytes"):
+                print(f"pulling {details['image']} ", end="", file=sys.stderr)
+                _progress_bar(details["bytes"], details["total_bytes"])
+                continue
+            print(_event_line(item), flush=True)
 
 
 def _logs(args: argparse.Namespace) -> None:
@@ -192,8 +225,15 @@ def parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(kind, help=text).set_defaults(func=lambda _a, k=kind: _process(k))
 
-    d = sub.add_parser("deploy", help="deploy a folder with a service.py as an endpoint")
-    d.add_argument("path")
+    d = sub.add_parser(
+        "deploy", help="deploy a folder with a service.py, or a container image, as an endpoint"
+    )
+    d.add_argument("path", nargs="?")
+    d.add_argument("--image", help="a container image URL (any registry) instead of a folder")
+    d.add_argument("--port", type=int, default=8080, help="the image's port")
+    d.add_argument("--health-check-path", default="/healthcheck")
+    d.add_argument("--registry-credential", metavar="KEY", help="for a private registry")
+    d.add_argument("--instance-type", default="cpu", help="cpu, gpu.<type>, gpu.<type>.<n>x")
     d.add_argument("--name")
     d.add_argument("--min-replicas", type=int, default=0)
     d.add_argument("--max-replicas", type=int, default=1)
@@ -222,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("events", help="an endpoint's replica and scaling events, with reasons")
     v.add_argument("name")
     v.add_argument("--max-lines", type=int, default=50)
+    v.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     v.set_defaults(func=_events)
 
     bd = sub.add_parser("build", help="build a container image from a folder with a service.py")

@@ -95,6 +95,20 @@ async def test_runtime_reports_why_a_container_exited(
         await runtime.close()
 
 
+async def test_runtime_says_when_a_container_ran_out_of_memory(
+    docker_env: DockerEnv, echo_image: str, tmp_path: Path
+) -> None:
+    runtime = DockerRuntime("agent-oom", base_url=docker_env.url, memory_limit="32m")
+    replica = await runtime.start(launch(echo_image, tmp_path, ECHO_EAT_MB="256"))
+    try:
+        assert await replica.wait() == 137
+        reason = failure_reason(replica.exit_code, replica.log_tail())
+        assert reason == "killed for running out of memory (container limit 32m)"
+    finally:
+        await replica.stop(1)
+        await runtime.close()
+
+
 async def test_runtime_gives_a_container_its_gpus_only(
     docker_env: DockerEnv, echo_image: str, tmp_path: Path
 ) -> None:
@@ -138,7 +152,7 @@ def docker_stack(
     stack = Stack(
         tmp_path_factory.mktemp("docker-berth"),
         nats.url,
-        env={**FAST, "BERTH_DOCKER_HOST": docker_env.url, "BERTH_STARTUP_BUDGET": "20"},
+        env={**FAST, "BERTH_DOCKER_HOST": docker_env.url, "BERTH_STARTUP_BUDGET": "12"},
     )
     try:
         stack.start()
@@ -234,6 +248,12 @@ def test_private_image_with_secrets_served_and_redelivered_after_a_kill(
         ("no-such-image", {"image": "team/does-not-exist:1"}, "cannot pull"),
         ("crashes", {"env_overrides": {"ECHO_EXIT": "3"}}, "exited with code 3"),
         ("never-ready", {"env_overrides": {"ECHO_NEVER_READY": "1"}}, "did not answer 200"),
+        ("wrong-port", {"env_overrides": {"ECHO_LISTEN_PORT": "9"}}, "did not answer 200"),
+        (
+            "cog-never-ready",
+            {"env_overrides": {"ECHO_NEVER_READY": "1"}, "health_check_path": "/health-check"},
+            "did not answer 200",
+        ),
     ],
 )
 def test_bad_images_end_with_a_clear_reason(
@@ -273,8 +293,17 @@ def test_bad_images_end_with_a_clear_reason(
 
 
 def test_a_cog_style_container_through_the_same_url(docker_stack: tuple[Stack, str]) -> None:
+    """Cog answers 200 on /health-check from the start, {"status": "STARTING"} until setup is
+    done: the replica takes work only once it says READY."""
     stack, image = docker_stack
-    create(stack, "cog", image, registry_credential="team-reg", health_check_path="/health-check")
+    create(
+        stack,
+        "cog",
+        image,
+        registry_credential="team-reg",
+        health_check_path="/health-check",
+        env_overrides={"ECHO_READY_DELAY": "1.5"},
+    )
     with stack.client() as c:
         resp = c.post("/e/cog/predictions", json={"input": {"prompt": "p"}})
         assert resp.status_code == 200, resp.text
@@ -327,3 +356,52 @@ def test_build_refuses_a_folder_without_a_service(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"no service\.py"):
         build_context(tmp_path, "base", tmp_path / "ctx")
+
+
+def test_cli_deploys_an_image_and_follows_its_pull(
+    docker_env: DockerEnv, docker_stack: tuple[Stack, str], echo_image: str
+) -> None:
+    stack, _ = docker_stack
+    image = docker_env.push(echo_image, f"team/cli:{secrets.token_hex(3)}")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
+        "BERTH_URL": stack.url,
+        "BERTH_TOKEN": stack.token,
+    }
+    berth = [sys.executable, "-m", "berth.cli"]
+    args = ["--image", image, "--name", "cli-image", "--registry-credential", "team-reg"]
+    deployed = subprocess.run(
+        [*berth, "deploy", *args, "--min-replicas", "1"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    assert "endpoint cli-image created" in deployed.stdout
+    follower = subprocess.Popen(
+        [*berth, "events", "cli-image", "--follow"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        assert follower.stdout is not None
+        for line in follower.stdout:  # bounded: the follower is killed below either way
+            seen.append(line)
+            if "replica_ready" in line or time.monotonic() > deadline:
+                break
+    finally:
+        follower.kill()
+        follower.wait(10)
+        follower.stdout.close()  # type: ignore[union-attr]
+    text = "".join(seen)
+    assert "image_pull_started" in text and "image_pulled" in text and "replica_ready" in text
+    with stack.client() as c:
+        assert c.post("/e/cli-image/infer", json={"prompt": "cli"}).status_code == 200
+        c.delete("/v1/endpoint/cli-image")

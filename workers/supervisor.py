@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from broker.artifacts import ModelCache
 from broker.connection import Broker
 from broker.envelope import Reply
@@ -44,6 +46,21 @@ STABLE_AFTER = 60.0
 HEALTH_POLL_MAX = 0.05
 # Room left in a NATS message for the reply's headers.
 REPLY_HEADER_ROOM = 64 * 1024
+
+
+# Cog's /health-check answers 200 all along and says in its body whether it is ready.
+_COG_NOT_READY = (b'"STARTING"', b'"SETUP_FAILED"', b'"DEFUNCT"')
+
+
+def _cog_not_ready(body: bytes) -> bool:
+    """A 200 from a Cog container that is still in setup (or failed it) is not ready."""
+    if not body or len(body) > 4096 or b'"status"' not in body:
+        return False
+    try:
+        status = orjson.loads(body).get("status")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    return f'"{status}"'.encode() in _COG_NOT_READY
 
 
 class StartFailed(Exception):
@@ -349,7 +366,7 @@ class ReplicaSupervisor:
             )
         except (ConnectionError, TimeoutError):
             return False
-        return resp.status == 200
+        return resp.status == 200 and not _cog_not_ready(resp.body)
 
     async def _watch(self, replica: Replica, client: ReplicaClient) -> None:
         """Health checks and exit watch while serving; breaks the replica when it fails."""

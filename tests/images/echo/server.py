@@ -5,7 +5,9 @@ once ready; POST /infer and Cog's POST /predictions echo the JSON body back with
 this process's pid, after sleeping `sleep` seconds if asked; GET /env?name=X
 reports one environment variable. ECHO_READY_DELAY delays readiness;
 ECHO_NEVER_READY keeps the health check at 503; ECHO_EXIT exits at once with
-that code after printing a line.
+that code after printing a line; ECHO_LISTEN_PORT listens elsewhere than $PORT;
+ECHO_EAT_MB allocates that much memory first. Cog's /health-check answers 200
+with {"status": "STARTING"} until ready, as Cog does.
 """
 
 import json
@@ -36,7 +38,9 @@ class Handler(BaseHTTPRequestHandler):
             ready = not os.environ.get("ECHO_NEVER_READY") and (
                 time.monotonic() - STARTED >= READY_AFTER
             )
-            self._send(200 if ready else 503, {"status": "READY" if ready else "STARTING"})
+            # Cog's /health-check is 200 all along; its body says whether setup is done.
+            status = 200 if ready or url.path == "/health-check" else 503
+            self._send(status, {"status": "READY" if ready else "STARTING"})
         elif url.path == "/env":
             name = parse_qs(url.query).get("name", [""])[0]
             self._send(200, {"name": name, "value": os.environ.get(name)})
@@ -65,6 +69,11 @@ if __name__ == "__main__":
     if os.environ.get("ECHO_EXIT"):
         print("echo: failing on purpose", flush=True)
         sys.exit(int(os.environ["ECHO_EXIT"]))
-    port = int(os.environ.get("PORT", "8080"))
+    if os.environ.get("ECHO_EAT_MB"):  # for the out-of-memory test
+        hog = bytearray(int(os.environ["ECHO_EAT_MB"]) * 1024 * 1024)
+        for i in range(0, len(hog), 4096):
+            hog[i] = 1
+    # ECHO_LISTEN_PORT: an image that ignores $PORT (it never answers where it should).
+    port = int(os.environ.get("ECHO_LISTEN_PORT") or os.environ.get("PORT", "8080"))
     print(f"echo: listening on {port}", flush=True)
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
