@@ -17,17 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import FAST as BENCH_FAST
 from berth.local import LocalNats, LocalStack
 from tests.dockerenv import DockerEnv
 
-FAST = {
-    "BERTH_HEARTBEAT_INTERVAL": "0.5",
-    "BERTH_TICK_INTERVAL": "0.2",
-    "BERTH_PULL_EXPIRES": "0.5",
-    "BERTH_HEALTH_INTERVAL": "0.5",
-    "BERTH_STOP_GRACE": "3",
-    "BERTH_LOG_LEVEL": "WARNING",
-}
+FAST = {**BENCH_FAST, "BERTH_LOG_LEVEL": "WARNING"}
 
 
 def main() -> None:

@@ -24,17 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import FAST as BENCH_FAST
 from berth.local import ROOT, LocalNats, LocalStack
 from workers.gpus import discover
 
-FAST = {
-    "BERTH_HEARTBEAT_INTERVAL": "0.5",
-    "BERTH_TICK_INTERVAL": "0.2",
-    "BERTH_PULL_EXPIRES": "0.5",
-    "BERTH_HEALTH_INTERVAL": "0.5",
-    "BERTH_STOP_GRACE": "3",
-    "BERTH_STARTUP_BUDGET": "120",
-}
+FAST = {**BENCH_FAST, "BERTH_STARTUP_BUDGET": "120"}
 
 
 def main() -> None:
