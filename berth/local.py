@@ -138,18 +138,24 @@ class LocalStack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
-    def start(self, *names: str) -> LocalStack:
-        """Start processes by name: ``api``, ``scaler``, ``agent``; ``scaler:b`` is a second scaler."""
+    def start(self, *names: str, env: dict[str, dict[str, str]] | None = None) -> LocalStack:
+        """Start processes by name: ``api``, ``scaler``, ``agent``; ``scaler:b`` is a second
+        scaler, ``agent:b`` a second agent (its id ends in ``-b``). ``env`` adds variables
+        per name."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         names = names or ("api", "scaler", "agent")
         for name in names:
-            kind = name.partition(":")[0]
+            kind, _, suffix = name.partition(":")
             log = self.data_dir / f"{name.replace(':', '-')}.log"
             self.logs[name] = log
+            proc_env = dict(self.env)
+            if kind == "agent" and suffix:
+                proc_env["BERTH_AGENT_ID"] = f"{self.env['BERTH_AGENT_ID']}-{suffix}"
+            proc_env.update((env or {}).get(name, {}))
             with log.open("ab") as out:
                 self.procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "berth.cli", kind],
-                    env=self.env,
+                    env=proc_env,
                     preexec_fn=die_with_parent,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # An endpoint with live replicas is evaluated at most this often on demand.
 MIN_PASS_INTERVAL = 0.05
+# An idle endpoint (nothing running, nothing asked) is looked at on a timer this often.
+IDLE_SWEEP = 10.0
 
 
 @dataclass(slots=True)
@@ -159,7 +162,31 @@ class Scaler:
                 log.warning("scaler %s is no longer the leader", self.lease.holder)
             await asyncio.sleep(names.LEASE_TTL / 3)
 
+    def _tick_endpoints(self, tick: int) -> set[str]:
+        """What a timer pass looks at: every endpoint with something to watch, and a slice
+        of the idle ones (no replica, no start under way, min 0, no failure).
+
+        Demand, spec and replica changes wake an endpoint at once; the sweep of idle
+        endpoints only backs up a lost demand nudge, so each is looked at every
+        IDLE_SWEEP seconds rather than every tick: with a thousand idle endpoints, the
+        scaler's cost is a few consumer lookups a tick, not a thousand.
+        """
+        busy = {r.endpoint for r in self.replicas.items.values()}
+        busy |= {p.endpoint for p in self.pending.values()}
+        busy |= set(self.failures)
+        slices = max(1, round(IDLE_SWEEP / self.settings.tick_interval))
+        chosen = busy - set(self.endpoints.items)  # deleted, with replicas left to drain
+        for name, spec in self.endpoints.items.items():
+            if (
+                name in busy
+                or spec.min_replicas > 0
+                or zlib.crc32(name.encode()) % slices == tick % slices
+            ):
+                chosen.add(name)
+        return chosen
+
     async def _loop(self) -> None:
+        tick = 0
         next_tick = time.monotonic()
         while not self._shutdown.is_set():
             now = time.monotonic()
@@ -174,9 +201,8 @@ class Scaler:
             todo = set(self._dirty)
             self._dirty.clear()
             if now >= next_tick:
-                todo |= set(self.endpoints.items) | {
-                    r.endpoint for r in self.replicas.items.values()
-                }
+                todo |= self._tick_endpoints(tick)
+                tick += 1
                 next_tick = now + self.settings.tick_interval
             if not self.leader:  # observe only; the holder acts
                 self._deferred.clear()

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 __all__ = [
     "STALE_AFTER",
+    "STALE_HEARTBEATS",
     "AgentRecord",
     "EndpointSpec",
     "GpuInfo",
@@ -24,9 +25,12 @@ __all__ = [
 ]
 
 
-# A record not refreshed for this long belongs to an agent that is gone; agents
-# refresh theirs at least three times within it (AgentSettings.heartbeat_interval).
+# A record not refreshed for this long belongs to an agent that is gone. Agents
+# write their own, shorter, `ttl` in each record (STALE_HEARTBEATS heartbeats), so a
+# dead agent's replicas are rescheduled that soon; this is the default for records
+# that carry none.
 STALE_AFTER = 15.0
+STALE_HEARTBEATS = 8
 
 
 class ReplicaState(StrEnum):
@@ -123,9 +127,10 @@ class ReplicaRecord(BaseModel):
     last_done_at: float | None = None
     reason: str | None = None
     updated_at: float = Field(default_factory=time.time)
+    ttl: float = STALE_AFTER
 
     def fresh(self, now: float) -> bool:
-        return now - self.updated_at < STALE_AFTER
+        return now - self.updated_at < self.ttl
 
 
 class GpuInfo(BaseModel):
@@ -152,9 +157,10 @@ class AgentRecord(BaseModel):
     # Ids of the GPUs its replicas hold.
     gpus_used: list[str] = Field(default_factory=list)
     updated_at: float = Field(default_factory=time.time)
+    ttl: float = STALE_AFTER
 
     def fresh(self, now: float) -> bool:
-        return now - self.updated_at < STALE_AFTER
+        return now - self.updated_at < self.ttl
 
     def runs(self, spec: EndpointSpec) -> bool:
         return ("docker" if spec.image_url else "process") in self.runtimes

@@ -195,3 +195,36 @@ def test_place(
 
 def test_place_skips_excluded() -> None:
     assert place([agent("a", 2, 0)], Counter(), Counter(), exclude=frozenset({"a"})) is None
+
+
+def test_timer_passes_skip_idle_endpoints_but_sweep_them() -> None:
+    """With many idle endpoints, a tick looks at the busy ones and a slice of the idle ones;
+    over IDLE_SWEEP seconds of ticks, every idle endpoint is looked at exactly once."""
+    from scaler.loop import IDLE_SWEEP, PendingStart, Scaler, StartFailure
+    from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
+    from shared.settings import ScalerSettings
+
+    scaler = Scaler(ScalerSettings(tick_interval=1.0), broker=None)  # type: ignore[arg-type]
+    for i in range(200):
+        scaler.endpoints.items[f"idle-{i}"] = EndpointSpec(name=f"idle-{i}")
+    scaler.endpoints.items["kept-warm"] = EndpointSpec(name="kept-warm", min_replicas=1)
+    scaler.endpoints.items["serving"] = EndpointSpec(name="serving")
+    scaler.endpoints.items["starting"] = EndpointSpec(name="starting")
+    scaler.endpoints.items["failing"] = EndpointSpec(name="failing")
+    scaler.replicas.items["serving.r1"] = ReplicaRecord(
+        endpoint="serving", replica_id="r1", agent_id="a", state=ReplicaState.READY, started_at=0
+    )
+    scaler.replicas.items["gone.r2"] = ReplicaRecord(
+        endpoint="gone", replica_id="r2", agent_id="a", state=ReplicaState.READY, started_at=0
+    )
+    scaler.pending["p1"] = PendingStart("starting", "a", 0.0)
+    scaler.failures["failing"] = StartFailure(1, 0.0, "boom", "d")
+    always = {"kept-warm", "serving", "starting", "failing", "gone"}
+    seen: Counter[str] = Counter()
+    ticks = round(IDLE_SWEEP)
+    for tick in range(ticks):
+        chosen = scaler._tick_endpoints(tick)
+        assert always <= chosen
+        assert len(chosen - always) < 60  # a slice, not all 200
+        seen.update(chosen - always)
+    assert seen == Counter({f"idle-{i}": 1 for i in range(200)})

@@ -25,7 +25,13 @@ from broker.connection import Broker
 from broker.registry import delete_key, put_model
 from shared import names
 from shared.instance_types import parse_instance_type
-from shared.messages import AgentRecord, ReplicaRecord, StartReplica, StopReplica
+from shared.messages import (
+    STALE_HEARTBEATS,
+    AgentRecord,
+    ReplicaRecord,
+    StartReplica,
+    StopReplica,
+)
 from shared.settings import AgentSettings
 from workers.gpus import GpuPool, discover, host_memory_mib
 from workers.runtimes.base import Runtime
@@ -58,6 +64,11 @@ class Agent:
         self._subs: list[object] = []
 
     @property
+    def record_ttl(self) -> float:
+        """How long this agent's records stay believed without a heartbeat."""
+        return STALE_HEARTBEATS * self.settings.heartbeat_interval
+
+    @property
     def used_slots(self) -> int:
         return len(self.replicas)
 
@@ -71,6 +82,7 @@ class Agent:
             memory_mib=host_memory_mib(),
             gpus=self.gpus.gpus,
             gpus_used=self.gpus.used(),
+            ttl=self.record_ttl,
         )
 
     async def run(self) -> None:
@@ -145,6 +157,7 @@ class Agent:
         if sup is not None:
             record.in_flight = sup.in_flight
         record.updated_at = time.time()
+        record.ttl = self.record_ttl
         await put_model(
             self.broker,
             names.KV_REPLICAS,
