@@ -15,7 +15,7 @@ import secrets
 import socket
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import orjson
@@ -90,6 +90,9 @@ class Scaler:
         self._started_at = time.time()
         self._last_pass: dict[str, float] = {}
         self._deferred: dict[str, float] = {}
+        # Per endpoint: (time, queued + in flight) at each pass, for the window peak.
+        self._demand: dict[str, deque[tuple[float, int]]] = {}
+        self._watched_since: dict[str, float] = {}
         self.lease = Lease(broker, f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
 
     @property
@@ -99,7 +102,14 @@ class Scaler:
 
     def _spec_changed(self, endpoint: str, spec: EndpointSpec | None) -> None:
         if spec is None:  # deleted: forget it (its replicas are drained by the next pass)
-            for state in (self.activity, self.failures, self._last_pass, self._deferred):
+            for state in (
+                self.activity,
+                self.failures,
+                self._last_pass,
+                self._deferred,
+                self._demand,
+                self._watched_since,
+            ):
                 state.pop(endpoint, None)
         failure = self.failures.get(endpoint)
         if failure is not None and (spec is None or spec.replica_digest() != failure.digest):
@@ -153,6 +163,7 @@ class Scaler:
             was = self.leader
             if await self.lease.hold() and not was:
                 log.info("scaler %s is the leader", self.lease.holder)
+                self._watched_since.clear()  # a new leader judges from what it has seen
                 # Starts the old leader had in flight are unknown here; their replicas
                 # show up in the replicas bucket within moments.
                 self.pending.clear()
@@ -321,6 +332,7 @@ class Scaler:
         failure = self.failures.get(endpoint)
         digest = spec.replica_digest()
         return Observation(
+            peak_demand=self._peak(endpoint, spec, queued + in_flight, now),
             spec=spec,
             queued=queued,
             in_flight=in_flight,
@@ -335,6 +347,18 @@ class Scaler:
             now=now,
             backoff_until=failure.until if failure else 0.0,
         )
+
+    def _peak(self, endpoint: str, spec: EndpointSpec, demand: int, now: float) -> int | None:
+        """The most demand seen at a pass in the last scale_to_zero seconds (None until this
+        scaler has watched the endpoint, as leader, that long)."""
+        window = self._demand.setdefault(endpoint, deque())
+        since = self._watched_since.setdefault(endpoint, now)
+        window.append((now, demand))
+        while window and window[0][0] < now - spec.scale_to_zero:
+            window.popleft()
+        if now - since < spec.scale_to_zero:
+            return None
+        return max(d for _, d in window)
 
     async def evaluate(self, endpoint: str) -> Decision:
         now = time.time()

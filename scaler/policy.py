@@ -1,9 +1,10 @@
 """The scaling policy: a pure function from what is observed to what to do.
 
 ``desired = clamp(ceil((queued + in_flight) / concurrency_per_replica), min, max)``
-for scale-up, at once; scale-down to ``min_replicas`` only after
-``scale_to_zero`` seconds without requests, and only of replicas that are
-ready and idle. No I/O and no clock here: the loop passes ``now`` in, so tests
+for scale-up, at once. Scale-down, only of replicas that are ready and idle: to
+``min_replicas`` after ``scale_to_zero`` seconds without requests; and, while
+traffic goes on, down to what the busiest moment of the last ``scale_to_zero``
+seconds needed (never below one replica this way: zero only when idle). No I/O and no clock here: the loop passes ``now`` in, so tests
 and the simulation drive it with a virtual clock.
 """
 
@@ -40,6 +41,9 @@ class Observation:
     now: float
     # Until when starts are held back after a failed start (0 = not held).
     backoff_until: float = 0.0
+    # The most requests queued + in flight at any pass in the last scale_to_zero seconds;
+    # None while the loop has not watched the endpoint that long.
+    peak_demand: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,4 +135,16 @@ def _scale(obs: Observation) -> Decision:
                 stop=stop,
                 reason=f"scale down {active} → {active - len(stop)}: idle {idle_for:.0f} s ≥ scale_to_zero {spec.scale_to_zero} s",
             )
+
+    if obs.peak_demand is not None:
+        per = max(1, spec.concurrency_per_replica)
+        keep = min(max(math.ceil(obs.peak_demand / per), spec.min_replicas, 1), spec.max_replicas)
+        if active > keep:
+            stop = _stoppable(obs, active - keep)
+            if stop:
+                return Decision(
+                    stop=stop,
+                    reason=f"scale down {active} → {active - len(stop)}: the busiest moment of "
+                    f"the last {spec.scale_to_zero} s needed {keep} ({obs.peak_demand} requests)",
+                )
     return Decision()

@@ -22,6 +22,7 @@ def obs(
     pending: int = 0,
     idle: float = 0.0,
     backoff: float = 0.0,
+    peak: int | None = None,
     **spec: object,
 ) -> Observation:
     base = {
@@ -43,6 +44,7 @@ def obs(
         last_activity=NOW - idle,
         now=NOW,
         backoff_until=NOW + backoff if backoff else 0.0,
+        peak_demand=peak,
     )
 
 
@@ -228,3 +230,38 @@ def test_timer_passes_skip_idle_endpoints_but_sweep_them() -> None:
         assert len(chosen - always) < 60  # a slice, not all 200
         seen.update(chosen - always)
     assert seen == Counter({f"idle-{i}": 1 for i in range(200)})
+
+
+FOUR_IDLE = (("a", R, 0), ("b", R, 0), ("c", R, 0), ("d", R, 1))
+
+
+@pytest.mark.parametrize(
+    ("label", "observation", "stops"),
+    [
+        # Traffic goes on, but the busiest moment of the window needed 2: stop 2 idle ones.
+        ("window peak below the replicas", obs(replicas=FOUR_IDLE, in_flight=1, peak=2), 2),
+        ("window peak needs them all", obs(replicas=FOUR_IDLE, in_flight=1, peak=4), 0),
+        ("no window yet: keep them", obs(replicas=FOUR_IDLE, in_flight=1, peak=None), 0),
+        ("never below one this way", obs(replicas=FOUR_IDLE, in_flight=1, peak=0), 3),
+        (
+            "never below min_replicas",
+            obs(replicas=FOUR_IDLE, in_flight=1, peak=1, min_replicas=3),
+            1,
+        ),
+        (
+            "busy replicas are never stopped",
+            obs(replicas=(("a", R, 1), ("b", R, 1)), in_flight=2, peak=0),
+            0,
+        ),
+        (
+            "concurrency divides the peak",
+            obs(replicas=FOUR_IDLE, in_flight=1, peak=4, concurrency_per_replica=2),
+            2,
+        ),
+    ],
+)
+def test_scale_down_to_the_window_peak(label: str, observation: Observation, stops: int) -> None:
+    decision = decide(observation)
+    assert decision.start == 0, label
+    assert len(decision.stop) == stops, (label, decision)
+    assert "d" not in decision.stop  # the busy one
