@@ -19,9 +19,10 @@ from api.context import AppContext
 from api.errors import install_error_handlers
 from api.middleware import HostRouting, RequestId
 from api.replica_secrets import replica_secrets
-from api.routes import endpoints, events, fleet, logs, models, secrets, tokens
+from api.routes import endpoints, events, fleet, logs, models, requests, secrets, tokens
 from api.routes.inference import DataPlane
 from broker.connection import connected
+from broker.jobs import ensure_results
 from broker.publish import Requester
 from broker.registry import KvView, delete_key
 from broker.secrets import serve_replica_secrets
@@ -105,6 +106,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
                 connected(settings.nats_url, "berth-api", timeout=settings.nats_timeout) as broker,
             ):
                 stack.push_async_callback(store.close)
+                await ensure_results(broker, settings.result_ttl)
                 requester = Requester(broker)
                 await requester.start()
                 ctx = AppContext(
@@ -142,6 +144,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(tokens.router)
     app.include_router(fleet.router)
     app.include_router(logs.router)
+    app.include_router(requests.router)
     app.include_router(secrets.router)
 
     @app.get("/healthz", tags=["system"])

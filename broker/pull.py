@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -20,8 +21,10 @@ from nats.js.errors import APIError
 
 from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
+from broker.jobs import is_job, mark, store_response
 from broker.streams import MAX_DELIVER
 from shared import names
+from shared.messages import JobStatus
 
 __all__ = ["Delivery", "Puller", "fail_queued"]
 
@@ -85,11 +88,24 @@ class Puller:
         never reaches the server without the reply before it, and a reply lost
         with the connection means a lost ack too, hence redelivery.
         """
-        if delivery.envelope.reply_to:
-            await self._broker.nc.publish(
-                delivery.envelope.reply_to, reply.body, headers=reply.to_headers()
-            )
+        reply_to = delivery.envelope.reply_to
+        if is_job(reply_to):  # async: kept with a JetStream ack before the request is acked
+            await store_response(self._broker, reply_to, reply, reply.replica_id or "")
+        elif reply_to:
+            await self._broker.nc.publish(reply_to, reply.body, headers=reply.to_headers())
         await delivery.msg.ack()
+
+    async def started(self, delivery: Delivery, replica_id: str) -> None:
+        """An async job's state becomes ``running`` (sync requests: nothing to do)."""
+        reply_to = delivery.envelope.reply_to
+        if is_job(reply_to):
+            await mark(
+                self._broker,
+                reply_to.removeprefix(names.RESULT_SUBJECT_PREFIX),
+                status=JobStatus.RUNNING,
+                started_at=time.time(),
+                replica_id=replica_id,
+            )
 
     async def retry(self, delivery: Delivery, delay: float | None = None) -> None:
         """Give the request back to the queue for another replica."""

@@ -18,6 +18,8 @@ __all__ = [
     "AgentRecord",
     "EndpointSpec",
     "GpuInfo",
+    "JobRecord",
+    "JobStatus",
     "ReplicaRecord",
     "ReplicaState",
     "StartReplica",
@@ -91,6 +93,28 @@ class EndpointSpec(BaseModel):
             }
         )
         return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class JobRecord(BaseModel):
+    """An async request's state (the jobs KV bucket); its response is in the results stream."""
+
+    v: int = 1
+    response_id: str
+    endpoint: str
+    status: JobStatus = JobStatus.PENDING
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    replica_id: str | None = None
+    # Why it failed (a Berth error: the replica could not start, a deadline passed...).
+    reason: str | None = None
 
 
 class StartReplica(BaseModel):

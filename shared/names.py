@@ -61,3 +61,12 @@ def replica_key(endpoint: str, replica_id: str) -> str:
 # Agents ask the API for a replica's secrets here (core NATS request/reply, sealed answer).
 REPLICA_SECRETS_SUBJECT = "berth.ctl.replica-secrets"
 API_QUEUE_GROUP = "berth-api"
+
+# Async jobs (X-OctoAI-Async): their state in KV, their results in a stream, by request id.
+RESULTS_STREAM = "BERTH_RESULTS"
+RESULT_SUBJECT_PREFIX = "berth.res."
+KV_JOBS = "berth_jobs"
+
+
+def result_subject(request_id: str) -> str:
+    return f"{RESULT_SUBJECT_PREFIX}{request_id}"

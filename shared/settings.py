@@ -55,6 +55,8 @@ class ApiSettings(CommonSettings):
     default_request_timeout: float = 300.0
     # How long a cached endpoint lookup on the data plane may be stale.
     endpoint_cache_ttl: float = 2.0
+    # Async results (and job states) are kept this long.
+    result_ttl: float = 24 * 3600.0
     # How long a verified API token stays cached here: a token deleted through another
     # API instance keeps working on this one for at most this long.
     token_cache_ttl: float = 2.0

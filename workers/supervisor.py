@@ -437,6 +437,7 @@ class ReplicaSupervisor:
             await puller.retry(delivery)
             return
         timeout = (env.deadline - now) if env.deadline else self.spec.request_timeout
+        await puller.started(delivery, self.replica_id)
         try:
             with puller.keepalive(delivery, every=max(0.5, self._settings.ack_wait / 3)):
                 reply = await forward(data, env, delivery.body, timeout, self.replica_id)

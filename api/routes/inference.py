@@ -22,7 +22,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.context import AppContext
 from broker.envelope import RequestEnvelope
+from broker.jobs import put_job
 from broker.streams import backlog
+from shared import names
 from shared.errors import (
     BerthError,
     BodyTooLarge,
@@ -32,6 +34,7 @@ from shared.errors import (
     QueueFull,
     UpstreamTimeout,
 )
+from shared.messages import JobRecord
 from shared.names import ENDPOINT_NAME_RE
 
 __all__ = ["DataPlane"]
@@ -91,8 +94,11 @@ class DataPlane:
         token: str | None = None
         declared = -1
         traceparent: str | None = None
+        is_async = False
         for key, value in scope["headers"]:
-            if key == b"authorization":
+            if key == b"x-octoai-async":
+                is_async = bool(value.strip())  # OctoAI's clients send it empty for sync
+            elif key == b"authorization":
                 scheme, _, credential = value.decode("latin-1").partition(" ")
                 token = credential.strip() if scheme.lower() == "bearer" else None
             elif key == b"content-length":
@@ -123,6 +129,10 @@ class DataPlane:
         body = await _read_body(receive, limit)
 
         request_id: str = scope["state"]["request_id"]
+        if is_async:
+            return await _submit_job(
+                ctx, name, scope, slash + path if slash else "/", forwarded, body, traceparent
+            )
         timeout = spec.request_timeout
         requester = ctx.requester
         envelope = RequestEnvelope(
@@ -156,6 +166,36 @@ class DataPlane:
         if reply.replica_id:
             headers.append((b"x-berth-replica", reply.replica_id.encode()))
         return reply.status, headers, reply.body
+
+
+async def _submit_job(
+    ctx: AppContext,
+    endpoint: str,
+    scope: Scope,
+    path: str,
+    forwarded: list[tuple[str, str]],
+    body: bytes,
+    traceparent: str | None,
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Queue the request as a job: 202 with OctoAI's ``{response_id, poll_url}`` at once."""
+    request_id: str = scope["state"]["request_id"]
+    spec = ctx.endpoints.items[endpoint]
+    envelope = RequestEnvelope(
+        request_id=request_id,
+        method=scope["method"],
+        path=path,
+        query=scope["query_string"].decode("latin-1"),
+        headers=forwarded,
+        reply_to=names.result_subject(request_id),
+        traceparent=traceparent,
+    )
+    # The state first: a fast replica may finish the job before this returns.
+    await put_job(ctx.broker, JobRecord(response_id=request_id, endpoint=endpoint))
+    await ctx.requester.publish(endpoint, envelope, body, spec.replica_digest())
+    poll_url = f"{ctx.settings.base_url()}/v1/requests/{request_id}"
+    payload = orjson.dumps({"response_id": request_id, "poll_url": poll_url})
+    headers = [(b"content-type", b"application/json"), (b"location", poll_url.encode())]
+    return 202, headers, payload
 
 
 def _error(exc: BerthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
