@@ -308,7 +308,7 @@ async def nats_contents(url: str) -> bytes:
         js = nc.jetstream()
         for info in await js.streams_info():
             assert info.state.messages < 50_000, info.config.name
-            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
                 try:
                     msg = await js.get_msg(info.config.name, seq)
                 except NotFoundError:
