@@ -19,6 +19,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from broker.connection import Broker
 from broker.envelope import Reply
+from broker.streams import ensure_stream
 from shared import names
 from shared.messages import JobRecord, JobStatus
 
@@ -39,12 +40,7 @@ async def ensure_results(broker: Broker, ttl: float) -> None:
         max_age=ttl,
         max_msg_size=-1,
     )
-    try:
-        await broker.js.stream_info(names.RESULTS_STREAM)
-    except NotFoundError:
-        await broker.js.add_stream(config)
-    else:
-        await broker.js.update_stream(config)
+    await ensure_stream(broker, config)
     try:
         await broker.js.key_value(names.KV_JOBS)
     except BucketNotFoundError:

@@ -30,6 +30,7 @@ __all__ = [
     "delete_endpoint_consumer",
     "ensure_endpoint_consumer",
     "ensure_layout",
+    "ensure_stream",
 ]
 
 # How many times one request is handed to a replica before it is failed for good.
@@ -39,7 +40,7 @@ DUPLICATE_WINDOW = 120.0
 
 async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
     js = broker.js
-    await _ensure_stream(
+    await ensure_stream(
         broker,
         StreamConfig(
             name=names.REQUESTS_STREAM,
@@ -50,7 +51,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
             max_msg_size=-1,
         ),
     )
-    await _ensure_stream(
+    await ensure_stream(
         broker,
         StreamConfig(
             name=names.EVENTS_STREAM,
@@ -61,7 +62,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
             max_msgs=1_000_000,
         ),
     )
-    await _ensure_stream(
+    await ensure_stream(
         broker,
         StreamConfig(
             name=names.LOGS_STREAM,
@@ -88,7 +89,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
         await js.create_object_store(names.OBJ_MODELS)
 
 
-async def _ensure_stream(broker: Broker, config: StreamConfig) -> None:
+async def ensure_stream(broker: Broker, config: StreamConfig) -> None:
     assert config.name is not None
     try:
         await broker.js.stream_info(config.name)

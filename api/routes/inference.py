@@ -37,7 +37,7 @@ from shared.errors import (
 from shared.messages import JobRecord
 from shared.names import ENDPOINT_NAME_RE
 
-__all__ = ["DataPlane"]
+__all__ = ["NOT_RETURNED", "DataPlane"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ _NOT_FORWARDED = frozenset(
     }
 )
 # The API's own server adds these; the replica's copies would be duplicates.
-_NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
+NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
 # Room left in a NATS message for the envelope's headers.
 _HEADER_ROOM = 64 * 1024
 
@@ -161,7 +161,7 @@ class DataPlane:
         headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in reply.headers
-            if k.lower() not in _NOT_RETURNED
+            if k.lower() not in NOT_RETURNED
         ]
         if reply.replica_id:
             headers.append((b"x-berth-replica", reply.replica_id.encode()))

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from api.auth import bearer_token
 from api.context import AppContext, ContextDep
+from api.routes.inference import NOT_RETURNED
 from broker.jobs import get_job, get_response
 from shared.errors import BerthError, Forbidden, NotFound
 from shared.messages import JobRecord, JobStatus
@@ -22,7 +23,6 @@ from shared.messages import JobRecord, JobStatus
 router = APIRouter(prefix="/v1", tags=["async"])
 
 _ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-_NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
 
 
 async def _job(request: Request, ctx: AppContext, response_id: str) -> JobRecord:
@@ -65,7 +65,7 @@ async def get_response_body(response_id: str, request: Request, ctx: ContextDep)
     reply = await get_response(ctx.broker, response_id)
     if reply is None:
         raise _NotReady(f"request {response_id!r} is {job.status.value}: no response yet")
-    headers = {k: v for k, v in reply.headers if k.lower() not in _NOT_RETURNED}
+    headers = {k: v for k, v in reply.headers if k.lower() not in NOT_RETURNED}
     if reply.replica_id:
         headers["x-berth-replica"] = reply.replica_id
     return Response(reply.body, status_code=reply.status, headers=headers)
