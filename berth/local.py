@@ -56,12 +56,20 @@ def nats_server_binary() -> str:
 
 
 class LocalNats:
-    """A nats-server with JetStream on 127.0.0.1, its store in ``store_dir``."""
+    """A nats-server with JetStream on ``host`` (127.0.0.1 by default), its store in ``store_dir``."""
 
-    def __init__(self, store_dir: Path, port: int | None = None, *, log: Path | None = None):
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        *,
+        log: Path | None = None,
+        host: str = "127.0.0.1",
+    ):
         self.store_dir = store_dir
+        self.host = host
         self.port = port or free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.url = f"nats://{host}:{self.port}"
         self.log = log or store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -77,7 +85,7 @@ class LocalNats:
                 "-c",
                 str(config),
                 "-a",
-                "127.0.0.1",
+                self.host,
                 "-p",
                 str(self.port),
                 "-js",
@@ -98,7 +106,7 @@ class LocalNats:
         if self.proc.poll() is not None:
             log = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"nats-server exited with code {self.proc.returncode}:\n{log}")
-        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+        with socket.create_connection((self.host, self.port), timeout=0.5) as s:
             return s.recv(4).startswith(b"INFO")
 
     def stop(self, grace: float = 10) -> None:
@@ -138,10 +146,15 @@ class LocalStack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
-    def start(self, *names: str, env: dict[str, dict[str, str]] | None = None) -> LocalStack:
+    def start(
+        self,
+        *names: str,
+        env: dict[str, dict[str, str]] | None = None,
+        wrap: dict[str, list[str]] | None = None,
+    ) -> LocalStack:
         """Start processes by name: ``api``, ``scaler``, ``agent``; ``scaler:b`` is a second
         scaler, ``agent:b`` a second agent (its id ends in ``-b``). ``env`` adds variables
-        per name."""
+        per name; ``wrap`` puts a command before one (``ip netns exec <ns>``)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         names = names or ("api", "scaler", "agent")
         for name in names:
@@ -154,7 +167,7 @@ class LocalStack:
             proc_env.update((env or {}).get(name, {}))
             with log.open("ab") as out:
                 self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "berth.cli", kind],
+                    [*(wrap or {}).get(name, []), sys.executable, "-m", "berth.cli", kind],
                     env=proc_env,
                     preexec_fn=die_with_parent,
                     stdout=out,
