@@ -6,6 +6,7 @@ Marked ``docker``; they skip, saying why, where no engine can be started (and fa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -79,6 +80,29 @@ async def test_runtime_runs_a_container_as_a_replica(
         await runtime.close()
     assert docker_env.client is not None
     assert not docker_env.client.containers.list(all=True, filters={"label": f"{LABEL}=agent-rt"})
+
+
+async def test_runtime_keeps_copying_a_quiet_containers_output(
+    docker_env: DockerEnv, echo_image: str, tmp_path: Path
+) -> None:
+    """A container silent for longer than the engine calls' timeout still has its later
+    output copied to the replica's log (docker-py lifts the socket timeout on a follow;
+    this keeps it so)."""
+    runtime = DockerRuntime("agent-quiet", base_url=docker_env.url, call_timeout=1.0)
+    spec = launch(echo_image, tmp_path)
+    replica = await runtime.start(spec)
+    try:
+        wait_for(
+            lambda: "listening" in spec.log_path.read_text() if spec.log_path.exists() else False,
+            30,
+            "the first line",
+        )
+        await asyncio.sleep(2.5)  # silence longer than the 1 s call timeout: what is tested
+        httpx.get(f"http://127.0.0.1:{replica.port}/env?name=QUIET", timeout=5)
+        wait_for(lambda: "GET /env?name=QUIET" in spec.log_path.read_text(), 10, "the later line")
+    finally:
+        await replica.stop(2)
+        await runtime.close()
 
 
 async def test_runtime_reports_why_a_container_exited(
