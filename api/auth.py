@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -81,18 +80,11 @@ def _same(a: str, b: str) -> bool:
 class Authenticator:
     """Turns a bearer token into a :class:`Principal`, or raises 401."""
 
-    def __init__(
-        self,
-        db: Database,
-        static_admin: str | None,
-        ttl: float,
-        clock: Callable[[], float] = time.time,
-    ):
+    def __init__(self, db: Database, static_admin: str | None, ttl: float):
         self._db = db
         self._static = static_admin or None
         self._ttl = ttl
-        self._clock = clock
-        self._cache: dict[str, _Cached | None] = {}
+        self._cache: dict[str, _Cached] = {}
 
     def forget(self, token_id: str) -> None:
         """Drop a cached token at once (it was deleted through this instance)."""
@@ -131,7 +123,7 @@ class Authenticator:
         if parsed is None:
             raise AuthError("invalid token")
         token_id, secret = parsed
-        now = self._clock()
+        now = time.time()
         entry = await self._lookup(token_id, now)
         if entry.principal is None or not hmac.compare_digest(entry.secret_sha256, digest(secret)):
             raise AuthError("invalid token")
@@ -140,20 +132,15 @@ class Authenticator:
         return entry.principal
 
 
-def bearer_token(headers: list[tuple[bytes, bytes]] | None = None, value: str = "") -> str | None:
-    """The token of an ``Authorization: Bearer`` header value (or raw ASGI headers)."""
-    if headers is not None:
-        value = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), "")
+def bearer_token(value: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value."""
     scheme, _, token = value.partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 
 
 async def current_principal(request: Request, ctx: ContextDep) -> Principal:
-    principal: Principal = await ctx.auth.authenticate(
-        bearer_token(value=request.headers.get("authorization", ""))
-    )
-    return principal
+    return await ctx.auth.authenticate(bearer_token(request.headers.get("authorization", "")))
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

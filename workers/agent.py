@@ -59,6 +59,8 @@ class Agent:
         self.models = ModelCache(broker, self.work_dir / "models")
         self.replicas: dict[str, ReplicaSupervisor] = {}
         self.gpus = GpuPool([])
+        # The host's size does not change while the agent runs: read it once.
+        self._cpus, self._memory_mib = os.cpu_count() or 0, host_memory_mib()
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown = asyncio.Event()
         self._subs: list[object] = []
@@ -78,8 +80,8 @@ class Agent:
             slots=self.settings.slots,
             used_slots=self.used_slots,
             runtimes=["process", "docker"] if self.docker else ["process"],
-            cpus=os.cpu_count() or 0,
-            memory_mib=host_memory_mib(),
+            cpus=self._cpus,
+            memory_mib=self._memory_mib,
             gpus=self.gpus.gpus,
             gpus_used=self.gpus.used(),
             ttl=self.record_ttl,

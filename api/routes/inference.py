@@ -34,7 +34,7 @@ from shared.errors import (
     QueueFull,
     UpstreamTimeout,
 )
-from shared.messages import JobRecord
+from shared.messages import EndpointSpec, JobRecord
 from shared.names import ENDPOINT_NAME_RE
 
 __all__ = ["NOT_RETURNED", "DataPlane"]
@@ -131,7 +131,7 @@ class DataPlane:
         request_id: str = scope["state"]["request_id"]
         if is_async:
             return await _submit_job(
-                ctx, name, scope, slash + path if slash else "/", forwarded, body, traceparent
+                ctx, spec, scope, slash + path if slash else "/", forwarded, body, traceparent
             )
         timeout = spec.request_timeout
         requester = ctx.requester
@@ -170,7 +170,7 @@ class DataPlane:
 
 async def _submit_job(
     ctx: AppContext,
-    endpoint: str,
+    spec: EndpointSpec,
     scope: Scope,
     path: str,
     forwarded: list[tuple[str, str]],
@@ -179,7 +179,7 @@ async def _submit_job(
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Queue the request as a job: 202 with OctoAI's ``{response_id, poll_url}`` at once."""
     request_id: str = scope["state"]["request_id"]
-    spec = ctx.endpoints.items[endpoint]
+    endpoint = spec.name
     envelope = RequestEnvelope(
         request_id=request_id,
         method=scope["method"],

@@ -26,7 +26,7 @@ _ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 async def _job(request: Request, ctx: AppContext, response_id: str) -> JobRecord:
-    token = bearer_token(value=request.headers.get("authorization", ""))
+    token = bearer_token(request.headers.get("authorization", ""))
     job = await get_job(ctx.broker, response_id) if _ID_RE.match(response_id) else None
     spec = ctx.endpoints.items.get(job.endpoint) if job else None
     if spec is not None and spec.public:

@@ -196,8 +196,6 @@ class VaultStore:
     async def create(self, kind: Kind, key: str, data: dict[str, str]) -> Stored | None:
         def write() -> Stored | None:
             path = self._path(kind, key)
-            if self._metadata(path) is not None:
-                return None
             try:  # cas=0: written only if the key does not exist yet
                 self._client.secrets.kv.v2.create_or_update_secret(
                     path, secret=data, cas=0, mount_point=self._config.mount
