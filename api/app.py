@@ -15,6 +15,7 @@ from sqlmodel import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Authenticator
+from api.callbacks import Dispatcher, WebhookSecrets
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.middleware import HostRouting, RequestId
@@ -119,17 +120,21 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     agents=KvView(broker, names.KV_AGENTS, AgentRecord),
                     auth=Authenticator(db, settings.static_admin_token(), settings.token_cache_ttl),
                     store=store,
+                    webhooks=WebhookSecrets(store),
                 )
                 await ctx.endpoints.start()
                 await ctx.replicas.start()
                 await ctx.agents.start()
+                dispatcher = Dispatcher(ctx, ctx.webhooks)
                 try:
                     await _resync(ctx)
                     await serve_replica_secrets(broker, partial(replica_secrets, ctx))
+                    await dispatcher.start()
                     app.state.ctx = ctx
                     log.info("API ready on %s (%s secret store)", settings.base_url(), store.name)
                     yield
                 finally:
+                    await dispatcher.stop()
                     await ctx.endpoints.stop()
                     await ctx.replicas.stop()
                     await ctx.agents.stop()

@@ -19,6 +19,7 @@ from shared.stores import SecretStore
 
 if TYPE_CHECKING:
     from api.auth import Authenticator
+    from api.callbacks import WebhookSecrets
 
 __all__ = ["AppContext", "BrokerDep", "ContextDep", "SessionDep", "SettingsDep", "StoreDep"]
 
@@ -34,6 +35,7 @@ class AppContext:
     agents: KvView[AgentRecord]
     auth: Authenticator
     store: SecretStore
+    webhooks: WebhookSecrets
 
 
 def get_context(request: Request) -> AppContext:

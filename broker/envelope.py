@@ -28,6 +28,10 @@ class H:
     STATUS = "Berth-Status"
     ERROR = "Berth-Error"
     REPLICA = "Berth-Replica"
+    # A streamed request (Accept: text/event-stream); its reply comes in parts.
+    STREAM = "Berth-Stream"
+    # The part of a streamed reply: "head" (status and headers), "chunk", or "end".
+    PART = "Berth-Part"
 
 
 Headers = list[tuple[str, str]]
@@ -43,6 +47,7 @@ class RequestEnvelope:
     deadline: float = 0.0  # unix time; 0 = none
     reply_to: str = ""
     traceparent: str | None = None
+    stream: bool = False
 
     def to_headers(self) -> dict[str, str]:
         h = {
@@ -59,6 +64,8 @@ class RequestEnvelope:
             h[H.REPLY] = self.reply_to
         if self.traceparent:
             h[H.TRACEPARENT] = self.traceparent
+        if self.stream:
+            h[H.STREAM] = "1"
         return h
 
     @classmethod
@@ -72,6 +79,7 @@ class RequestEnvelope:
             deadline=float(h.get(H.DEADLINE, "0") or 0),
             reply_to=h.get(H.REPLY, ""),
             traceparent=h.get(H.TRACEPARENT),
+            stream=H.STREAM in h,
         )
 
     def expired(self, now: float | None = None) -> bool:

@@ -4,18 +4,33 @@ A job's request travels like a sync one, but its reply subject is
 ``berth.res.<id>``, which the BERTH_RESULTS stream keeps: the agent publishes the
 response there with a JetStream ack before it acks the request, so a response
 is never lost between the two (the API may be down meanwhile). The
-``berth_jobs`` bucket holds each job's state: ``pending`` when accepted,
-``running`` when a replica takes it, ``completed`` (any response of the
-model's) or ``failed`` (Berth's own error) at the end. Both keep entries for
-``BERTH_RESULT_TTL``.
+``berth_jobs`` bucket holds each job's state:
+
+    pending ──▶ running ──▶ completed | failed
+       │           │
+       └───────────┴──────▶ cancelled | expired
+
+Every change is a compare-and-set on the entry's revision, so a cancel racing
+a replica's answer has exactly one winner: a result that loses is purged, a
+cancel that loses changes nothing. Both keep entries for ``BERTH_RESULT_TTL``.
+
+A job with a callback URL also gets one message on ``berth.cb.<id>``, published
+*before* its terminal state is written: a crash between the two leaves a
+callback that waits for the state, never a state without its callback.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 
 from broker.connection import Broker
 from broker.envelope import Reply
@@ -23,67 +38,177 @@ from broker.streams import ensure_stream
 from shared import names
 from shared.messages import JobRecord, JobStatus
 
-__all__ = ["ensure_results", "get_job", "get_response", "is_job", "put_job", "store_response"]
+__all__ = [
+    "LIVE",
+    "claim_idempotency",
+    "create_job",
+    "ensure_results",
+    "finish",
+    "get_job",
+    "get_response",
+    "is_job",
+    "job_id",
+    "modify",
+    "release_idempotency",
+    "request_callback",
+    "store_response",
+    "transition",
+]
+
+LIVE = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
+_CAS_TRIES = 20
 
 
 def is_job(reply_to: str) -> bool:
     return reply_to.startswith(names.RESULT_SUBJECT_PREFIX)
 
 
+def job_id(reply_to: str) -> str:
+    return reply_to.removeprefix(names.RESULT_SUBJECT_PREFIX)
+
+
 async def ensure_results(broker: Broker, ttl: float) -> None:
-    """The results stream and the jobs bucket (the API owns them and sets their TTL)."""
-    config = StreamConfig(
-        name=names.RESULTS_STREAM,
-        subjects=[f"{names.RESULT_SUBJECT_PREFIX}*"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        max_age=ttl,
-        max_msg_size=-1,
+    """The results and callbacks streams, the jobs and idempotency buckets (the API owns them)."""
+    await ensure_stream(
+        broker,
+        StreamConfig(
+            name=names.RESULTS_STREAM,
+            subjects=[f"{names.RESULT_SUBJECT_PREFIX}*"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=ttl,
+            max_msg_size=-1,
+        ),
     )
-    await ensure_stream(broker, config)
+    await ensure_stream(
+        broker,
+        StreamConfig(
+            name=names.CALLBACKS_STREAM,
+            subjects=[f"{names.CALLBACK_SUBJECT_PREFIX}*"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=ttl,
+            duplicate_window=120.0,
+        ),
+    )
+    for bucket in (names.KV_JOBS, names.KV_IDEMPOTENCY):
+        try:
+            await broker.js.key_value(bucket)
+        except BucketNotFoundError:
+            await broker.js.create_key_value(bucket=bucket, history=1, ttl=ttl)
+
+
+async def claim_idempotency(broker: Broker, key: str, value: bytes) -> bytes | None:
+    """Claim an Idempotency-Key for a new job; the earlier claim's value if it was taken."""
+    kv = await broker.kv(names.KV_IDEMPOTENCY)
     try:
-        await broker.js.key_value(names.KV_JOBS)
-    except BucketNotFoundError:
-        await broker.js.create_key_value(bucket=names.KV_JOBS, history=1, ttl=ttl)
+        await kv.create(key, value)
+        return None
+    except KeyWrongLastSequenceError:
+        entry = await kv.get(key)
+        return entry.value or b"{}"
 
 
-async def put_job(broker: Broker, job: JobRecord) -> None:
-    kv = await broker.kv(names.KV_JOBS)
-    await kv.put(job.response_id, job.model_dump_json().encode())
+async def release_idempotency(broker: Broker, key: str) -> None:
+    kv = await broker.kv(names.KV_IDEMPOTENCY)
+    await kv.delete(key)
 
 
-async def get_job(broker: Broker, response_id: str) -> JobRecord | None:
+async def _read(broker: Broker, response_id: str) -> tuple[JobRecord, int] | None:
     kv = await broker.kv(names.KV_JOBS)
     try:
         entry = await kv.get(response_id)
     except KeyNotFoundError:
         return None
-    return JobRecord.model_validate_json(entry.value) if entry.value else None
+    if not entry.value or entry.revision is None:
+        return None
+    return JobRecord.model_validate_json(entry.value), entry.revision
 
 
-async def mark(broker: Broker, response_id: str, **changes: object) -> None:
-    """Update a job's state (read, change, write: only its own agent writes it meanwhile)."""
-    job = await get_job(broker, response_id)
-    if job is not None:
-        await put_job(broker, job.model_copy(update=changes))
+async def get_job(broker: Broker, response_id: str) -> JobRecord | None:
+    found = await _read(broker, response_id)
+    return found[0] if found else None
+
+
+async def create_job(broker: Broker, job: JobRecord) -> None:
+    kv = await broker.kv(names.KV_JOBS)
+    await kv.create(job.response_id, job.model_dump_json(exclude_none=True).encode())
+
+
+async def modify(
+    broker: Broker, response_id: str, change: Callable[[JobRecord], JobRecord | None]
+) -> JobRecord | None:
+    """Apply ``change`` atomically (retried on a concurrent write); None if it declined or no job."""
+    kv = await broker.kv(names.KV_JOBS)
+    for _ in range(_CAS_TRIES):
+        found = await _read(broker, response_id)
+        if found is None:
+            return None
+        job, revision = found
+        new = change(job)
+        if new is None:
+            return None
+        try:
+            await kv.update(
+                response_id, new.model_dump_json(exclude_none=True).encode(), last=revision
+            )
+        except KeyWrongLastSequenceError:
+            continue
+        return new
+    raise RuntimeError(f"job {response_id}: too many concurrent writers")
+
+
+async def transition(
+    broker: Broker, response_id: str, allowed: frozenset[JobStatus], **changes: object
+) -> JobRecord | None:
+    """Change a job whose status is one of ``allowed``; None if it was in another state."""
+
+    def change(job: JobRecord) -> JobRecord | None:
+        return job.model_copy(update=changes) if job.status in allowed else None
+
+    return await modify(broker, response_id, change)
+
+
+async def request_callback(broker: Broker, job: JobRecord, attempt: int = 0) -> None:
+    """Queue the job's callback (deduplicated per job and attempt)."""
+    msg_id = job.response_id if not attempt else f"{job.response_id}.{attempt}"
+    await broker.js.publish(
+        names.callback_subject(job.response_id), b"", headers={"Nats-Msg-Id": msg_id}
+    )
+
+
+async def finish(
+    broker: Broker,
+    response_id: str,
+    status: JobStatus,
+    *,
+    reason: str | None = None,
+    replica_id: str | None = None,
+    job: JobRecord | None = None,
+) -> JobRecord | None:
+    """Move a live job to a terminal state (and queue its callback); None if it had ended already."""
+    job = job or await get_job(broker, response_id)
+    if job is None or job.status.terminal:
+        return None
+    if job.callback is not None:
+        await request_callback(broker, job)
+    changes: dict[str, object] = {"status": status, "finished_at": time.time(), "reason": reason}
+    if replica_id:
+        changes["replica_id"] = replica_id
+    return await transition(broker, response_id, LIVE, **changes)
 
 
 async def store_response(broker: Broker, subject: str, reply: Reply, replica_id: str) -> None:
-    """Keep a job's response (acked by JetStream), then say it is done."""
+    """Keep a job's response (acked by JetStream), then say it is done.
+
+    A job cancelled meanwhile keeps its ``cancelled`` state, and the response is purged.
+    """
     await broker.js.publish(subject, reply.body, headers=reply.to_headers())
-    response_id = subject.removeprefix(names.RESULT_SUBJECT_PREFIX)
     status = JobStatus.FAILED if reply.error else JobStatus.COMPLETED
-    reason = None
-    if reply.error:
-        reason = reply.body.decode("utf-8", "replace")[:2000]
-    await mark(
-        broker,
-        response_id,
-        status=status,
-        finished_at=time.time(),
-        replica_id=replica_id or None,
-        reason=reason,
-    )
+    reason = reply.body.decode("utf-8", "replace")[:2000] if reply.error else None
+    done = await finish(broker, job_id(subject), status, reason=reason, replica_id=replica_id)
+    if done is None:
+        await broker.js.purge_stream(names.RESULTS_STREAM, subject=subject)
 
 
 async def get_response(broker: Broker, response_id: str) -> Reply | None:

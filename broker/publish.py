@@ -29,6 +29,7 @@ class Requester:
         self._broker = broker
         self._prefix = f"_INBOX.berth.{instance_id or secrets.token_hex(8)}"
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._streams: dict[str, asyncio.Queue[Msg]] = {}
         self._sub: object | None = None
 
     async def start(self) -> None:
@@ -39,6 +40,10 @@ class Requester:
 
     async def _on_reply(self, msg: Msg) -> None:
         request_id = msg.subject.rsplit(".", 1)[-1]
+        queue = self._streams.get(request_id)
+        if queue is not None:
+            queue.put_nowait(msg)
+            return
         fut = self._waiting.get(request_id)
         if fut is not None and not fut.done():
             fut.set_result(Reply.from_message(msg.headers, msg.data))
@@ -49,15 +54,31 @@ class Requester:
         self._waiting[request_id] = fut
         return fut
 
+    def expect_stream(self, request_id: str) -> asyncio.Queue[Msg]:
+        """Every message sent to the request's inbox, in order (a streamed reply has many)."""
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._streams[request_id] = queue
+        return queue
+
     def forget(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
+        self._streams.pop(request_id, None)
+
+    async def cancel(self, endpoint: str, request_id: str, seq: int | None) -> None:
+        """Take a request out of the queue if it is still there, and stop it where it runs."""
+        if seq:
+            try:
+                await self._broker.js.delete_msg(names.REQUESTS_STREAM, seq)
+            except Exception as exc:  # delivered already (gone from the queue) or JetStream away
+                log.debug("cancel %s: not in the queue (%r)", request_id, exc)
+        await self._broker.nc.publish(names.cancel_subject(endpoint), request_id.encode())
 
     async def publish(
         self, endpoint: str, envelope: RequestEnvelope, body: bytes, digest: str = ""
-    ) -> None:
-        """Store the request durably in JetStream and nudge the scaler."""
+    ) -> int:
+        """Store the request durably in JetStream and nudge the scaler; its stream sequence."""
         try:
-            await self._broker.js.publish(
+            ack = await self._broker.js.publish(
                 names.request_subject(endpoint),
                 body,
                 headers=envelope.to_headers(),
@@ -69,3 +90,4 @@ class Requester:
         # endpoint; its periodic look at the backlog covers a lost nudge.
         # The nudge names the config the caller saw, which may be newer than the scaler's view.
         await self._broker.nc.publish(names.demand_subject(endpoint), digest.encode())
+        return int(ack.seq)

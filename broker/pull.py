@@ -20,8 +20,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
 from broker.connection import Broker
-from broker.envelope import Reply, RequestEnvelope
-from broker.jobs import is_job, mark, store_response
+from broker.envelope import H, Reply, RequestEnvelope
+from broker.jobs import LIVE, finish, is_job, job_id, store_response, transition
 from broker.streams import MAX_DELIVER
 from shared import names
 from shared.messages import JobStatus
@@ -95,17 +95,56 @@ class Puller:
             await self._broker.nc.publish(reply_to, reply.body, headers=reply.to_headers())
         await delivery.msg.ack()
 
-    async def started(self, delivery: Delivery, replica_id: str) -> None:
-        """An async job's state becomes ``running`` (sync requests: nothing to do)."""
+    async def started(self, delivery: Delivery, replica_id: str, ready_at: float) -> bool:
+        """An async job becomes ``running``; False if it must not run (cancelled, expired, done).
+
+        A sync request always runs. A job found ended is acked here: nothing is left to do.
+        """
+        reply_to = delivery.envelope.reply_to
+        if not is_job(reply_to):
+            return True
+        job = await transition(
+            self._broker,
+            job_id(reply_to),
+            LIVE,
+            status=JobStatus.RUNNING,
+            started_at=time.time(),
+            replica_id=replica_id,
+            replica_ready_at=ready_at,
+        )
+        if job is None:
+            await delivery.msg.ack()
+            return False
+        return True
+
+    async def expire(self, delivery: Delivery) -> None:
+        """The request's deadline passed while it was queued: it ends without reaching a replica."""
         reply_to = delivery.envelope.reply_to
         if is_job(reply_to):
-            await mark(
+            await finish(
                 self._broker,
-                reply_to.removeprefix(names.RESULT_SUBJECT_PREFIX),
-                status=JobStatus.RUNNING,
-                started_at=time.time(),
-                replica_id=replica_id,
+                job_id(reply_to),
+                JobStatus.EXPIRED,
+                reason="its deadline passed while it was queued",
             )
+            await delivery.msg.ack()
+        else:
+            reply = Reply.failure(
+                504, "timeout", "the request's deadline passed while it was queued"
+            )
+            await self.reply(delivery, reply)
+
+    async def send_part(
+        self, delivery: Delivery, part: str, body: bytes = b"", head: Reply | None = None
+    ) -> None:
+        """One part of a streamed reply ("head", "chunk" or "end"), on core NATS, in order."""
+        headers = head.to_headers() if head is not None else {}
+        headers[H.PART] = part
+        await self._broker.nc.publish(delivery.envelope.reply_to, body, headers=headers)
+
+    async def discard(self, delivery: Delivery) -> None:
+        """A cancelled request: done, with no answer (its job says ``cancelled`` already)."""
+        await delivery.msg.ack()
 
     async def retry(self, delivery: Delivery, delay: float | None = None) -> None:
         """Give the request back to the queue for another replica."""

@@ -100,6 +100,35 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+class CallbackState(StrEnum):
+    PENDING = "pending"  # not yet delivered; retries go on
+    DELIVERED = "delivered"
+    FAILED = "failed"  # given up (refused for good, or retried for too long)
+
+
+class CallbackAttempt(BaseModel):
+    at: float
+    status: int | None = None  # the receiver's HTTP status; None if it could not be reached
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+class CallbackLog(BaseModel):
+    url: str
+    state: CallbackState = CallbackState.PENDING
+    attempts: int = 0
+    # The latest attempts, oldest first (a long outage keeps only the last ones).
+    log: list[CallbackAttempt] = Field(default_factory=list)
+    delivered_at: float | None = None
+    next_attempt_at: float | None = None
 
 
 class JobRecord(BaseModel):
@@ -113,8 +142,19 @@ class JobRecord(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     replica_id: str | None = None
-    # Why it failed (a Berth error: the replica could not start, a deadline passed...).
+    # When the replica that took it became ready: later than created_at means a cold start.
+    replica_ready_at: float | None = None
+    # Why it failed, was cancelled or expired (a Berth reason, never the model's output).
     reason: str | None = None
+    # The request's sequence in the requests stream: a queued job is removed by it.
+    seq: int | None = None
+    deadline: float | None = None  # unix time; past it, a queued job expires
+    # For the queue position: requests queued ahead of it at submission, and how many
+    # the endpoint's consumer had delivered by then.
+    queued_ahead: int | None = None
+    delivered_mark: int | None = None
+    token_id: str | None = None  # who submitted it (signs its callback unless the endpoint does)
+    callback: CallbackLog | None = None
 
 
 class StartReplica(BaseModel):
@@ -149,6 +189,8 @@ class ReplicaRecord(BaseModel):
     started_at: float
     ready_at: float | None = None
     last_done_at: float | None = None
+    # Seconds a request takes on this replica (moving average): queue wait estimates use it.
+    service_s: float | None = None
     reason: str | None = None
     updated_at: float = Field(default_factory=time.time)
     ttl: float = STALE_AFTER

@@ -70,3 +70,23 @@ KV_JOBS = "berth_jobs"
 
 def result_subject(request_id: str) -> str:
     return f"{RESULT_SUBJECT_PREFIX}{request_id}"
+
+
+# Idempotency-Key → the job it created (hashed with the endpoint and the caller).
+KV_IDEMPOTENCY = "berth_idempotency"
+# Callbacks due: one message per job that has a callback_url, a work queue for the API's dispatchers.
+CALLBACKS_STREAM = "BERTH_CALLBACKS"
+CALLBACK_SUBJECT_PREFIX = "berth.cb."
+CALLBACKS_CONSUMER = "callbacks"
+# "Stop request <id> if you run it" (core NATS; payload: the request id).
+CANCEL_SUBJECT_PREFIX = "berth.cancel."
+# Large request bodies and responses, by claim check (the message carries the object's name).
+OBJ_BODIES = "berth_bodies"
+
+
+def callback_subject(request_id: str) -> str:
+    return f"{CALLBACK_SUBJECT_PREFIX}{request_id}"
+
+
+def cancel_subject(endpoint: str) -> str:
+    return f"{CANCEL_SUBJECT_PREFIX}{endpoint}"

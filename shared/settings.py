@@ -57,6 +57,17 @@ class ApiSettings(CommonSettings):
     endpoint_cache_ttl: float = 2.0
     # Async results (and job states) are kept this long.
     result_ttl: float = 24 * 3600.0
+    # Callbacks: the first retry waits callback_backoff seconds, each next one twice as
+    # long (at most an hour, plus jitter); retries stop callback_retry_for seconds after
+    # the job ended. Each attempt may take callback_timeout seconds.
+    callback_backoff: float = 5.0
+    callback_retry_for: float = 12 * 3600.0
+    callback_timeout: float = 10.0
+    # Callback URLs may name loopback, private or link-local addresses: a self-hosted
+    # install's receivers often are. False refuses those literal addresses and localhost.
+    callback_allow_private: bool = True
+    # A rotated webhook secret still signs callbacks this long (both signatures are sent).
+    webhook_secret_grace: float = 24 * 3600.0
     # How long a verified API token stays cached here: a token deleted through another
     # API instance keeps working on this one for at most this long.
     token_cache_ttl: float = 2.0

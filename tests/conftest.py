@@ -39,6 +39,7 @@ FAST = {
     "BERTH_ACK_WAIT": "2",
     "BERTH_ENDPOINT_DOMAIN": "berth.test",
     "BERTH_LOG_LEVEL": "INFO",
+    "BERTH_CALLBACK_BACKOFF": "0.3",
     # Agents run Python models only, unless a test gives them its Docker engine.
     "BERTH_DOCKER_HOST": "none",
 }

@@ -99,6 +99,7 @@ class Agent:
         self._subs = [
             await nc.subscribe(names.agent_subject(self.id, "start"), cb=self._on_start),
             await nc.subscribe(names.agent_subject(self.id, "stop"), cb=self._on_stop),
+            await nc.subscribe(f"{names.CANCEL_SUBJECT_PREFIX}*", cb=self._on_cancel),
         ]
         await put_model(self.broker, names.KV_AGENTS, self.id, self.record())
         log.info(
@@ -233,6 +234,14 @@ class Agent:
                 await delete_key(
                     self.broker, names.KV_REPLICAS, names.replica_key(sup.spec.name, sup.replica_id)
                 )
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A request was cancelled: if one of this agent's replicas works on it, stop waiting."""
+        endpoint = msg.subject.removeprefix(names.CANCEL_SUBJECT_PREFIX)
+        request_id = msg.data.decode("ascii", "replace")
+        for sup in self.replicas.values():
+            if sup.spec.name == endpoint and sup.cancel(request_id):
+                return
 
     async def _on_stop(self, msg: Msg) -> None:
         try:

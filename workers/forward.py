@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from broker.envelope import Reply, RequestEnvelope
 from workers.http import ReplicaClient
 
-__all__ = ["ReplicaGone", "ReplicaTimeout", "forward"]
+__all__ = ["ReplicaGone", "ReplicaTimeout", "forward", "forward_stream"]
 
 # Hop-by-hop and transport headers are the proxy's own business.
 _HOP = frozenset(
@@ -46,3 +48,19 @@ async def forward(
         raise ReplicaGone(str(exc)) from exc
     out = [(k, v) for k, v in resp.headers if k.lower() not in _HOP]
     return Reply(status=resp.status, body=resp.body, headers=out, replica_id=replica_id)
+
+
+async def forward_stream(
+    client: ReplicaClient, envelope: RequestEnvelope, body: bytes, timeout: float, replica_id: str
+) -> tuple[Reply, AsyncIterator[bytes]]:
+    """The replica's head (status and headers, no body) and an iterator over its body chunks."""
+    target = envelope.path + (f"?{envelope.query}" if envelope.query else "")
+    headers = [(k, v) for k, v in envelope.headers if k.lower() not in _HOP]
+    try:
+        resp, chunks = await client.stream(envelope.method, target, headers, body, timeout)
+    except TimeoutError as exc:
+        raise ReplicaTimeout(f"no answer within {timeout:.3g} s") from exc
+    except ConnectionError as exc:
+        raise ReplicaGone(str(exc)) from exc
+    out = [(k, v) for k, v in resp.headers if k.lower() not in _HOP]
+    return Reply(status=resp.status, body=b"", headers=out, replica_id=replica_id), chunks

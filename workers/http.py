@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import httptools
 
@@ -41,6 +42,8 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self.got_bytes = False
         self.keep_alive = True
+        # Streaming: body chunks go here as they come (None ends, an exception fails).
+        self.sink: asyncio.Queue[bytes | Exception | None] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,12 +71,20 @@ class _Connection(asyncio.Protocol):
         if self._head:  # no body follows, whatever content-length says
             self.keep_alive = False
             self._finish()
+        elif self.sink is not None:
+            self._finish()  # the head now; the body follows through the sink
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
+        if self.sink is not None:
+            self.sink.put_nowait(body)
+        else:
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
-        self._finish()
+        if self.sink is not None:
+            self.sink.put_nowait(None)
+        else:
+            self._finish()
 
     # -----------------------------------------------------------------------------------
     def _finish(self) -> None:
@@ -83,6 +94,8 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
+        elif self.sink is not None:
+            self.sink.put_nowait(exc)
 
     def send(self, head: bytes, body: bytes, is_head: bool) -> asyncio.Future[Response]:
         assert self.transport is not None
@@ -158,6 +171,43 @@ class ReplicaClient:
         else:
             conn.close()
         return response
+
+    async def stream(
+        self, method: str, target: str, headers: Headers, body: bytes, timeout: float
+    ) -> tuple[Response, AsyncIterator[bytes]]:
+        """Send one request on a fresh connection; the head at once, the body as it comes.
+
+        ``timeout`` bounds the wait for the head; the caller bounds the rest. The
+        connection closes when the body ends or the iterator is dropped.
+        """
+        head = self._head(method, target, headers, len(body))
+        try:
+            conn = await asyncio.wait_for(self._connect(), timeout)
+        except OSError as exc:
+            raise ConnectionError(
+                f"cannot connect to replica at {self.host}:{self.port}: {exc}"
+            ) from exc
+        sink: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        conn.sink = sink
+        try:
+            async with asyncio.timeout(timeout):
+                response = await conn.send(head, body, method == "HEAD")
+        except BaseException:
+            conn.close()
+            raise
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                if method == "HEAD":
+                    return
+                while (item := await sink.get()) is not None:
+                    if isinstance(item, Exception):
+                        raise item
+                    yield item
+            finally:
+                conn.close()
+
+        return response, chunks()
 
     def close(self) -> None:
         for conn in self._idle:

@@ -13,25 +13,31 @@ time unless the service says otherwise.
 
 import asyncio
 import inspect
+import json
 import logging
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from starlette.concurrency import iterate_in_threadpool
 
 from workers.service import Service, public_routes
 
 __all__ = ["State", "build_app", "input_model"]
 
 log = logging.getLogger("berth.replica")
+
+
+# Proxies must pass each event on at once.
+_NO_BUFFERING = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class State(StrEnum):
@@ -72,6 +78,28 @@ def build_app(
             if inspect.iscoroutinefunction(fn):
                 return await fn(**kwargs)
             return await run_in_threadpool(fn, **kwargs)
+
+    async def chunks_of(fn: Callable[..., Any], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """A generator method's chunks, holding the replica for the whole stream."""
+        async with lock:
+            if inspect.isasyncgenfunction(fn):
+                async for chunk in fn(**kwargs):
+                    yield chunk
+            else:
+                async for chunk in iterate_in_threadpool(fn(**kwargs)):
+                    yield chunk
+
+    async def sse(fn: Callable[..., Any], kwargs: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Server-sent events as OctoAI's ``infer_stream`` reads them: ``data: <json>``, then [DONE]."""
+        try:
+            async for chunk in chunks_of(fn, kwargs):
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        except Exception as exc:
+            traceback.print_exc()
+            error = {"error": {"code": "model_error", "message": f"{type(exc).__name__}: {exc}"}}
+            yield b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+            return
+        yield b"data: [DONE]\n\n"
 
     async def load() -> None:
         try:
@@ -114,6 +142,8 @@ def build_app(
         schema = Input.model_json_schema(ref_template="#/components/schemas/{model}")
         defs = schema.pop("$defs", {})
 
+        streams = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
         async def handler(request: Request) -> Any:
             if status.state is not State.RUNNING:
                 return _error(503, "not_ready", f"replica is {status.state}")
@@ -132,7 +162,14 @@ def build_app(
                 )
             started = time.perf_counter()
             kwargs = {name: getattr(payload, name) for name in type(payload).model_fields}
-            output = await call(fn, kwargs)
+            if streams:
+                if "text/event-stream" in request.headers.get("accept", ""):
+                    return StreamingResponse(
+                        sse(fn, kwargs), media_type="text/event-stream", headers=_NO_BUFFERING
+                    )
+                output = [chunk async for chunk in chunks_of(fn, kwargs)]
+            else:
+                output = await call(fn, kwargs)
             elapsed = (time.perf_counter() - started) * 1000
             return {"output": output, "analytics": {"inference_time_ms": round(elapsed, 3)}}
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,13 @@ from broker.artifacts import ModelCache
 from broker.connection import Broker
 from broker.envelope import Reply
 from broker.events import publish_event
+from broker.jobs import is_job
 from broker.pull import Delivery, Puller
 from broker.secrets import ReplicaSecrets, fetch_replica_secrets
 from shared.errors import BerthError
 from shared.messages import EndpointSpec, GpuInfo, ReplicaRecord, ReplicaState
 from shared.settings import AgentSettings
-from workers.forward import ReplicaGone, ReplicaTimeout, forward
+from workers.forward import ReplicaGone, ReplicaTimeout, forward, forward_stream
 from workers.gpus import visible_devices_env
 from workers.http import ReplicaClient
 from workers.logship import LogShipper
@@ -113,6 +114,8 @@ class ReplicaSupervisor:
         # Secret values this replica was given: never repeated in a reason or an event.
         self._secret_values: list[str] = []
         self._background: set[asyncio.Task[None]] = set()
+        # The requests in flight, by id: a cancel ends the wait for the replica's answer.
+        self._running: dict[str, asyncio.Timeout] = {}
 
     # -- control ---------------------------------------------------------------------------
 
@@ -130,6 +133,14 @@ class ReplicaSupervisor:
         task = asyncio.create_task(self._on_change(self.record))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return True
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop waiting for the replica's answer to ``request_id`` (its connection is closed)."""
+        scope = self._running.get(request_id)
+        if scope is None:
+            return False
+        scope.reschedule(asyncio.get_running_loop().time())
         return True
 
     def _redact(self, text: str) -> str:
@@ -409,6 +420,7 @@ class ReplicaSupervisor:
                     await puller.retry(delivery)
                     break
                 self.in_flight += 1
+                began = time.monotonic()
                 try:
                     await self._handle(puller, delivery, data, health)
                 except BaseException:
@@ -419,8 +431,29 @@ class ReplicaSupervisor:
                 finally:
                     self.in_flight -= 1
                     self.record.last_done_at = time.time()
+                    took = time.monotonic() - began
+                    prev = self.record.service_s
+                    self.record.service_s = took if prev is None else 0.8 * prev + 0.2 * took
         finally:
             await puller.close()
+
+    async def _relay(
+        self, puller: Puller, delivery: Delivery, head: Reply, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """A streamed reply: its head, each chunk as the replica sends it, then the end."""
+        await puller.send_part(delivery, "head", head=head)
+        limit = self._broker.max_payload - REPLY_HEADER_ROOM
+        try:
+            async for chunk in chunks:
+                for i in range(0, len(chunk), limit):
+                    await puller.send_part(delivery, "chunk", chunk[i : i + limit])
+        except ConnectionError as exc:  # the replica died mid-stream: the caller sees it end
+            log.warning("stream %s broken: %s", delivery.envelope.request_id, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        await puller.send_part(delivery, "end")
+        await puller.discard(delivery)
 
     async def _handle(
         self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: ReplicaClient
@@ -428,19 +461,34 @@ class ReplicaSupervisor:
         env = delivery.envelope
         now = time.time()
         if env.expired(now):
-            await puller.reply(
-                delivery,
-                Reply.failure(504, "timeout", "the request's deadline passed while it was queued"),
-            )
+            await puller.expire(delivery)
             return
         if self._broken.is_set():
             await puller.retry(delivery)
             return
-        timeout = (env.deadline - now) if env.deadline else self.spec.request_timeout
-        await puller.started(delivery, self.replica_id)
+        timeout = self.spec.request_timeout
+        if env.deadline:
+            timeout = min(timeout, env.deadline - now)
+        if not await puller.started(delivery, self.replica_id, self.record.ready_at or now):
+            return  # a job cancelled or expired meanwhile: it never reaches the replica
+        scope = asyncio.timeout(None)
+        self._running[env.request_id] = scope
         try:
             with puller.keepalive(delivery, every=max(0.5, self._settings.ack_wait / 3)):
-                reply = await forward(data, env, delivery.body, timeout, self.replica_id)
+                async with scope:
+                    if env.stream and not is_job(env.reply_to):
+                        scope.reschedule(asyncio.get_running_loop().time() + timeout)
+                        head, chunks = await forward_stream(
+                            data, env, delivery.body, timeout, self.replica_id
+                        )
+                        await self._relay(puller, delivery, head, chunks)
+                        return
+                    reply = await forward(data, env, delivery.body, timeout, self.replica_id)
+        except TimeoutError:
+            # A cancel (the caller gave up: nobody waits for a reply), or a stream's deadline.
+            log.info("request %s cancelled or cut while the replica worked on it", env.request_id)
+            await puller.discard(delivery)
+            return
         except ReplicaTimeout:
             reply = Reply.failure(
                 504, "timeout", f"the replica did not answer within {timeout:.3g} s"
@@ -458,6 +506,8 @@ class ReplicaSupervisor:
                 "replica_failed",
                 f"the replica failed while handling this request ({delivery.attempt} attempts): {exc}",
             )
+        finally:
+            self._running.pop(env.request_id, None)
         limit = self._broker.max_payload - REPLY_HEADER_ROOM
         if len(reply.body) > limit:
             reply = Reply.failure(

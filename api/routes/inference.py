@@ -2,7 +2,14 @@
 
 The request goes into JetStream (``berth.req.<endpoint>``); a replica's agent
 pulls it, calls the replica and replies to this instance's inbox. The caller
-gets the replica's own status, headers and body.
+gets the replica's own status, headers and body. Four ways to ask:
+
+- sync (the default): wait for the answer; a caller that hangs up cancels it;
+- async (``X-OctoAI-Async: 1``, ``Prefer: respond-async``, or a callback URL):
+  202 with ``{response_id, poll_url}`` at once, the job's state in NATS;
+- sync with a wait budget (``Prefer: wait=N``): a job, answered inline if it
+  ends within N seconds, else 202 with ``Location``;
+- streamed (``Accept: text/event-stream``): the replica's chunks as they come.
 
 This is a raw ASGI app served beside FastAPI, not inside it (see api/app.py):
 it is the hot path, so it builds no framework request or response objects and
@@ -12,17 +19,22 @@ runs no dependency injection or validation. docs/performance.md has the profile.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
+from nats.aio.msg import Msg
 from starlette.types import Message, Receive, Scope, Send
 
+from api.callbacks import check_callback_url
 from api.context import AppContext
-from broker.envelope import RequestEnvelope
-from broker.jobs import put_job
+from broker.envelope import H, Reply, RequestEnvelope
+from broker.jobs import claim_idempotency, create_job, modify, release_idempotency
 from broker.streams import backlog
 from shared import names
 from shared.errors import (
@@ -30,18 +42,19 @@ from shared.errors import (
     BodyTooLarge,
     EndpointDisabled,
     Forbidden,
+    InvalidRequest,
     NotFound,
     QueueFull,
     UpstreamTimeout,
 )
-from shared.messages import EndpointSpec, JobRecord
+from shared.messages import CallbackLog, EndpointSpec, JobRecord
 from shared.names import ENDPOINT_NAME_RE
 
 __all__ = ["NOT_RETURNED", "DataPlane"]
 
 log = logging.getLogger(__name__)
 
-# Never forwarded to a replica: transport headers, and Berth's own credentials.
+# Never forwarded to a replica: transport headers, Berth's own credentials and controls.
 _NOT_FORWARDED = frozenset(
     {
         b"host",
@@ -54,12 +67,83 @@ _NOT_FORWARDED = frozenset(
         b"authorization",
         b"proxy-authorization",
         b"x-octoai-async",
+        b"prefer",
+        b"idempotency-key",
+        b"x-berth-deadline",
+        b"x-berth-callback-url",
     }
 )
 # The API's own server adds these; the replica's copies would be duplicates.
 NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
 # Room left in a NATS message for the envelope's headers.
 _HEADER_ROOM = 64 * 1024
+MAX_WAIT = 3600.0
+
+
+class _Ask:
+    """What the caller asked for besides the request itself (Berth's own headers)."""
+
+    __slots__ = ("callback_url", "deadline", "idempotency_key", "is_async", "stream", "wait")
+
+    def __init__(self) -> None:
+        self.is_async = False
+        self.wait: float | None = None
+        self.deadline: float | None = None
+        self.idempotency_key: str | None = None
+        self.callback_url: str | None = None
+        self.stream = False
+
+
+def _parse_prefer(value: str, ask: _Ask) -> None:
+    """RFC 7240: ``respond-async`` makes a job; ``wait=N`` a job answered inline within N s."""
+    for pref in value.split(","):
+        token, _, arg = pref.strip().partition("=")
+        token = token.strip().lower()
+        if token == "respond-async":
+            ask.is_async = True
+        elif token == "wait":
+            try:
+                wait = float(arg.strip().strip('"'))
+            except ValueError:
+                raise InvalidRequest(f"Prefer: wait={arg!r} is not a number of seconds") from None
+            if not 0 <= wait <= MAX_WAIT:
+                raise InvalidRequest(f"Prefer: wait must be between 0 and {MAX_WAIT:g} seconds")
+            ask.wait = wait
+
+
+def _parse_deadline(value: str, now: float) -> float:
+    """``X-Berth-Deadline``: seconds from now, or an ISO 8601 time with its offset."""
+    value = value.strip()
+    try:
+        seconds: float | None = float(value)
+    except ValueError:
+        seconds = None
+    if seconds is not None:
+        if not seconds > 0:
+            raise InvalidRequest("X-Berth-Deadline must be a positive number of seconds")
+        deadline = now + seconds
+    else:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRequest(
+                "X-Berth-Deadline must be seconds from now or an ISO 8601 time"
+            ) from None
+        if when.tzinfo is None:
+            raise InvalidRequest("X-Berth-Deadline needs a time zone (e.g. 2026-01-01T12:00:00Z)")
+        deadline = when.timestamp()
+    if deadline <= now:
+        raise InvalidRequest("X-Berth-Deadline has passed already")
+    return deadline
+
+
+def _take_callback(query: str) -> tuple[str, str | None]:
+    """The ``callback_url`` query parameter is Berth's: taken out of what the replica sees."""
+    if "callback_url=" not in query:
+        return query, None
+    pairs = parse_qsl(query, keep_blank_values=True)
+    url = next((v for k, v in pairs if k == "callback_url"), None)
+    return urlencode([(k, v) for k, v in pairs if k != "callback_url"]), url
 
 
 class DataPlane:
@@ -70,21 +154,19 @@ class DataPlane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            status, headers, body = await self._serve(self._context(), scope, receive, send)
+            answer = await self._serve(self._context(), scope, receive, send)
         except BerthError as exc:
-            status = exc.status_code
-            headers = [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()
-            ]
-            headers.append((b"content-type", b"application/json"))
-            body = orjson.dumps(exc.to_json())
+            answer = _error(exc)
+        if answer is None:
+            return  # streamed: sent already
+        status, headers, body = answer
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _serve(
         self, ctx: AppContext, scope: Scope, receive: Receive, send: Send
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         # /e/<endpoint>[/<path>]
         _, _, rest = scope["path"].partition("/e/")
         name, slash, path = rest.partition("/")
@@ -94,11 +176,10 @@ class DataPlane:
         token: str | None = None
         declared = -1
         traceparent: str | None = None
-        is_async = False
+        ask = _Ask()
+        deadline_header: str | None = None
         for key, value in scope["headers"]:
-            if key == b"x-octoai-async":
-                is_async = bool(value.strip())  # OctoAI's clients send it empty for sync
-            elif key == b"authorization":
+            if key == b"authorization":
                 scheme, _, credential = value.decode("latin-1").partition(" ")
                 token = credential.strip() if scheme.lower() == "bearer" else None
             elif key == b"content-length":
@@ -106,12 +187,30 @@ class DataPlane:
             elif key not in _NOT_FORWARDED:
                 if key == b"traceparent":
                     traceparent = value.decode("latin-1")
+                elif key == b"accept" and b"text/event-stream" in value:
+                    ask.stream = True
                 forwarded.append((key.decode("latin-1"), value.decode("latin-1")))
+            elif key == b"x-octoai-async":
+                ask.is_async = ask.is_async or bool(value.strip())  # empty means sync
+            elif key == b"prefer":
+                _parse_prefer(value.decode("latin-1"), ask)
+            elif key == b"idempotency-key":
+                ask.idempotency_key = value.decode("latin-1").strip()[:255] or None
+            elif key == b"x-berth-deadline":
+                deadline_header = value.decode("latin-1")
+            elif key == b"x-berth-callback-url":
+                ask.callback_url = value.decode("latin-1").strip()
         if spec is None:
             await ctx.auth.authenticate(token)  # whether an endpoint exists is not public
             raise NotFound(f"endpoint {name!r} does not exist")
-        if not spec.public and not (await ctx.auth.authenticate(token)).may_infer(name):
-            raise Forbidden(f"this token may not call endpoint {name!r}")
+        token_id: str | None = None
+        if not spec.public:
+            principal = await ctx.auth.authenticate(token)
+            if not principal.may_infer(name):
+                raise Forbidden(f"this token may not call endpoint {name!r}")
+            token_id = principal.token_id
+        elif token is not None and (ask.callback_url or ask.idempotency_key):
+            token_id = (await ctx.auth.authenticate(token)).token_id
         if spec.disabled:
             raise EndpointDisabled(f"endpoint {name!r} is disabled")
         if spec.max_queue_length is not None:
@@ -123,79 +222,289 @@ class DataPlane:
                     headers={"Retry-After": "1"},
                 )
 
+        query = scope["query_string"].decode("latin-1")
+        query, callback_query = _take_callback(query)
+        ask.callback_url = ask.callback_url or callback_query
+        now = time.time()
+        if deadline_header is not None:
+            ask.deadline = _parse_deadline(deadline_header, now)
+        if ask.callback_url is not None:
+            check_callback_url(ask.callback_url, allow_private=ctx.settings.callback_allow_private)
+            if ask.wait is None:
+                ask.is_async = True  # a callback is for a job
         limit = min(ctx.settings.max_body_bytes, ctx.broker.max_payload - _HEADER_ROOM)
         if declared > limit:
             raise BodyTooLarge(f"request body is over the {limit}-byte limit")
         body = await _read_body(receive, limit)
 
-        request_id: str = scope["state"]["request_id"]
-        if is_async:
-            return await _submit_job(
-                ctx, spec, scope, slash + path if slash else "/", forwarded, body, traceparent
-            )
-        timeout = spec.request_timeout
-        requester = ctx.requester
         envelope = RequestEnvelope(
-            request_id=request_id,
+            request_id=scope["state"]["request_id"],
             method=scope["method"],
             path=slash + path if slash else "/",
-            query=scope["query_string"].decode("latin-1"),
+            query=query,
             headers=forwarded,
-            deadline=time.time() + timeout,
-            reply_to=requester.reply_subject(request_id),
             traceparent=traceparent,
         )
-        waiter = requester.expect(request_id)
+        if ask.is_async or ask.wait is not None:
+            return await _job(ctx, spec, envelope, body, ask, token_id)
+        timeout = spec.request_timeout
+        envelope.deadline = min(ask.deadline or now + timeout, now + timeout)
+        if ask.stream:
+            envelope.stream = True
+            await _stream(ctx, spec, envelope, body, receive, send)
+            return None
+        return await _sync(ctx, spec, envelope, body, receive)
+
+
+def _reply_headers(reply: Reply) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in reply.headers
+        if k.lower() not in NOT_RETURNED
+    ]
+    if reply.replica_id:
+        headers.append((b"x-berth-replica", reply.replica_id.encode()))
+    return headers
+
+
+class _Hangup:
+    """Watches for the caller hanging up while it waits, and then calls ``on_hangup`` once."""
+
+    __slots__ = ("_task", "gone")
+
+    def __init__(self, receive: Receive, on_hangup: Callable[[], None]):
+        self.gone = False
+        self._task = asyncio.ensure_future(receive())
+
+        def done(task: asyncio.Future[Message]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                return
+            if task.result()["type"] == "http.disconnect":
+                self.gone = True
+                on_hangup()
+
+        self._task.add_done_callback(done)
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+async def _sync(
+    ctx: AppContext, spec: EndpointSpec, envelope: RequestEnvelope, body: bytes, receive: Receive
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    requester = ctx.requester
+    request_id = envelope.request_id
+    envelope.reply_to = requester.reply_subject(request_id)
+    waiter = requester.expect(request_id)
+
+    def hung_up() -> None:
+        if not waiter.done():
+            waiter.set_exception(_Disconnected())
+
+    try:
+        seq = await requester.publish(spec.name, envelope, body, spec.replica_digest())
+        hangup = _Hangup(receive, hung_up)
         try:
-            await requester.publish(name, envelope, body, spec.replica_digest())
-            try:
-                async with asyncio.timeout(timeout):
-                    reply = await waiter
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    f"endpoint {name!r} gave no answer within {timeout:g} s"
-                ) from None
+            async with asyncio.timeout(envelope.deadline - time.time()):
+                reply = await waiter
+        except TimeoutError:
+            await requester.cancel(spec.name, request_id, seq)  # nobody waits for it now
+            raise UpstreamTimeout(
+                f"endpoint {spec.name!r} gave no answer in time ({spec.request_timeout:g} s "
+                "or the request's deadline)"
+            ) from None
+        except _Disconnected:
+            # Out of the queue if it is still there; stopped if a replica has it.
+            await requester.cancel(spec.name, request_id, seq)
+            raise
         finally:
-            requester.forget(request_id)
-
-        headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in reply.headers
-            if k.lower() not in NOT_RETURNED
-        ]
-        if reply.replica_id:
-            headers.append((b"x-berth-replica", reply.replica_id.encode()))
-        return reply.status, headers, reply.body
+            hangup.close()
+    finally:
+        requester.forget(request_id)
+    return reply.status, _reply_headers(reply), reply.body
 
 
-async def _submit_job(
+async def _stream(
     ctx: AppContext,
     spec: EndpointSpec,
-    scope: Scope,
-    path: str,
-    forwarded: list[tuple[str, str]],
+    envelope: RequestEnvelope,
     body: bytes,
-    traceparent: str | None,
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Queue the request as a job: 202 with OctoAI's ``{response_id, poll_url}`` at once."""
-    request_id: str = scope["state"]["request_id"]
-    endpoint = spec.name
-    envelope = RequestEnvelope(
-        request_id=request_id,
-        method=scope["method"],
-        path=path,
-        query=scope["query_string"].decode("latin-1"),
-        headers=forwarded,
-        reply_to=names.result_subject(request_id),
-        traceparent=traceparent,
-    )
-    # The state first: a fast replica may finish the job before this returns.
-    await put_job(ctx.broker, JobRecord(response_id=request_id, endpoint=endpoint))
-    await ctx.requester.publish(endpoint, envelope, body, spec.replica_digest())
-    poll_url = f"{ctx.settings.base_url()}/v1/requests/{request_id}"
-    payload = orjson.dumps({"response_id": request_id, "poll_url": poll_url})
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Relay a streamed reply: its head, then each chunk as the replica sends it."""
+    requester = ctx.requester
+    request_id = envelope.request_id
+    envelope.reply_to = requester.reply_subject(request_id)
+    parts = requester.expect_stream(request_id)
+    hangup: _Hangup | None = None
+    started = False
+    try:
+        seq = await requester.publish(spec.name, envelope, body, spec.replica_digest())
+        hangup = _Hangup(receive, lambda: parts.put_nowait(None))  # type: ignore[arg-type]
+        try:
+            async with asyncio.timeout(envelope.deadline - time.time()):
+                while True:
+                    msg: Msg | None = await parts.get()
+                    if msg is None:  # the caller hung up
+                        await requester.cancel(spec.name, request_id, seq)
+                        return
+                    part = (msg.headers or {}).get(H.PART)
+                    if not started:
+                        reply = Reply.from_message(msg.headers, msg.data)
+                        headers = _reply_headers(reply)
+                        if part is None:  # a whole answer (an error, or Berth's own)
+                            headers.append((b"content-length", str(len(reply.body)).encode()))
+                        start = {"type": "http.response.start", "status": reply.status}
+                        await send({**start, "headers": headers})
+                        started = True
+                        if part is None:
+                            await send({"type": "http.response.body", "body": reply.body})
+                            return
+                    elif part == "chunk":
+                        await send(
+                            {"type": "http.response.body", "body": msg.data, "more_body": True}
+                        )
+                    elif part == "end":
+                        await send({"type": "http.response.body", "body": b""})
+                        return
+        except TimeoutError:
+            if not started:
+                raise UpstreamTimeout(
+                    f"endpoint {spec.name!r} gave no answer within {spec.request_timeout:g} s"
+                ) from None
+            log.warning("stream %s cut at its deadline", request_id)
+            await requester.cancel(spec.name, request_id, seq)
+            await send({"type": "http.response.body", "body": b""})
+    except BerthError as exc:
+        if started:
+            raise
+        status, headers, payload = _error(exc)
+        headers.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+    finally:
+        if hangup is not None:
+            hangup.close()
+        requester.forget(request_id)
+
+
+def _idempotency_key(endpoint: str, token_id: str | None, key: str) -> str:
+    """Keys are per endpoint and per caller: another token's same key is another job."""
+    raw = f"{endpoint}\0{token_id or '-'}\0{key}".encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _accepted(ctx: AppContext, response_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    poll_url = f"{ctx.settings.base_url()}/v1/requests/{response_id}"
+    payload = orjson.dumps({"response_id": response_id, "poll_url": poll_url})
     headers = [(b"content-type", b"application/json"), (b"location", poll_url.encode())]
     return 202, headers, payload
+
+
+async def _job(
+    ctx: AppContext,
+    spec: EndpointSpec,
+    envelope: RequestEnvelope,
+    body: bytes,
+    ask: _Ask,
+    token_id: str | None,
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Queue the request as a job: 202 with OctoAI's ``{response_id, poll_url}``.
+
+    With ``Prefer: wait=N``, the answer comes inline if the job ends within N s.
+    """
+    broker = ctx.broker
+    endpoint = spec.name
+    request_id = envelope.request_id
+    idem: str | None = None
+    if ask.idempotency_key is not None:
+        idem = _idempotency_key(endpoint, token_id, ask.idempotency_key)
+        digest = hashlib.sha256(body).hexdigest()
+        claim = orjson.dumps({"response_id": request_id, "body_sha256": digest})
+        earlier = await claim_idempotency(broker, idem, claim)
+        if earlier is not None:
+            found = orjson.loads(earlier)
+            if found.get("body_sha256") != digest:
+                raise _IdempotencyReused(
+                    "this Idempotency-Key was used with a different request body"
+                )
+            return _accepted(ctx, found["response_id"])
+    if ask.callback_url is not None:
+        # Someone must sign it: the endpoint's secret, else the caller's (made on first use).
+        if token_id is not None:
+            await ctx.webhooks.current(f"token.{token_id}", create=True)
+        elif await ctx.webhooks.current(f"endpoint.{endpoint}") is None:
+            raise InvalidRequest(
+                "a callback_url on an anonymous request needs the endpoint's webhook secret "
+                "(POST /v1/endpoint/{name}/webhook-secret), or a bearer token"
+            )
+    envelope.reply_to = names.result_subject(request_id)
+    now = time.time()
+    deadline = ask.deadline or now + ctx.settings.result_ttl
+    envelope.deadline = deadline
+    job = JobRecord(
+        response_id=request_id,
+        endpoint=endpoint,
+        created_at=now,
+        deadline=deadline,
+        token_id=token_id,
+        callback=CallbackLog(url=ask.callback_url) if ask.callback_url else None,
+    )
+    result: asyncio.Future[Msg] | None = None
+    sub = None
+    try:
+        # The state first: a fast replica may finish the job before this returns.
+        await create_job(broker, job)
+        if ask.wait is not None and ask.wait > 0:
+            result = asyncio.get_running_loop().create_future()
+
+            async def on_result(msg: Msg) -> None:
+                if not result.done():
+                    result.set_result(msg)
+
+            sub = await broker.nc.subscribe(envelope.reply_to, cb=on_result)
+        seq = await ctx.requester.publish(endpoint, envelope, body, spec.replica_digest())
+    except BaseException:
+        if idem is not None:
+            await release_idempotency(broker, idem)
+        if sub is not None:
+            await sub.unsubscribe()
+        raise
+    await _note_place(ctx, request_id, endpoint, seq)
+    if result is None or sub is None:
+        return _accepted(ctx, request_id)
+    try:
+        async with asyncio.timeout(ask.wait):
+            msg = await result
+    except TimeoutError:
+        return _accepted(ctx, request_id)  # still running: poll, as for any job
+    finally:
+        await sub.unsubscribe()
+    reply = Reply.from_message(msg.headers, msg.data)
+    headers = _reply_headers(reply)
+    headers.append((b"x-berth-response-id", request_id.encode()))
+    return reply.status, headers, reply.body
+
+
+async def _note_place(ctx: AppContext, request_id: str, endpoint: str, seq: int) -> None:
+    """Keep the job's sequence (to cancel it) and what was queued ahead (for its position)."""
+    try:
+        info = await ctx.broker.js.consumer_info(
+            names.REQUESTS_STREAM, names.consumer_name(endpoint)
+        )
+    except Exception:  # no consumer (yet): no position, nothing else lost
+        ahead = delivered = None
+    else:
+        ahead = max(0, (info.num_pending or 1) - 1)
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+
+    def place(job: JobRecord) -> JobRecord:
+        return job.model_copy(
+            update={"seq": seq, "queued_ahead": ahead, "delivered_mark": delivered}
+        )
+
+    await modify(ctx.broker, request_id, place)
 
 
 def _error(exc: BerthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -227,3 +536,8 @@ class _Disconnected(BerthError):
 
     def __init__(self) -> None:
         super().__init__("the client went away")
+
+
+class _IdempotencyReused(BerthError):
+    status_code = 422
+    code = "idempotency_key_reused"

@@ -7,11 +7,15 @@
 # Nothing else: no other path, no sys/ access, no token creation. Agents need no
 # Vault access at all; they get their replicas' values from the API, sealed.
 
-# Read and write secret and registry-credential values (create uses check-and-set).
+# Read and write secret, registry-credential and webhook signing-secret values
+# (create uses check-and-set).
 path "secret/data/berth/secret/*" {
   capabilities = ["create", "read", "update"]
 }
 path "secret/data/berth/registry/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/data/berth/webhook/*" {
   capabilities = ["create", "read", "update"]
 }
 
@@ -22,9 +26,15 @@ path "secret/metadata/berth/secret/*" {
 path "secret/metadata/berth/registry/*" {
   capabilities = ["read", "list", "delete"]
 }
+path "secret/metadata/berth/webhook/*" {
+  capabilities = ["read", "list", "delete"]
+}
 path "secret/metadata/berth/secret" {
   capabilities = ["list"]
 }
 path "secret/metadata/berth/registry" {
+  capabilities = ["list"]
+}
+path "secret/metadata/berth/webhook" {
   capabilities = ["list"]
 }

@@ -33,14 +33,19 @@ __all__ = [
 SECRET_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # A registry credential's key is a name, referred to by endpoints.
 CREDENTIAL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# A webhook signing secret belongs to an endpoint or a token: ``endpoint.<name>``, ``token.<id>``.
+WEBHOOK_KEY_RE = re.compile(r"^(endpoint|token)\.[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class Kind(StrEnum):
     SECRET = "secret"
     REGISTRY = "registry"
+    WEBHOOK = "webhook"
 
     def key_re(self) -> re.Pattern[str]:
-        return SECRET_KEY_RE if self is Kind.SECRET else CREDENTIAL_KEY_RE
+        if self is Kind.SECRET:
+            return SECRET_KEY_RE
+        return CREDENTIAL_KEY_RE if self is Kind.REGISTRY else WEBHOOK_KEY_RE
 
 
 @dataclass(slots=True)

@@ -30,5 +30,15 @@ class Probe(Service):
         print(text + (" " + os.environ.get(env, "") if env else ""), flush=True)
         return {"said": True}
 
+    def chunks(self, prompt: str, n: int = 3, delay: float = 0.0, log: str = ""):  # noqa: ANN201
+        """A streamed answer: ``n`` chunks, ``delay`` seconds apart (logs each one sent)."""
+        for i in range(n):
+            if i:
+                time.sleep(delay)
+            if log:
+                with Path(log).open("a") as fh:
+                    fh.write(f"{prompt}-{i}\n")
+            yield {"i": i, "text": f"{prompt} {i}"}
+
     def env(self, name: str) -> dict:
         return {"value": os.environ.get(name)}

@@ -1,0 +1,313 @@
+"""Callbacks: a signed POST to the caller's URL when a job ends, retried for hours.
+
+Durability is JetStream's: a job with a callback has one message on
+``berth.cb.<id>`` (the BERTH_CALLBACKS work queue), acked only when the
+delivery succeeded or was given up. A failed attempt naks it with the delay
+tenacity's policy gives for that attempt, so retries outlive any API process,
+and every API instance's :class:`Dispatcher` shares the queue.
+
+The body is a Standard Webhooks event, ``{"type": "request.<status>",
+"timestamp", "data"}``, where ``data`` is what ``GET /v1/requests/{id}`` shows,
+plus the response itself when it is JSON or text of at most 256 KiB. It is
+signed with the endpoint's webhook secret if it has one, else the submitting
+token's (see :class:`WebhookSecrets`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig
+from tenacity import RetryCallState, wait_exponential, wait_random
+
+from api.context import AppContext
+from api.jobs import job_view
+from broker.jobs import get_job, get_response, modify, request_callback
+from shared import names
+from shared.errors import InvalidRequest
+from shared.messages import CallbackAttempt, CallbackState, JobRecord
+from shared.stores import Kind, SecretStore
+from shared.webhooks import new_secret, sign
+
+__all__ = ["Dispatcher", "WebhookSecrets", "check_callback_url", "redeliver"]
+
+log = logging.getLogger(__name__)
+
+MAX_URL = 2048
+INLINE_RESPONSE = 256 * 1024
+KEEP_ATTEMPTS = 20
+# Receivers that answer 410 Gone want no more deliveries (as Standard Webhooks senders do).
+GIVE_UP_STATUS = frozenset({410})
+
+
+def check_callback_url(url: str, *, allow_private: bool) -> str:
+    """A callback URL must be absolute http(s) with a host and no credentials; 422 otherwise."""
+    if len(url) > MAX_URL:
+        raise InvalidRequest(f"callback_url is longer than {MAX_URL} characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise InvalidRequest(f"callback_url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise InvalidRequest("callback_url must be an http or https URL")
+    if not parts.hostname:
+        raise InvalidRequest("callback_url has no host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidRequest("callback_url must not carry credentials; use the webhook signature")
+    if not allow_private:
+        host = parts.hostname
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.ip_address(host)
+            if not ip.is_global:
+                raise InvalidRequest(
+                    "callback_url points to a private, loopback or link-local address "
+                    "(BERTH_CALLBACK_ALLOW_PRIVATE is off)"
+                )
+        if host == "localhost" or host.endswith(".localhost"):
+            raise InvalidRequest(
+                "callback_url points to localhost (BERTH_CALLBACK_ALLOW_PRIVATE is off)"
+            )
+    return url
+
+
+class WebhookSecrets:
+    """Signing secrets, kept in the secret store as kind ``webhook``.
+
+    ``endpoint.<name>`` signs every callback of that endpoint; otherwise
+    ``token.<id>`` signs the callbacks of jobs that token submitted (made on
+    first use). Rotating keeps the previous secret in force for ``grace``
+    seconds: deliveries then carry both signatures.
+    """
+
+    def __init__(self, store: SecretStore):
+        self._store = store
+
+    async def _get(self, key: str) -> dict[str, str] | None:
+        found = await self._store.get(Kind.WEBHOOK, key)
+        return found.data if found else None
+
+    async def current(self, key: str, *, create: bool = False) -> str | None:
+        data = await self._get(key)
+        if data is None and create:
+            await self._store.create(Kind.WEBHOOK, key, {"current": new_secret()})
+            data = await self._get(key)  # whoever created it first, this is the secret
+        return data["current"] if data else None
+
+    async def rotate(self, key: str, grace: float) -> dict[str, Any]:
+        data = await self._get(key)
+        fresh: dict[str, str] = {"current": new_secret()}
+        if data is not None:
+            fresh |= {"previous": data["current"], "previous_until": repr(time.time() + grace)}
+            await self._store.update(Kind.WEBHOOK, key, fresh)
+        else:
+            await self._store.create(Kind.WEBHOOK, key, fresh)
+        out: dict[str, Any] = {"secret": fresh["current"]}
+        if "previous_until" in fresh:
+            out["previous_valid_until"] = float(fresh["previous_until"])
+        return out
+
+    async def in_force(self, job: JobRecord) -> list[str]:
+        for key in (f"endpoint.{job.endpoint}", f"token.{job.token_id}" if job.token_id else ""):
+            data = await self._get(key) if key else None
+            if data is not None:
+                keys = [data["current"]]
+                if "previous" in data and float(data.get("previous_until", 0)) > time.time():
+                    keys.append(data["previous"])
+                return keys
+        return []
+
+
+def _inline(
+    reply_headers: list[tuple[str, str]], body: bytes, status: int
+) -> dict[str, Any] | None:
+    if len(body) > INLINE_RESPONSE:
+        return None
+    ctype = next((v for k, v in reply_headers if k.lower() == "content-type"), "")
+    if "json" in ctype:
+        try:
+            return {"status": status, "content_type": ctype, "body": orjson.loads(body)}
+        except orjson.JSONDecodeError:
+            return None
+    if ctype.startswith("text/"):
+        return {"status": status, "content_type": ctype, "body": body.decode("utf-8", "replace")}
+    return None
+
+
+class Dispatcher:
+    """Delivers due callbacks; one per API process, sharing the durable queue."""
+
+    def __init__(self, ctx: AppContext, secrets: WebhookSecrets, *, concurrency: int = 16):
+        self._ctx = ctx
+        self._secrets = secrets
+        self._concurrency = concurrency
+        settings = ctx.settings
+        backoff = settings.callback_backoff
+        self._wait = wait_exponential(multiplier=backoff, max=3600) + wait_random(0, backoff / 2)
+        self._client = httpx.AsyncClient(
+            timeout=settings.callback_timeout,
+            follow_redirects=False,
+            headers={"user-agent": "Berth-Webhooks/1"},
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = ConsumerConfig(
+            durable_name=names.CALLBACKS_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ctx.settings.callback_timeout * 2 + 5,
+            max_deliver=-1,
+            max_ack_pending=1024,
+        )
+        await self._ctx.broker.js.add_consumer(names.CALLBACKS_STREAM, config)
+        self._task = asyncio.create_task(self._run(), name="callbacks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._client.aclose()
+
+    def delay(self, attempt: int) -> float:
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(self._wait(state))
+
+    async def _run(self) -> None:
+        sub = await self._ctx.broker.js.pull_subscribe_bind(
+            durable=names.CALLBACKS_CONSUMER, stream=names.CALLBACKS_STREAM
+        )
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            room = self._concurrency - len(running)
+            if room <= 0:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await sub.fetch(room, timeout=1.0)
+            except (TimeoutError, NatsTimeout):
+                continue
+            except Exception as exc:  # JetStream briefly away: try again shortly
+                log.info("callbacks: fetch failed: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._deliver_one(msg))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+    async def _deliver_one(self, msg: Any) -> None:
+        response_id = msg.subject.removeprefix(names.CALLBACK_SUBJECT_PREFIX)
+        try:
+            outcome = await self.deliver(response_id)
+        except Exception:
+            log.exception("callback for %s failed unexpectedly", response_id)
+            outcome = self.delay(msg.metadata.num_delivered)
+        if outcome is None:
+            await msg.ack()
+        else:
+            await msg.nak(delay=outcome)
+
+    async def deliver(self, response_id: str) -> float | None:
+        """One attempt; None when done with (delivered, given up, nothing to do), else the retry delay."""
+        job = await get_job(self._ctx.broker, response_id)
+        if job is None or job.callback is None or job.callback.state is not CallbackState.PENDING:
+            return None
+        if not job.status.terminal:
+            return 0.5  # its final state is being written
+        body = orjson.dumps(await self._payload(job))
+        keys = await self._secrets.in_force(job)
+        headers = sign(keys, f"msg_{job.response_id}", int(time.time()), body) if keys else {}
+        headers["content-type"] = "application/json"
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            resp = await self._client.post(job.callback.url, content=body, headers=headers)
+            status = resp.status_code
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        attempt = CallbackAttempt(
+            at=time.time(),
+            status=status,
+            error=error,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        ok = status is not None and 200 <= status < 300
+        attempts = job.callback.attempts + 1
+        finished = job.finished_at or time.time()
+        give_up = status in GIVE_UP_STATUS or (
+            time.time() - finished > self._ctx.settings.callback_retry_for
+        )
+        delay = None if ok or give_up else self.delay(attempts)
+
+        def record(current: JobRecord) -> JobRecord | None:
+            cb = current.callback
+            if cb is None:
+                return None
+            log_ = [*cb.log, attempt][-KEEP_ATTEMPTS:]
+            state = CallbackState.DELIVERED if ok else CallbackState.PENDING
+            if give_up and not ok:
+                state = CallbackState.FAILED
+            new_cb = cb.model_copy(
+                update={
+                    "attempts": cb.attempts + 1,
+                    "log": log_,
+                    "state": state,
+                    "delivered_at": attempt.at if ok else cb.delivered_at,
+                    "next_attempt_at": attempt.at + delay if delay is not None else None,
+                }
+            )
+            return current.model_copy(update={"callback": new_cb})
+
+        await modify(self._ctx.broker, response_id, record)
+        log.info(
+            "callback %s → %s: %s (attempt %d)",
+            response_id,
+            job.callback.url,
+            status or error,
+            attempts,
+        )
+        return delay
+
+    async def _payload(self, job: JobRecord) -> dict[str, Any]:
+        data = await job_view(self._ctx, job)
+        data.pop("callback", None)
+        if data.get("response_url"):
+            reply = await get_response(self._ctx.broker, job.response_id)
+            if reply is not None:
+                inline = _inline(reply.headers, reply.body, reply.status)
+                if inline is not None:
+                    data["response"] = inline
+        return {
+            "type": f"request.{job.status.value}",
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "data": data,
+        }
+
+
+async def redeliver(ctx: AppContext, job: JobRecord) -> JobRecord | None:
+    """Send a finished job's callback again (a fresh message; the log keeps earlier attempts)."""
+
+    def reset(current: JobRecord) -> JobRecord | None:
+        if current.callback is None:
+            return None
+        cb = current.callback.model_copy(update={"state": CallbackState.PENDING})
+        return current.model_copy(update={"callback": cb})
+
+    updated = await modify(ctx.broker, job.response_id, reset)
+    if updated is not None and updated.status.terminal:
+        assert updated.callback is not None
+        await request_callback(ctx.broker, updated, attempt=updated.callback.attempts + 1)
+    return updated

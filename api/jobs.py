@@ -1,0 +1,167 @@
+"""What a caller sees of a job: state, timings, queue position and wait, and why it is stuck.
+
+``GET /v1/requests/{id}`` and the callback payload both use :func:`job_view`.
+Everything here is read from NATS (the jobs bucket, the endpoint's consumer,
+the replicas bucket, the last events), so any API instance answers the same.
+
+The queue position is an estimate: the requests queued ahead at submission,
+less those the endpoint's consumer delivered since (a redelivered request is
+counted as progress). The wait estimate divides it by the endpoint's ready
+slots and their mean service time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import orjson
+from nats.js.errors import NotFoundError
+
+from api.context import AppContext
+from broker.jobs import finish
+from shared import names
+from shared.messages import JobRecord, JobStatus, ReplicaRecord, ReplicaState
+
+__all__ = ["expire_if_due", "job_view"]
+
+# Replica reasons that say a restarted replica fails its health check.
+_HEALTH_WORDS = ("health check",)
+
+
+async def expire_if_due(ctx: AppContext, job: JobRecord) -> JobRecord:
+    """A queued job past its deadline is expired now (and leaves the queue), not when pulled."""
+    if job.status is not JobStatus.PENDING or not job.deadline or time.time() < job.deadline:
+        return job
+    done = await finish(
+        ctx.broker,
+        job.response_id,
+        JobStatus.EXPIRED,
+        reason="its deadline passed while it was queued",
+        job=job,
+    )
+    if done is None:
+        return job
+    if job.seq:
+        with contextlib.suppress(Exception):
+            await ctx.broker.js.delete_msg(names.REQUESTS_STREAM, job.seq)
+    return done
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(max(0.0, x), 3)
+
+
+def timings(job: JobRecord, now: float) -> dict[str, float | None]:
+    """Seconds queued, waiting for a cold start (part of queued), and running."""
+    queued_until = job.started_at or job.finished_at or now
+    cold = None
+    if job.replica_ready_at is not None and job.started_at is not None:
+        cold = max(0.0, min(job.replica_ready_at, job.started_at) - job.created_at)
+    running = None
+    if job.started_at is not None:
+        running = (job.finished_at or now) - job.started_at
+    return {
+        "queued_s": _round(queued_until - job.created_at),
+        "cold_start_s": _round(cold),
+        "running_s": _round(running),
+    }
+
+
+async def job_view(ctx: AppContext, job: JobRecord) -> dict[str, Any]:
+    now = time.time()
+    out: dict[str, Any] = {
+        "response_id": job.response_id,
+        "status": job.status.value,
+        "endpoint": job.endpoint,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "replica_id": job.replica_id,
+        "deadline": job.deadline,
+        "timings": timings(job, now),
+    }
+    if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        out["response_url"] = f"{ctx.settings.base_url()}/v1/responses/{job.response_id}"
+    if job.reason:
+        out["reason"] = job.reason
+    if job.status is JobStatus.PENDING:
+        out.update(await _queue(ctx, job))
+    if job.callback is not None:
+        out["callback"] = job.callback.model_dump(mode="json")
+    return out
+
+
+async def _queue(ctx: AppContext, job: JobRecord) -> dict[str, Any]:
+    replicas = [
+        r
+        for r in ctx.replicas.items.values()
+        if r.endpoint == job.endpoint and r.fresh(time.time())
+    ]
+    position = None
+    if job.queued_ahead is not None and job.delivered_mark is not None:
+        try:
+            info = await ctx.broker.js.consumer_info(
+                names.REQUESTS_STREAM, names.consumer_name(job.endpoint)
+            )
+            delivered = info.delivered.consumer_seq if info.delivered else 0
+            position = max(0, job.queued_ahead - ((delivered or 0) - job.delivered_mark))
+        except NotFoundError:
+            pass
+    out: dict[str, Any] = {"queue_position": position}
+    ready = [r for r in replicas if r.state is ReplicaState.READY]
+    spec = ctx.endpoints.items.get(job.endpoint)
+    service = [r.service_s for r in ready if r.service_s is not None]
+    if position is not None and ready and service and spec is not None:
+        slots = len(ready) * spec.concurrency_per_replica
+        out["estimated_wait_s"] = round((position + 1) * (sum(service) / len(service)) / slots, 3)
+    else:
+        out["estimated_wait_s"] = None
+    if not ready:
+        out["waiting_for"] = await _stuck(ctx, job.endpoint, replicas)
+    return out
+
+
+async def _last_event(ctx: AppContext, kind: str, endpoint: str) -> dict[str, Any] | None:
+    try:
+        msg = await ctx.broker.js.get_last_msg(
+            names.EVENTS_STREAM, names.event_subject(kind, endpoint)
+        )
+    except NotFoundError:
+        return None
+    event: dict[str, Any] = orjson.loads(msg.data or b"{}")
+    return event
+
+
+async def _stuck(ctx: AppContext, endpoint: str, replicas: list[ReplicaRecord]) -> dict[str, Any]:
+    """Why no replica serves the endpoint yet: one ``reason`` code and a message."""
+    spec = ctx.endpoints.items.get(endpoint)
+    if spec is not None and spec.disabled:
+        return {"reason": "disabled", "message": f"endpoint {endpoint!r} is disabled"}
+    failed = [r for r in replicas if r.state is ReplicaState.FAILED]
+    restarting = [r for r in replicas if r.state is ReplicaState.STARTING and r.restarts]
+    if failed or restarting:
+        r = (failed or restarting)[0]
+        words = (r.reason or "").lower()
+        code = "health_check" if any(w in words for w in _HEALTH_WORDS) else "crash_loop"
+        return {"reason": code, "message": r.reason or "the replica keeps failing"}
+    starting = [r for r in replicas if r.state is ReplicaState.STARTING]
+    if starting:
+        event = await _last_event(ctx, "replica", endpoint)
+        kind = (event or {}).get("event", {}).get("type", "")
+        if kind in ("image_pull_started", "image_pull_progress"):
+            details = event["event"].get("details", {}) if event else {}
+            return {"reason": "image_pull", "message": "pulling the image", "details": details}
+        since = time.time() - min(r.started_at for r in starting)
+        return {"reason": "cold_start", "message": f"a replica is starting ({since:.1f} s so far)"}
+    event = await _last_event(ctx, "scale", endpoint)
+    kind = (event or {}).get("event", {}).get("type", "")
+    if event and kind in ("no_capacity", "start_backoff"):
+        details = event["event"].get("details", {})
+        reason = details.get("reason") or kind.replace("_", " ")
+        return {
+            "reason": "no_capacity" if kind == "no_capacity" else "crash_loop",
+            "message": reason,
+        }
+    return {"reason": "scheduling", "message": "waiting for the scaler to start a replica"}
