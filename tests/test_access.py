@@ -120,16 +120,22 @@ def test_every_control_route_needs_an_admin_token(stack: Stack, name: str) -> No
         # Async jobs are read by whoever may call their endpoint (test_async.py): a valid
         # token that is not an admin's learns only that no such job exists.
         job_route = path.startswith(("/v1/requests/", "/v1/responses/"))
+        # Any valid token reads and rotates its own webhook signing secret, nothing else.
+        own_route = path.startswith("/v1/webhook-secret")
+        denied = 200 if own_route else 404 if job_route else 403
         for token, status in (
             (None, 401),
             (BAD_TOKEN, 401),
             ("not-even-a-token", 401),
             (expired, 401),
-            (inference, 404 if job_route else 403),
-            (agent, 404 if job_route else 403),
+            (inference, denied),
+            (agent, denied),
         ):
             resp = call(stack, method, path, token, json={})
             assert resp.status_code == status, (method, path, token, resp.text)
+            if status == 200:
+                assert resp.json()["secret"].startswith("whsec_")
+                continue
             assert resp.json()["error"]["code"] in ("unauthorized", "forbidden", "not_found")
             if status == 401:
                 assert resp.headers["www-authenticate"] == "Bearer"

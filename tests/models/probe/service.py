@@ -30,7 +30,7 @@ class Probe(Service):
         print(text + (" " + os.environ.get(env, "") if env else ""), flush=True)
         return {"said": True}
 
-    def chunks(self, prompt: str, n: int = 3, delay: float = 0.0, log: str = ""):  # noqa: ANN201
+    def chunks(self, prompt: str, n: int = 3, delay: float = 0.0, log: str = ""):
         """A streamed answer: ``n`` chunks, ``delay`` seconds apart (logs each one sent)."""
         for i in range(n):
             if i:
