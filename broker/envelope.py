@@ -32,6 +32,8 @@ class H:
     STREAM = "Berth-Stream"
     # The part of a streamed reply: "head" (status and headers), "chunk", or "end".
     PART = "Berth-Part"
+    # The body is in the object store under this name (a claim check: see broker/bodies.py).
+    BODY_REF = "Berth-Body-Ref"
 
 
 Headers = list[tuple[str, str]]
@@ -48,6 +50,7 @@ class RequestEnvelope:
     reply_to: str = ""
     traceparent: str | None = None
     stream: bool = False
+    body_ref: str | None = None
 
     def to_headers(self) -> dict[str, str]:
         h = {
@@ -66,6 +69,8 @@ class RequestEnvelope:
             h[H.TRACEPARENT] = self.traceparent
         if self.stream:
             h[H.STREAM] = "1"
+        if self.body_ref:
+            h[H.BODY_REF] = self.body_ref
         return h
 
     @classmethod
@@ -80,6 +85,7 @@ class RequestEnvelope:
             reply_to=h.get(H.REPLY, ""),
             traceparent=h.get(H.TRACEPARENT),
             stream=H.STREAM in h,
+            body_ref=h.get(H.BODY_REF),
         )
 
     def expired(self, now: float | None = None) -> bool:
@@ -95,6 +101,7 @@ class Reply:
     headers: Headers = field(default_factory=list)
     error: str | None = None  # a BerthError code when Berth itself failed the request
     replica_id: str | None = None
+    body_ref: str | None = None  # the body is in the object store
 
     def to_headers(self) -> dict[str, str]:
         h = {H.STATUS: str(self.status), H.HEADERS: orjson.dumps(self.headers).decode()}
@@ -102,6 +109,8 @@ class Reply:
             h[H.ERROR] = self.error
         if self.replica_id:
             h[H.REPLICA] = self.replica_id
+        if self.body_ref:
+            h[H.BODY_REF] = self.body_ref
         return h
 
     @classmethod
@@ -113,6 +122,7 @@ class Reply:
             headers=[(k, v) for k, v in orjson.loads(h.get(H.HEADERS, "[]"))],
             error=h.get(H.ERROR),
             replica_id=h.get(H.REPLICA),
+            body_ref=h.get(H.BODY_REF),
         )
 
     @classmethod

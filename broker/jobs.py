@@ -32,6 +32,7 @@ from nats.js.errors import (
     NotFoundError,
 )
 
+from broker.bodies import ensure_bodies, resolve
 from broker.connection import Broker
 from broker.envelope import Reply
 from broker.streams import ensure_stream
@@ -80,6 +81,7 @@ async def ensure_results(broker: Broker, ttl: float) -> None:
             max_msg_size=-1,
         ),
     )
+    await ensure_bodies(broker, ttl)
     await ensure_stream(
         broker,
         StreamConfig(
@@ -216,4 +218,4 @@ async def get_response(broker: Broker, response_id: str) -> Reply | None:
         msg = await broker.js.get_last_msg(names.RESULTS_STREAM, names.result_subject(response_id))
     except NotFoundError:
         return None
-    return Reply.from_message(msg.headers, msg.data or b"")
+    return await resolve(broker, Reply.from_message(msg.headers, msg.data or b""), drop=False)

@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NoStreamResponseError
 
+from broker.bodies import fits, put_body
 from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
 from shared import names
@@ -77,6 +78,9 @@ class Requester:
         self, endpoint: str, envelope: RequestEnvelope, body: bytes, digest: str = ""
     ) -> int:
         """Store the request durably in JetStream and nudge the scaler; its stream sequence."""
+        if not fits(self._broker, len(body)):
+            envelope.body_ref = await put_body(self._broker, f"req-{envelope.request_id}", body)
+            body = b""
         try:
             ack = await self._broker.js.publish(
                 names.request_subject(endpoint),

@@ -19,6 +19,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
+from broker.bodies import drop_body, fits, get_body, put_body
 from broker.connection import Broker
 from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import LIVE, finish, is_job, job_id, store_response, transition
@@ -77,9 +78,16 @@ class Puller:
             return None
         msg = msgs[0]
         envelope = RequestEnvelope.from_headers(msg.headers or {})
-        return Delivery(
-            msg=msg, envelope=envelope, body=msg.data, attempt=msg.metadata.num_delivered
-        )
+        body = msg.data
+        if envelope.body_ref:
+            body = await get_body(self._broker, envelope.body_ref)
+        return Delivery(msg=msg, envelope=envelope, body=body, attempt=msg.metadata.num_delivered)
+
+    async def _done(self, delivery: Delivery) -> None:
+        """The request is answered: ack it, and drop its claim-checked body."""
+        await delivery.msg.ack()
+        if delivery.envelope.body_ref:
+            await drop_body(self._broker, delivery.envelope.body_ref)
 
     async def reply(self, delivery: Delivery, reply: Reply) -> None:
         """Send the reply, then ack: the request is done.
@@ -89,11 +97,15 @@ class Puller:
         with the connection means a lost ack too, hence redelivery.
         """
         reply_to = delivery.envelope.reply_to
+        if not fits(self._broker, len(reply.body)):
+            name = f"res-{delivery.envelope.request_id}"
+            reply.body_ref = await put_body(self._broker, name, reply.body)
+            reply.body = b""
         if is_job(reply_to):  # async: kept with a JetStream ack before the request is acked
             await store_response(self._broker, reply_to, reply, reply.replica_id or "")
         elif reply_to:
             await self._broker.nc.publish(reply_to, reply.body, headers=reply.to_headers())
-        await delivery.msg.ack()
+        await self._done(delivery)
 
     async def started(self, delivery: Delivery, replica_id: str, ready_at: float) -> bool:
         """An async job becomes ``running``; False if it must not run (cancelled, expired, done).
@@ -113,7 +125,7 @@ class Puller:
             replica_ready_at=ready_at,
         )
         if job is None:
-            await delivery.msg.ack()
+            await self._done(delivery)
             return False
         return True
 
@@ -127,7 +139,7 @@ class Puller:
                 JobStatus.EXPIRED,
                 reason="its deadline passed while it was queued",
             )
-            await delivery.msg.ack()
+            await self._done(delivery)
         else:
             reply = Reply.failure(
                 504, "timeout", "the request's deadline passed while it was queued"
@@ -143,8 +155,8 @@ class Puller:
         await self._broker.nc.publish(delivery.envelope.reply_to, body, headers=headers)
 
     async def discard(self, delivery: Delivery) -> None:
-        """A cancelled request: done, with no answer (its job says ``cancelled`` already)."""
-        await delivery.msg.ack()
+        """Done, with no (more) answer: cancelled, or a stream that ended."""
+        await self._done(delivery)
 
     async def retry(self, delivery: Delivery, delay: float | None = None) -> None:
         """Give the request back to the queue for another replica."""

@@ -116,6 +116,9 @@ class AgentSettings(CommonSettings):
     # How long one idle pull waits before asking again (bounds stop latency).
     pull_expires: float = 2.0
     stop_grace: float = 10.0
+    # A replica's answer larger than this is replaced by a 502 (larger than a NATS
+    # message, it travels through the object store).
+    max_response_bytes: int = 64 * 1024 * 1024
     # A token with the `agent` (or `admin`) scope: the API hands a replica's secrets
     # and registry credential only to an agent that shows one.
     agent_token: SecretStr | None = None

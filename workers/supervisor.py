@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from broker.artifacts import ModelCache
+from broker.bodies import HEADER_ROOM
 from broker.connection import Broker
 from broker.envelope import Reply
 from broker.events import publish_event
@@ -45,8 +46,6 @@ RESTART_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_AFTER = 60.0
 # While a replica starts, its health check is polled at most this far apart.
 HEALTH_POLL_MAX = 0.05
-# Room left in a NATS message for the reply's headers.
-REPLY_HEADER_ROOM = 64 * 1024
 
 
 # Cog's /health-check answers 200 all along and says in its body whether it is ready.
@@ -442,7 +441,7 @@ class ReplicaSupervisor:
     ) -> None:
         """A streamed reply: its head, each chunk as the replica sends it, then the end."""
         await puller.send_part(delivery, "head", head=head)
-        limit = self._broker.max_payload - REPLY_HEADER_ROOM
+        limit = self._broker.max_payload - HEADER_ROOM
         try:
             async for chunk in chunks:
                 for i in range(0, len(chunk), limit):
@@ -508,11 +507,12 @@ class ReplicaSupervisor:
             )
         finally:
             self._running.pop(env.request_id, None)
-        limit = self._broker.max_payload - REPLY_HEADER_ROOM
+        limit = self._settings.max_response_bytes
         if len(reply.body) > limit:
             reply = Reply.failure(
                 502,
                 "response_too_large",
-                f"the replica's response is {len(reply.body)} bytes, over the {limit}-byte message limit",
+                f"the replica's response is {len(reply.body)} bytes, over the {limit}-byte limit "
+                "(BERTH_MAX_RESPONSE_BYTES)",
             )
         await puller.reply(delivery, reply)

@@ -33,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.callbacks import check_callback_url
 from api.context import AppContext
+from broker.bodies import resolve
 from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import claim_idempotency, create_job, modify, release_idempotency
 from broker.streams import backlog
@@ -75,8 +76,6 @@ _NOT_FORWARDED = frozenset(
 )
 # The API's own server adds these; the replica's copies would be duplicates.
 NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
-# Room left in a NATS message for the envelope's headers.
-_HEADER_ROOM = 64 * 1024
 MAX_WAIT = 3600.0
 
 
@@ -232,7 +231,7 @@ class DataPlane:
             check_callback_url(ask.callback_url, allow_private=ctx.settings.callback_allow_private)
             if ask.wait is None:
                 ask.is_async = True  # a callback is for a job
-        limit = min(ctx.settings.max_body_bytes, ctx.broker.max_payload - _HEADER_ROOM)
+        limit = ctx.settings.max_body_bytes  # larger than a NATS message: see broker/bodies.py
         if declared > limit:
             raise BodyTooLarge(f"request body is over the {limit}-byte limit")
         body = await _read_body(receive, limit)
@@ -321,6 +320,7 @@ async def _sync(
             hangup.close()
     finally:
         requester.forget(request_id)
+    reply = await resolve(ctx.broker, reply, drop=True)
     return reply.status, _reply_headers(reply), reply.body
 
 
@@ -352,6 +352,7 @@ async def _stream(
                     part = (msg.headers or {}).get(H.PART)
                     if not started:
                         reply = Reply.from_message(msg.headers, msg.data)
+                        reply = await resolve(ctx.broker, reply, drop=True)
                         headers = _reply_headers(reply)
                         if part is None:  # a whole answer (an error, or Berth's own)
                             headers.append((b"content-length", str(len(reply.body)).encode()))
@@ -481,7 +482,7 @@ async def _job(
         return _accepted(ctx, request_id)  # still running: poll, as for any job
     finally:
         await sub.unsubscribe()
-    reply = Reply.from_message(msg.headers, msg.data)
+    reply = await resolve(broker, Reply.from_message(msg.headers, msg.data), drop=False)
     headers = _reply_headers(reply)
     headers.append((b"x-berth-response-id", request_id.encode()))
     return reply.status, headers, reply.body
