@@ -45,6 +45,7 @@ __all__ = [
     "create_job",
     "ensure_results",
     "finish",
+    "finish_with",
     "get_job",
     "get_response",
     "is_job",
@@ -203,14 +204,21 @@ async def finish(
 async def store_response(broker: Broker, subject: str, reply: Reply, replica_id: str) -> None:
     """Keep a job's response (acked by JetStream), then say it is done.
 
-    A job cancelled meanwhile keeps its ``cancelled`` state, and the response is purged.
+    A job cancelled or expired meanwhile keeps that state, and the response is purged.
     """
     await broker.js.publish(subject, reply.body, headers=reply.to_headers())
+    done = await finish_with(broker, job_id(subject), reply)
+    if done is None:
+        job = await get_job(broker, job_id(subject))
+        if job is not None and job.status in (JobStatus.CANCELLED, JobStatus.EXPIRED):
+            await broker.js.purge_stream(names.RESULTS_STREAM, subject=subject)
+
+
+async def finish_with(broker: Broker, response_id: str, reply: Reply) -> JobRecord | None:
+    """End a job with the state its (stored) reply means: completed, or failed for Berth's errors."""
     status = JobStatus.FAILED if reply.error else JobStatus.COMPLETED
     reason = reply.body.decode("utf-8", "replace")[:2000] if reply.error else None
-    done = await finish(broker, job_id(subject), status, reason=reason, replica_id=replica_id)
-    if done is None:
-        await broker.js.purge_stream(names.RESULTS_STREAM, subject=subject)
+    return await finish(broker, response_id, status, reason=reason, replica_id=reply.replica_id)
 
 
 async def get_response(broker: Broker, response_id: str) -> Reply | None:

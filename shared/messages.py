@@ -65,6 +65,7 @@ class EndpointSpec(BaseModel):
     public: bool = False
     disabled: bool = False
     max_queue_length: int | None = None
+    sync_wait: float | None = None
     revision: int = 0
     # Distinguishes an endpoint from an earlier one of the same name (delete, then create).
     incarnation: str = ""

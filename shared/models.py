@@ -71,6 +71,9 @@ class EndpointBase(SQLModel):
     container_secrets: list[str] = Field(default_factory=list, sa_type=JSON)
     request_timeout: float = Field(default=300.0, gt=0, le=86400)
     max_queue_length: int | None = Field(default=None, ge=0)
+    # A sync request not answered within this many seconds becomes a job (202 with
+    # Location) instead of waiting on, as if it had sent ``Prefer: wait=<sync_wait>``.
+    sync_wait: float | None = Field(default=None, ge=0, le=3600)
 
 
 class EndpointCreate(EndpointBase):
@@ -125,6 +128,7 @@ class EndpointUpdate(SQLModel):
     container_secrets: list[str] | None = None
     request_timeout: float | None = Field(default=None, gt=0, le=86400)
     max_queue_length: int | None = Field(default=None, ge=0)
+    sync_wait: float | None = Field(default=None, ge=0, le=3600)
 
     @field_validator("health_check_path")
     @classmethod

@@ -142,6 +142,19 @@ def test_prefer_wait_answers_inline_or_becomes_a_job(stack: Stack, name: str) ->
         bad = c.post(f"/e/{name}/infer", json={"prompt": "a"}, headers={"Prefer": "wait=soon"})
         assert bad.status_code == 422
 
+        # The endpoint's own budget: every sync request slower than it becomes a job.
+        assert c.patch(f"/v1/endpoint/{name}", json={"sync_wait": 0.2}).status_code == 200
+        assert c.get(f"/v1/endpoint/{name}").json()["sync_wait"] == 0.2
+
+        def slow_call() -> httpx.Response | None:
+            resp = c.post(f"/e/{name}/infer", json={"prompt": "plain", "sleep": 1.0})
+            return resp if resp.status_code == 202 else None
+
+        plain = wait_for(slow_call, 30, "the endpoint's sync_wait to apply")
+        assert poll(c, plain.json())["status"] == "completed"
+        fast = c.post(f"/e/{name}/infer", json={"prompt": "fast"})
+        assert fast.status_code == 200 and fast.headers["x-berth-response-id"]
+
 
 def test_a_sync_caller_that_hangs_up_cancels_its_queued_request(
     stack: Stack, name: str, tmp_path: Path
@@ -208,3 +221,24 @@ def test_a_job_says_what_it_waits_for(stack: Stack, name: str) -> None:
         assert starting
         done = poll(c, job, timeout=30)
         assert done["timings"]["cold_start_s"] >= 1.5  # setup slept 2 s after the job arrived
+
+
+def test_a_job_behind_a_crash_loop_says_so(stack: Stack, name: str) -> None:
+    stack.deploy(name, min_replicas=1, max_replicas=1)
+    wait_for(lambda: stack.replicas(name), 30, "a ready replica")
+    with stack.client() as c:
+        # Every attempt at this request kills the replica, which restarts with backoff.
+        crasher = c.post(f"/e/{name}/crash", json={}, headers=ASYNC).json()
+        job = submit(c, name, {"prompt": "behind"})
+        waiting = wait_for(
+            lambda: (
+                (c.get(job["poll_url"]).json().get("waiting_for") or {}).get("reason")
+                == "crash_loop"
+                and c.get(job["poll_url"]).json()["waiting_for"]
+            ),
+            30,
+            "the crash loop to show",
+        )
+        assert "exit" in waiting["message"] or "connection" in waiting["message"]
+        for j in (crasher, job):
+            c.delete(j["poll_url"])

@@ -62,6 +62,7 @@ def to_spec(ep: Endpoint) -> EndpointSpec:
         public=ep.visibility == Visibility.PUBLIC,
         disabled=ep.endpoint_state == EndpointState.DISABLED,
         max_queue_length=ep.max_queue_length,
+        sync_wait=ep.sync_wait,
         revision=ep.revision,
         incarnation=f"{ep.id}-{ep.created_at!r}",
     )

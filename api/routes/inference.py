@@ -35,7 +35,13 @@ from api.callbacks import check_callback_url
 from api.context import AppContext
 from broker.bodies import resolve
 from broker.envelope import H, Reply, RequestEnvelope
-from broker.jobs import claim_idempotency, create_job, modify, release_idempotency
+from broker.jobs import (
+    claim_idempotency,
+    create_job,
+    finish_with,
+    modify,
+    release_idempotency,
+)
 from broker.streams import backlog
 from shared import names
 from shared.errors import (
@@ -221,6 +227,8 @@ class DataPlane:
                     headers={"Retry-After": "1"},
                 )
 
+        if ask.wait is None and not ask.is_async and not ask.stream:
+            ask.wait = spec.sync_wait  # the endpoint's own wait budget, if it has one
         query = scope["query_string"].decode("latin-1")
         query, callback_query = _take_callback(query)
         ask.callback_url = ask.callback_url or callback_query
@@ -482,7 +490,10 @@ async def _job(
         return _accepted(ctx, request_id)  # still running: poll, as for any job
     finally:
         await sub.unsubscribe()
-    reply = await resolve(broker, Reply.from_message(msg.headers, msg.data), drop=False)
+    reply = Reply.from_message(msg.headers, msg.data)
+    # The reply is stored; its job may not say so yet: whoever writes it first, it ends once.
+    await finish_with(broker, request_id, reply)
+    reply = await resolve(broker, reply, drop=False)
     headers = _reply_headers(reply)
     headers.append((b"x-berth-response-id", request_id.encode()))
     return reply.status, headers, reply.body

@@ -40,5 +40,9 @@ class Probe(Service):
                     fh.write(f"{prompt}-{i}\n")
             yield {"i": i, "text": f"{prompt} {i}"}
 
+    def crash(self, code: int = 1) -> dict:
+        """Exit the replica process at once, mid-request."""
+        os._exit(code)
+
     def env(self, name: str) -> dict:
         return {"value": os.environ.get(name)}
