@@ -135,3 +135,42 @@ def test_async_job_completes_while_the_api_is_down(own_nats: NatsServer, tmp_pat
             assert c.get(done["response_url"]).json()["output"]["prompt"] == "survives"
     finally:
         stack.close()
+
+
+async def job_seqs(url: str, ids: list[str]) -> dict[str, int]:
+    nc = await nats.connect(url)
+    try:
+        kv = await nc.jetstream().key_value("berth_jobs")
+        return {i: int(orjson.loads((await kv.get(i)).value or b"{}")["seq"]) for i in ids}
+    finally:
+        await nc.close()
+
+
+def test_concurrent_async_submissions_run_in_queue_order(
+    stack: Stack, name: str, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    order = tmp_path / "order.log"
+    stack.deploy(name, max_replicas=1)
+
+    async def submit_all() -> list[dict[str, Any]]:
+        async with stack.aclient() as c:
+            sem = asyncio.Semaphore(16)
+
+            async def one(i: int) -> dict[str, Any]:
+                async with sem:
+                    body = {"prompt": f"c{i}", "log": str(order)}
+                    resp = await c.post(f"/e/{name}/infer", json=body, headers=ASYNC)
+                    assert resp.status_code == 202, resp.text
+                    return resp.json()  # type: ignore[no-any-return]
+
+            return list(await asyncio.gather(*(one(i) for i in range(60))))
+
+    jobs = asyncio.run(submit_all())
+    with stack.client() as c:
+        for job in jobs:
+            poll(c, job, timeout=60)
+    ids = [j["response_id"] for j in jobs]
+    seqs = asyncio.run(job_seqs(nats_server.url, ids))
+    prompts = {j["response_id"]: f"c{i}" for i, j in enumerate(jobs)}
+    # Every job ran once, in the order the queue accepted them.
+    assert order.read_text().split() == [prompts[i] for i in sorted(ids, key=seqs.__getitem__)]
