@@ -20,9 +20,14 @@ from broker.envelope import Reply, RequestEnvelope
 from shared import names
 from shared.errors import BrokerUnavailable
 
-__all__ = ["Requester"]
+__all__ = ["NUDGE_EVERY", "Requester"]
 
 log = logging.getLogger(__name__)
+
+# At most one demand nudge per endpoint this often (seconds): the first request of a
+# burst wakes the scaler at once, and the scaler reads the backlog itself, so one
+# nudge per request would only cost the scaler and NATS a message each.
+NUDGE_EVERY = 0.01
 
 
 class Requester:
@@ -32,6 +37,9 @@ class Requester:
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._streams: dict[str, asyncio.Queue[Msg]] = {}
         self._sub: object | None = None
+        self._nudged: dict[str, tuple[float, str]] = {}  # endpoint → (loop time, digest)
+        self._trailing: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         self._sub = await self._broker.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
@@ -93,5 +101,24 @@ class Requester:
         # Core NATS, fire and forget: the scaler reacts at once to demand on an
         # endpoint; its periodic look at the backlog covers a lost nudge.
         # The nudge names the config the caller saw, which may be newer than the scaler's view.
-        await self._broker.nc.publish(names.demand_subject(endpoint), digest.encode())
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        last = self._nudged.get(endpoint)
+        if last is None or now - last[0] >= NUDGE_EVERY or last[1] != digest:
+            self._nudged[endpoint] = (now, digest)
+            await self._broker.nc.publish(names.demand_subject(endpoint), digest.encode())
+        elif endpoint not in self._trailing:
+            # One more at the window's end, so the scaler always sees the latest request.
+            self._trailing[endpoint] = loop.call_later(
+                last[0] + NUDGE_EVERY - now, self._nudge_later, endpoint, digest
+            )
         return int(ack.seq)
+
+    def _nudge_later(self, endpoint: str, digest: str) -> None:
+        self._trailing.pop(endpoint, None)
+        self._nudged[endpoint] = (asyncio.get_running_loop().time(), digest)
+        task = asyncio.ensure_future(
+            self._broker.nc.publish(names.demand_subject(endpoint), digest.encode())
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

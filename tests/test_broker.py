@@ -12,7 +12,7 @@ import pytest
 from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
 from broker.events import publish_event, read_events
-from broker.publish import Requester
+from broker.publish import NUDGE_EVERY, Requester
 from broker.pull import Puller, fail_queued
 from broker.streams import (
     MAX_DELIVER,
@@ -188,3 +188,38 @@ async def test_pull_from_a_deleted_consumer_is_no_crash(broker: Broker) -> None:
     assert await asyncio.wait_for(waiting, 5) is None
     assert await puller.next(0.2) is None  # and stays quiet while the consumer is gone
     await puller.close()
+
+
+async def test_demand_nudges_are_one_per_window_and_the_last_request_is_seen(
+    broker: Broker,
+) -> None:
+    s = spec()
+    await ensure_endpoint_consumer(broker, s)
+    seen: list[float] = []
+
+    async def on_nudge(_msg: object) -> None:
+        seen.append(time.monotonic())
+
+    sub = await broker.nc.subscribe(names.demand_subject(s.name), cb=on_nudge)
+    requester = Requester(broker)
+    await requester.start()
+    started = time.monotonic()
+    for i in range(200):  # a burst: many requests within a few windows
+        await requester.publish(s.name, envelope(requester, f"n{i}"), b"{}", "d1")
+    last_publish = time.monotonic()
+    # The trailing nudge follows the burst's last request within one window.
+    deadline = time.monotonic() + 5
+    while not (seen and seen[-1] >= last_publish) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    await sub.unsubscribe()
+    windows = (last_publish - started) / NUDGE_EVERY
+    assert seen[0] - started < NUDGE_EVERY  # the first request wakes the scaler at once
+    assert seen[-1] >= last_publish
+    assert len(seen) <= 2 * windows + 2 < 200  # a leading and a trailing one per window at most
+    # A changed config is told at once, whatever the window.
+    before = len(seen)
+    await requester.publish(s.name, envelope(requester, "changed"), b"{}", "d2")
+    deadline = time.monotonic() + 5
+    while len(seen) == before and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    assert len(seen) == before + 1
