@@ -211,7 +211,6 @@ async def test_demand_nudges_are_one_per_window_and_the_last_request_is_seen(
     deadline = time.monotonic() + 5
     while not (seen and seen[-1] >= last_publish) and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
-    await sub.unsubscribe()
     windows = (last_publish - started) / NUDGE_EVERY
     assert seen[0] - started < NUDGE_EVERY  # the first request wakes the scaler at once
     assert seen[-1] >= last_publish
@@ -222,4 +221,5 @@ async def test_demand_nudges_are_one_per_window_and_the_last_request_is_seen(
     deadline = time.monotonic() + 5
     while len(seen) == before and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
+    await sub.unsubscribe()
     assert len(seen) == before + 1
