@@ -34,7 +34,7 @@ typecheck: $(VENV)/.synced
 check: lint typecheck test
 
 bench: $(VENV)/.synced
-	$(VENV)/bin/python -m bench.overhead
+	$(VENV)/bin/python -m bench.harness
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -446,8 +446,9 @@ def markdown(result: dict[str, Any]) -> str:
         out.append(f"| cold start, process runtime | {_cell(cs, ' ms')} |")
         if "container" in result:
             cc = result["container"]
-            if "ms" in cc:
-                out.append(f"| cold start, container runtime | {_cell(cc['ms'], ' ms')} |")
+            if "first_request_ms" in cc:
+                cell = _cell(cc["first_request_ms"], " ms")
+                out.append(f"| cold start, container runtime | {cell} |")
         if b.get("scale_up_4th_start_ms"):
             out.append(
                 f"| burst at zero, max 4: 4th start issued after | {_cell(b['scale_up_4th_start_ms'], ' ms')} |"
