@@ -39,7 +39,6 @@ async def expire_if_due(ctx: AppContext, job: JobRecord) -> JobRecord:
         job.response_id,
         JobStatus.EXPIRED,
         reason="its deadline passed while it was queued",
-        job=job,
     )
     if done is None:
         return job

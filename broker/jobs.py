@@ -133,18 +133,27 @@ async def get_job(broker: Broker, response_id: str) -> JobRecord | None:
     return found[0] if found else None
 
 
-async def create_job(broker: Broker, job: JobRecord) -> None:
+async def create_job(broker: Broker, job: JobRecord) -> int:
+    """Store a new job; its revision (for a first :func:`modify` without a read)."""
     kv = await broker.kv(names.KV_JOBS)
-    await kv.create(job.response_id, job.model_dump_json(exclude_none=True).encode())
+    return await kv.create(job.response_id, job.model_dump_json(exclude_none=True).encode())
 
 
 async def modify(
-    broker: Broker, response_id: str, change: Callable[[JobRecord], JobRecord | None]
+    broker: Broker,
+    response_id: str,
+    change: Callable[[JobRecord], JobRecord | None],
+    *,
+    known: tuple[JobRecord, int] | None = None,
 ) -> JobRecord | None:
-    """Apply ``change`` atomically (retried on a concurrent write); None if it declined or no job."""
+    """Apply ``change`` atomically (retried on a concurrent write); None if it declined or no job.
+
+    ``known`` is the job and revision the caller read or wrote last: tried first, without a read.
+    """
     kv = await broker.kv(names.KV_JOBS)
     for _ in range(_CAS_TRIES):
-        found = await _read(broker, response_id)
+        found = known or await _read(broker, response_id)
+        known = None
         if found is None:
             return None
         job, revision = found
@@ -187,18 +196,21 @@ async def finish(
     *,
     reason: str | None = None,
     replica_id: str | None = None,
-    job: JobRecord | None = None,
 ) -> JobRecord | None:
     """Move a live job to a terminal state (and queue its callback); None if it had ended already."""
-    job = job or await get_job(broker, response_id)
-    if job is None or job.status.terminal:
+    found = await _read(broker, response_id)
+    if found is None or found[0].status.terminal:
         return None
-    if job.callback is not None:
-        await request_callback(broker, job)
+    if found[0].callback is not None:
+        await request_callback(broker, found[0])
     changes: dict[str, object] = {"status": status, "finished_at": time.time(), "reason": reason}
     if replica_id:
         changes["replica_id"] = replica_id
-    return await transition(broker, response_id, LIVE, **changes)
+
+    def end(job: JobRecord) -> JobRecord | None:
+        return job.model_copy(update=changes) if job.status in LIVE else None
+
+    return await modify(broker, response_id, end, known=found)
 
 
 async def store_response(broker: Broker, subject: str, reply: Reply, replica_id: str) -> None:

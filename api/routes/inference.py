@@ -464,7 +464,7 @@ async def _job(
     sub = None
     try:
         # The state first: a fast replica may finish the job before this returns.
-        await create_job(broker, job)
+        revision = await create_job(broker, job)
         if ask.wait is not None and ask.wait > 0:
             result = asyncio.get_running_loop().create_future()
 
@@ -480,7 +480,7 @@ async def _job(
         if sub is not None:
             await sub.unsubscribe()
         raise
-    await _note_place(ctx, request_id, endpoint, seq)
+    await _note_place(ctx, job, revision, seq)
     if result is None or sub is None:
         return _accepted(ctx, request_id)
     try:
@@ -499,11 +499,11 @@ async def _job(
     return reply.status, headers, reply.body
 
 
-async def _note_place(ctx: AppContext, request_id: str, endpoint: str, seq: int) -> None:
+async def _note_place(ctx: AppContext, job: JobRecord, revision: int, seq: int) -> None:
     """Keep the job's sequence (to cancel it) and what was queued ahead (for its position)."""
     try:
         info = await ctx.broker.js.consumer_info(
-            names.REQUESTS_STREAM, names.consumer_name(endpoint)
+            names.REQUESTS_STREAM, names.consumer_name(job.endpoint)
         )
     except Exception:  # no consumer (yet): no position, nothing else lost
         ahead = delivered = None
@@ -511,12 +511,13 @@ async def _note_place(ctx: AppContext, request_id: str, endpoint: str, seq: int)
         ahead = max(0, (info.num_pending or 1) - 1)
         delivered = info.delivered.consumer_seq if info.delivered else 0
 
-    def place(job: JobRecord) -> JobRecord:
-        return job.model_copy(
+    def place(current: JobRecord) -> JobRecord:
+        return current.model_copy(
             update={"seq": seq, "queued_ahead": ahead, "delivered_mark": delivered}
         )
 
-    await modify(ctx.broker, request_id, place)
+    # Usually nobody wrote the job since it was made: no read needed.
+    await modify(ctx.broker, job.response_id, place, known=(job, revision))
 
 
 def _error(exc: BerthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -57,7 +57,7 @@ async def cancel_request(response_id: str, request: Request, ctx: ContextDep) ->
     """Cancel a job: queued, it never runs; running, its replica's answer is not waited for."""
     job = await _job(request, ctx, response_id)
     done = await finish(
-        ctx.broker, response_id, JobStatus.CANCELLED, reason="cancelled by the caller", job=job
+        ctx.broker, response_id, JobStatus.CANCELLED, reason="cancelled by the caller"
     )
     if done is None:
         current = await get_job(ctx.broker, response_id) or job
