@@ -189,6 +189,15 @@ class Dispatcher:
             durable=names.CALLBACKS_CONSUMER, stream=names.CALLBACKS_STREAM
         )
         running: set[asyncio.Task[None]] = set()
+        try:
+            await self._pull(sub, running)
+        finally:
+            for task in running:  # unacked: delivered again after ack_wait, by any API
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _pull(self, sub: Any, running: set[asyncio.Task[None]]) -> None:
         while True:
             room = self._concurrency - len(running)
             if room <= 0:

@@ -68,6 +68,10 @@ async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
                 name=name,
                 connect_timeout=timeout,  # type: ignore[arg-type]  # annotated int; takes seconds
                 max_reconnect_attempts=-1,
+                # Closing drains subscriptions first; one whose reader has stopped (a pull
+                # subscription nobody fetches from any more) would hold it for nats-py's
+                # default 30 s. Our readers stop before close: a short bound is enough.
+                drain_timeout=2,
                 reconnect_time_wait=0.5,  # type: ignore[arg-type]
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
