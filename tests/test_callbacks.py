@@ -227,3 +227,13 @@ def test_callback_survives_an_api_restart(
             assert callback_state(c, job)["state"] == "delivered"
     finally:
         stack.close()
+
+
+def test_callback_url_leaves_the_query_and_the_rest_stays_byte_for_byte() -> None:
+    from api.routes.inference import _take_callback
+
+    assert _take_callback("a=b%20c&callback_url=http%3A%2F%2Fh%2Fhook&z=1+2") == (
+        "a=b%20c&z=1+2",
+        "http://h/hook",
+    )
+    assert _take_callback("a=1") == ("a=1", None)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 import orjson
 from nats.aio.msg import Msg
@@ -143,12 +143,17 @@ def _parse_deadline(value: str, now: float) -> float:
 
 
 def _take_callback(query: str) -> tuple[str, str | None]:
-    """The ``callback_url`` query parameter is Berth's: taken out of what the replica sees."""
+    """The ``callback_url`` query parameter is Berth's: taken out of what the replica sees
+    (the other parameters stay byte for byte)."""
     if "callback_url=" not in query:
         return query, None
-    pairs = parse_qsl(query, keep_blank_values=True)
-    url = next((v for k, v in pairs if k == "callback_url"), None)
-    return urlencode([(k, v) for k, v in pairs if k != "callback_url"]), url
+    kept, url = [], None
+    for pair in query.split("&"):
+        if pair.startswith("callback_url="):
+            url = unquote_plus(pair.removeprefix("callback_url="))
+        else:
+            kept.append(pair)
+    return "&".join(kept), url
 
 
 class DataPlane:
