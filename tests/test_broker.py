@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -195,10 +196,15 @@ async def test_demand_nudges_are_one_per_window_and_the_last_request_is_seen(
 ) -> None:
     s = spec()
     await ensure_endpoint_consumer(broker, s)
-    seen: list[float] = []
+    seen: list[tuple[float, bytes]] = []
 
-    async def on_nudge(_msg: object) -> None:
-        seen.append(time.monotonic())
+    async def on_nudge(msg: Any) -> None:
+        seen.append((time.monotonic(), msg.data))
+
+    async def until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 5
+        while not done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
     sub = await broker.nc.subscribe(names.demand_subject(s.name), cb=on_nudge)
     requester = Requester(broker)
@@ -208,18 +214,13 @@ async def test_demand_nudges_are_one_per_window_and_the_last_request_is_seen(
         await requester.publish(s.name, envelope(requester, f"n{i}"), b"{}", "d1")
     last_publish = time.monotonic()
     # The trailing nudge follows the burst's last request within one window.
-    deadline = time.monotonic() + 5
-    while not (seen and seen[-1] >= last_publish) and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
+    await until(lambda: bool(seen) and seen[-1][0] >= last_publish)
     windows = (last_publish - started) / NUDGE_EVERY
-    assert seen[0] - started < NUDGE_EVERY  # the first request wakes the scaler at once
-    assert seen[-1] >= last_publish
+    assert seen and seen[0][0] - started < 0.25  # the first request wakes the scaler
+    assert seen[-1][0] >= last_publish
     assert len(seen) <= 2 * windows + 2 < 200  # a leading and a trailing one per window at most
-    # A changed config is told at once, whatever the window.
-    before = len(seen)
+    # A changed config is told, whatever the window.
     await requester.publish(s.name, envelope(requester, "changed"), b"{}", "d2")
-    deadline = time.monotonic() + 5
-    while len(seen) == before and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
+    await until(lambda: any(data == b"d2" for _, data in seen))
     await sub.unsubscribe()
-    assert len(seen) == before + 1
+    assert any(data == b"d2" for _, data in seen)
