@@ -18,6 +18,7 @@ from api.auth import Authenticator
 from api.callbacks import Dispatcher, WebhookSecrets
 from api.context import AppContext
 from api.errors import install_error_handlers
+from api.jobs import DeadlineTimers
 from api.middleware import HostRouting, RequestId
 from api.replica_secrets import replica_secrets
 from api.routes import endpoints, events, fleet, logs, models, requests, secrets, tokens
@@ -121,7 +122,9 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     auth=Authenticator(db, settings.static_admin_token(), settings.token_cache_ttl),
                     store=store,
                     webhooks=WebhookSecrets(store),
+                    deadlines=None,  # type: ignore[arg-type]  # needs the context: set below
                 )
+                ctx.deadlines = DeadlineTimers(ctx)
                 await ctx.endpoints.start()
                 await ctx.replicas.start()
                 await ctx.agents.start()

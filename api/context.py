@@ -20,6 +20,7 @@ from shared.stores import SecretStore
 if TYPE_CHECKING:
     from api.auth import Authenticator
     from api.callbacks import WebhookSecrets
+    from api.jobs import DeadlineTimers
 
 __all__ = ["AppContext", "BrokerDep", "ContextDep", "SessionDep", "SettingsDep", "StoreDep"]
 
@@ -36,6 +37,7 @@ class AppContext:
     auth: Authenticator
     store: SecretStore
     webhooks: WebhookSecrets
+    deadlines: DeadlineTimers
 
 
 def get_context(request: Request) -> AppContext:

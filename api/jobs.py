@@ -12,7 +12,9 @@ slots and their mean service time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -20,11 +22,13 @@ import orjson
 from nats.js.errors import NotFoundError
 
 from api.context import AppContext
-from broker.jobs import finish
+from broker.jobs import finish, get_job
 from shared import names
 from shared.messages import JobRecord, JobStatus, ReplicaRecord, ReplicaState
 
-__all__ = ["expire_if_due", "job_view"]
+__all__ = ["DeadlineTimers", "expire_if_due", "job_view"]
+
+log = logging.getLogger(__name__)
 
 # Replica reasons that say a restarted replica fails its health check.
 _HEALTH_WORDS = ("health check",)
@@ -46,6 +50,36 @@ async def expire_if_due(ctx: AppContext, job: JobRecord) -> JobRecord:
         with contextlib.suppress(Exception):
             await ctx.broker.js.delete_msg(names.REQUESTS_STREAM, job.seq)
     return done
+
+
+class DeadlineTimers:
+    """Expire queued jobs at their ``X-Berth-Deadline`` even if nobody pulls or polls them
+    (an endpoint with no capacity, say): their callback then goes out on time.
+
+    Timers live in the API process that accepted the job; one lost with that process
+    leaves the job to expire when an agent pulls it or someone reads it.
+    """
+
+    def __init__(self, ctx: AppContext):
+        self._ctx = ctx
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self, response_id: str, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(0.0, deadline - time.time()), self._fire, response_id)
+
+    def _fire(self, response_id: str) -> None:
+        task = asyncio.ensure_future(self._expire(response_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, response_id: str) -> None:
+        try:
+            job = await get_job(self._ctx.broker, response_id)
+            if job is not None:
+                await expire_if_due(self._ctx, job)
+        except Exception as exc:  # NATS away: the pull or the next read expires it
+            log.info("deadline of %s: %r", response_id, exc)
 
 
 def _round(x: float | None) -> float | None:

@@ -237,3 +237,22 @@ def test_callback_url_leaves_the_query_and_the_rest_stays_byte_for_byte() -> Non
         "http://h/hook",
     )
     assert _take_callback("a=1") == ("a=1", None)
+
+
+def test_a_job_that_nobody_runs_expires_on_time_and_calls_back(
+    stack: Stack, name: str, receiver: Receiver
+) -> None:
+    stack.deploy(name, max_replicas=0)  # no replica will ever pull it
+    with stack.client() as c:
+        resp = c.post(
+            f"/e/{name}/infer",
+            json={"prompt": "never"},
+            headers={"X-Berth-Callback-URL": receiver.url, "X-Berth-Deadline": "0.5"},
+        )
+        assert resp.status_code == 202
+        wait_for(lambda: receiver.got, 30, "the expiry's callback, with nobody polling")
+        event = httpx.Response(200, content=receiver.got[0][1]).json()
+        assert event["type"] == "request.expired"
+        assert event["data"]["status"] == "expired" and "response" not in event["data"]
+        # And it left the queue.
+        assert c.get(f"/v1/endpoint/{name}").json()["queued"] == 0

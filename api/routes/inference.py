@@ -486,6 +486,8 @@ async def _job(
             await sub.unsubscribe()
         raise
     await _note_place(ctx, job, revision, seq)
+    if ask.deadline is not None:
+        ctx.deadlines.schedule(request_id, deadline)
     if result is None or sub is None:
         return _accepted(ctx, request_id)
     try:
