@@ -24,9 +24,9 @@ from nats.js.errors import NotFoundError
 from api.context import AppContext
 from broker.jobs import finish, get_job
 from shared import names
-from shared.messages import JobRecord, JobStatus, ReplicaRecord, ReplicaState
+from shared.messages import EndpointSpec, JobRecord, JobStatus, ReplicaRecord, ReplicaState
 
-__all__ = ["DeadlineTimers", "expire_if_due", "job_view"]
+__all__ = ["DeadlineTimers", "expire_if_due", "job_view", "waiting_for"]
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,33 @@ async def _last_event(ctx: AppContext, kind: str, endpoint: str) -> dict[str, An
 
 
 async def _stuck(ctx: AppContext, endpoint: str, replicas: list[ReplicaRecord]) -> dict[str, Any]:
-    """Why no replica serves the endpoint yet: one ``reason`` code and a message."""
+    starting = any(r.state is ReplicaState.STARTING for r in replicas)
+    replica_event = await _last_event(ctx, "replica", endpoint) if starting else None
+    scale_event = None if starting else await _last_event(ctx, "scale", endpoint)
     spec = ctx.endpoints.items.get(endpoint)
+    return waiting_for(spec, endpoint, replicas, replica_event, scale_event, time.time())
+
+
+def _type(event: dict[str, Any] | None) -> str:
+    return str((event or {}).get("event", {}).get("type", ""))
+
+
+def _details(event: dict[str, Any] | None) -> dict[str, Any]:
+    return dict((event or {}).get("event", {}).get("details", {}))
+
+
+def waiting_for(
+    spec: EndpointSpec | None,
+    endpoint: str,
+    replicas: list[ReplicaRecord],
+    replica_event: dict[str, Any] | None,
+    scale_event: dict[str, Any] | None,
+    now: float,
+) -> dict[str, Any]:
+    """Why no replica serves the endpoint yet: one ``reason`` code and a message.
+
+    From the endpoint's replica records and its last replica and scale events.
+    """
     if spec is not None and spec.disabled:
         return {"reason": "disabled", "message": f"endpoint {endpoint!r} is disabled"}
     failed = [r for r in replicas if r.state is ReplicaState.FAILED]
@@ -181,20 +206,17 @@ async def _stuck(ctx: AppContext, endpoint: str, replicas: list[ReplicaRecord]) 
         return {"reason": code, "message": r.reason or "the replica keeps failing"}
     starting = [r for r in replicas if r.state is ReplicaState.STARTING]
     if starting:
-        event = await _last_event(ctx, "replica", endpoint)
-        kind = (event or {}).get("event", {}).get("type", "")
-        if kind in ("image_pull_started", "image_pull_progress"):
-            details = event["event"].get("details", {}) if event else {}
-            return {"reason": "image_pull", "message": "pulling the image", "details": details}
-        since = time.time() - min(r.started_at for r in starting)
+        if _type(replica_event) in ("image_pull_started", "image_pull_progress"):
+            return {
+                "reason": "image_pull",
+                "message": "pulling the image",
+                "details": _details(replica_event),
+            }
+        since = now - min(r.started_at for r in starting)
         return {"reason": "cold_start", "message": f"a replica is starting ({since:.1f} s so far)"}
-    event = await _last_event(ctx, "scale", endpoint)
-    kind = (event or {}).get("event", {}).get("type", "")
-    if event and kind in ("no_capacity", "start_backoff"):
-        details = event["event"].get("details", {})
-        reason = details.get("reason") or kind.replace("_", " ")
-        return {
-            "reason": "no_capacity" if kind == "no_capacity" else "crash_loop",
-            "message": reason,
-        }
+    kind = _type(scale_event)
+    if kind in ("no_capacity", "start_backoff"):
+        reason = _details(scale_event).get("reason") or kind.replace("_", " ")
+        code = "no_capacity" if kind == "no_capacity" else "crash_loop"
+        return {"reason": code, "message": reason}
     return {"reason": "scheduling", "message": "waiting for the scaler to start a replica"}
