@@ -25,6 +25,7 @@ from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import LIVE, finish, is_job, job_id, store_response, transition
 from broker.streams import MAX_DELIVER
 from shared import names
+from shared.errors import BerthError
 from shared.messages import JobStatus
 
 __all__ = ["Delivery", "Puller", "fail_queued"]
@@ -78,10 +79,16 @@ class Puller:
             return None
         msg = msgs[0]
         envelope = RequestEnvelope.from_headers(msg.headers or {})
-        body = msg.data
+        delivery = Delivery(
+            msg=msg, envelope=envelope, body=msg.data, attempt=msg.metadata.num_delivered
+        )
         if envelope.body_ref:
-            body = await get_body(self._broker, envelope.body_ref)
-        return Delivery(msg=msg, envelope=envelope, body=body, attempt=msg.metadata.num_delivered)
+            try:
+                delivery.body = await get_body(self._broker, envelope.body_ref)
+            except BerthError as exc:  # its object is gone: answer, never loop on it
+                await self.reply(delivery, Reply.failure(502, "body_lost", exc.message))
+                return None
+        return delivery
 
     async def _done(self, delivery: Delivery) -> None:
         """The request is answered: ack it, and drop its claim-checked body."""

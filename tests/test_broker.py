@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from broker.bodies import ensure_bodies
 from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
 from broker.events import publish_event, read_events
@@ -224,3 +225,24 @@ async def test_demand_nudges_are_one_per_window_and_the_last_request_is_seen(
     await until(lambda: any(data == b"d2" for _, data in seen))
     await sub.unsubscribe()
     assert any(data == b"d2" for _, data in seen)
+
+
+async def test_a_claim_checked_body_that_is_gone_is_answered_not_looped(broker: Broker) -> None:
+    await ensure_bodies(broker, 60)
+    s = spec()
+    await ensure_endpoint_consumer(broker, s)
+    requester = Requester(broker)
+    await requester.start()
+    env = envelope(requester, "lost")
+    env.body_ref = "req-not-in-the-store"
+    waiter = requester.expect("lost")
+    await broker.js.publish(names.request_subject(s.name), b"", headers=env.to_headers())
+    puller = Puller(broker, s.name)
+    await puller.open()
+    try:
+        assert await puller.next(2) is None
+        reply = await asyncio.wait_for(waiter, 5)
+        assert await puller.next(0.2) is None  # answered and acked: not delivered again
+    finally:
+        await puller.close()
+    assert reply.status == 502 and reply.error == "body_lost"
