@@ -122,13 +122,12 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     auth=Authenticator(db, settings.static_admin_token(), settings.token_cache_ttl),
                     store=store,
                     webhooks=WebhookSecrets(store),
-                    deadlines=None,  # type: ignore[arg-type]  # needs the context: set below
+                    deadlines=DeadlineTimers(broker),
                 )
-                ctx.deadlines = DeadlineTimers(ctx)
                 await ctx.endpoints.start()
                 await ctx.replicas.start()
                 await ctx.agents.start()
-                dispatcher = Dispatcher(ctx, ctx.webhooks)
+                dispatcher = Dispatcher(ctx)
                 try:
                     await _resync(ctx)
                     await serve_replica_secrets(broker, partial(replica_secrets, ctx))

@@ -147,9 +147,9 @@ def _inline(
 class Dispatcher:
     """Delivers due callbacks; one per API process, sharing the durable queue."""
 
-    def __init__(self, ctx: AppContext, secrets: WebhookSecrets, *, concurrency: int = 16):
+    def __init__(self, ctx: AppContext, *, concurrency: int = 16):
         self._ctx = ctx
-        self._secrets = secrets
+        self._secrets = ctx.webhooks
         self._concurrency = concurrency
         settings = ctx.settings
         backoff = settings.callback_backoff

@@ -13,43 +13,23 @@ slots and their mean service time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
-import orjson
-from nats.js.errors import NotFoundError
-
 from api.context import AppContext
-from broker.jobs import finish, get_job
-from shared import names
+from broker.connection import Broker
+from broker.events import last_event
+from broker.jobs import expire_if_due, get_job
+from broker.streams import backlog
 from shared.messages import EndpointSpec, JobRecord, JobStatus, ReplicaRecord, ReplicaState
 
-__all__ = ["DeadlineTimers", "expire_if_due", "job_view", "waiting_for"]
+__all__ = ["DeadlineTimers", "job_view", "waiting_for"]
 
 log = logging.getLogger(__name__)
 
 # Replica reasons that say a restarted replica fails its health check.
 _HEALTH_WORDS = ("health check",)
-
-
-async def expire_if_due(ctx: AppContext, job: JobRecord) -> JobRecord:
-    """A queued job past its deadline is expired now (and leaves the queue), not when pulled."""
-    if job.status is not JobStatus.PENDING or not job.deadline or time.time() < job.deadline:
-        return job
-    done = await finish(
-        ctx.broker,
-        job.response_id,
-        JobStatus.EXPIRED,
-        reason="its deadline passed while it was queued",
-    )
-    if done is None:
-        return job
-    if job.seq:
-        with contextlib.suppress(Exception):
-            await ctx.broker.js.delete_msg(names.REQUESTS_STREAM, job.seq)
-    return done
 
 
 class DeadlineTimers:
@@ -60,8 +40,8 @@ class DeadlineTimers:
     leaves the job to expire when an agent pulls it or someone reads it.
     """
 
-    def __init__(self, ctx: AppContext):
-        self._ctx = ctx
+    def __init__(self, broker: Broker):
+        self._broker = broker
         self._tasks: set[asyncio.Task[None]] = set()
 
     def schedule(self, response_id: str, deadline: float) -> None:
@@ -75,9 +55,9 @@ class DeadlineTimers:
 
     async def _expire(self, response_id: str) -> None:
         try:
-            job = await get_job(self._ctx.broker, response_id)
+            job = await get_job(self._broker, response_id)
             if job is not None:
-                await expire_if_due(self._ctx, job)
+                await expire_if_due(self._broker, job)
         except Exception as exc:  # NATS away: the pull or the next read expires it
             log.info("deadline of %s: %r", response_id, exc)
 
@@ -134,14 +114,9 @@ async def _queue(ctx: AppContext, job: JobRecord) -> dict[str, Any]:
     ]
     position = None
     if job.queued_ahead is not None and job.delivered_mark is not None:
-        try:
-            info = await ctx.broker.js.consumer_info(
-                names.REQUESTS_STREAM, names.consumer_name(job.endpoint)
-            )
-            delivered = info.delivered.consumer_seq if info.delivered else 0
-            position = max(0, job.queued_ahead - ((delivered or 0) - job.delivered_mark))
-        except NotFoundError:
-            pass
+        waiting = await backlog(ctx.broker, job.endpoint)
+        if waiting is not None:
+            position = max(0, job.queued_ahead - (waiting.delivered - job.delivered_mark))
     out: dict[str, Any] = {"queue_position": position}
     ready = [r for r in replicas if r.state is ReplicaState.READY]
     spec = ctx.endpoints.items.get(job.endpoint)
@@ -156,21 +131,10 @@ async def _queue(ctx: AppContext, job: JobRecord) -> dict[str, Any]:
     return out
 
 
-async def _last_event(ctx: AppContext, kind: str, endpoint: str) -> dict[str, Any] | None:
-    try:
-        msg = await ctx.broker.js.get_last_msg(
-            names.EVENTS_STREAM, names.event_subject(kind, endpoint)
-        )
-    except NotFoundError:
-        return None
-    event: dict[str, Any] = orjson.loads(msg.data or b"{}")
-    return event
-
-
 async def _stuck(ctx: AppContext, endpoint: str, replicas: list[ReplicaRecord]) -> dict[str, Any]:
     starting = any(r.state is ReplicaState.STARTING for r in replicas)
-    replica_event = await _last_event(ctx, "replica", endpoint) if starting else None
-    scale_event = None if starting else await _last_event(ctx, "scale", endpoint)
+    replica_event = await last_event(ctx.broker, "replica", endpoint) if starting else None
+    scale_event = None if starting else await last_event(ctx.broker, "scale", endpoint)
     spec = ctx.endpoints.items.get(endpoint)
     return waiting_for(spec, endpoint, replicas, replica_event, scale_event, time.time())
 

@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import orjson
+from nats.js.errors import NotFoundError
 
 from broker import history
 from broker.connection import Broker
 from shared import names
 
-__all__ = ["follow_events", "publish_event", "read_events"]
+__all__ = ["follow_events", "last_event", "publish_event", "read_events"]
 
 
 async def publish_event(
@@ -46,6 +47,17 @@ async def publish_event(
 
 def _unpack(data: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(data)]
+
+
+async def last_event(
+    broker: Broker, kind: Literal["replica", "scale", "endpoint"], endpoint: str
+) -> dict[str, Any] | None:
+    """The newest event of one kind for an endpoint (one direct read), or None."""
+    try:
+        msg = await broker.js.get_last_msg(names.EVENTS_STREAM, names.event_subject(kind, endpoint))
+    except NotFoundError:
+        return None
+    return _unpack(msg.data or b"{}")[0]
 
 
 async def read_events(

@@ -21,9 +21,12 @@ callback that waits for the state, never a state without its callback.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import (
     BucketNotFoundError,
@@ -35,15 +38,17 @@ from nats.js.errors import (
 from broker.bodies import ensure_bodies, resolve
 from broker.connection import Broker
 from broker.envelope import Reply
-from broker.streams import ensure_stream
+from broker.streams import dequeue, ensure_stream
 from shared import names
 from shared.messages import JobRecord, JobStatus
 
 __all__ = [
+    "EXPIRED_IN_QUEUE",
     "LIVE",
     "claim_idempotency",
     "create_job",
     "ensure_results",
+    "expire_if_due",
     "finish",
     "finish_with",
     "get_job",
@@ -55,9 +60,11 @@ __all__ = [
     "request_callback",
     "store_response",
     "transition",
+    "watch_result",
 ]
 
 LIVE = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
+EXPIRED_IN_QUEUE = "its deadline passed while it was queued"
 _CAS_TRIES = 20
 
 
@@ -213,6 +220,18 @@ async def finish(
     return await modify(broker, response_id, end, known=found)
 
 
+async def expire_if_due(broker: Broker, job: JobRecord) -> JobRecord:
+    """A queued job past its deadline is expired now (and leaves the queue), not when pulled."""
+    if job.status is not JobStatus.PENDING or not job.deadline or time.time() < job.deadline:
+        return job
+    done = await finish(broker, job.response_id, JobStatus.EXPIRED, reason=EXPIRED_IN_QUEUE)
+    if done is None:
+        return job
+    if job.seq:
+        await dequeue(broker, job.seq)
+    return done
+
+
 async def store_response(broker: Broker, subject: str, reply: Reply, replica_id: str) -> None:
     """Keep a job's response (acked by JetStream), then say it is done.
 
@@ -231,6 +250,22 @@ async def finish_with(broker: Broker, response_id: str, reply: Reply) -> JobReco
     status = JobStatus.FAILED if reply.error else JobStatus.COMPLETED
     reason = reply.body.decode("utf-8", "replace")[:2000] if reply.error else None
     return await finish(broker, response_id, status, reason=reason, replica_id=reply.replica_id)
+
+
+@contextlib.asynccontextmanager
+async def watch_result(broker: Broker, response_id: str) -> AsyncIterator[asyncio.Future[Reply]]:
+    """The job's reply as its agent stores it: core NATS sees the stream's publish too."""
+    result: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    async def on_result(msg: Msg) -> None:
+        if not result.done():
+            result.set_result(Reply.from_message(msg.headers, msg.data))
+
+    sub = await broker.nc.subscribe(names.result_subject(response_id), cb=on_result)
+    try:
+        yield result
+    finally:
+        await sub.unsubscribe()
 
 
 async def get_response(broker: Broker, response_id: str) -> Reply | None:

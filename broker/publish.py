@@ -17,6 +17,7 @@ from nats.js.errors import NoStreamResponseError
 from broker.bodies import fits, put_body
 from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
+from broker.streams import dequeue
 from shared import names
 from shared.errors import BrokerUnavailable
 
@@ -75,11 +76,8 @@ class Requester:
 
     async def cancel(self, endpoint: str, request_id: str, seq: int | None) -> None:
         """Take a request out of the queue if it is still there, and stop it where it runs."""
-        if seq:
-            try:
-                await self._broker.js.delete_msg(names.REQUESTS_STREAM, seq)
-            except Exception as exc:  # delivered already (gone from the queue) or JetStream away
-                log.debug("cancel %s: not in the queue (%r)", request_id, exc)
+        if seq and not await dequeue(self._broker, seq):
+            log.debug("cancel %s: not in the queue", request_id)
         await self._broker.nc.publish(names.cancel_subject(endpoint), request_id.encode())
 
     async def publish(

@@ -22,7 +22,7 @@ from nats.js.errors import APIError
 from broker.bodies import drop_body, fits, get_body, put_body
 from broker.connection import Broker
 from broker.envelope import H, Reply, RequestEnvelope
-from broker.jobs import LIVE, finish, is_job, job_id, store_response, transition
+from broker.jobs import EXPIRED_IN_QUEUE, LIVE, finish, is_job, job_id, store_response, transition
 from broker.streams import MAX_DELIVER
 from shared import names
 from shared.errors import BerthError
@@ -144,7 +144,7 @@ class Puller:
                 self._broker,
                 job_id(reply_to),
                 JobStatus.EXPIRED,
-                reason="its deadline passed while it was queued",
+                reason=EXPIRED_IN_QUEUE,
             )
             await self._done(delivery)
         else:

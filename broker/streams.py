@@ -28,6 +28,7 @@ __all__ = [
     "Backlog",
     "backlog",
     "delete_endpoint_consumer",
+    "dequeue",
     "ensure_endpoint_consumer",
     "ensure_layout",
     "ensure_stream",
@@ -128,10 +129,21 @@ async def delete_endpoint_consumer(broker: Broker, endpoint: str) -> None:
     await broker.js.purge_stream(names.REQUESTS_STREAM, subject=names.request_subject(endpoint))
 
 
+async def dequeue(broker: Broker, seq: int) -> bool:
+    """Take a request out of the queue by its sequence; False if it is not there any more
+    (delivered already, answered, or JetStream away)."""
+    try:
+        return await broker.js.delete_msg(names.REQUESTS_STREAM, seq)
+    except Exception:  # nats-py raises a plain APIError for a missing message
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
     queued: int
     in_flight: int
+    # Deliveries the consumer has made so far (redeliveries included).
+    delivered: int = 0
 
 
 async def backlog(broker: Broker, endpoint: str) -> Backlog | None:
@@ -140,4 +152,9 @@ async def backlog(broker: Broker, endpoint: str) -> Backlog | None:
         info = await broker.js.consumer_info(names.REQUESTS_STREAM, names.consumer_name(endpoint))
     except NotFoundError:
         return None
-    return Backlog(queued=info.num_pending or 0, in_flight=info.num_ack_pending or 0)
+    delivered = info.delivered.consumer_seq if info.delivered else 0
+    return Backlog(
+        queued=info.num_pending or 0,
+        in_flight=info.num_ack_pending or 0,
+        delivered=delivered or 0,
+    )

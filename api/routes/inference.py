@@ -19,6 +19,7 @@ runs no dependency injection or validation. docs/performance.md has the profile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -41,6 +42,7 @@ from broker.jobs import (
     finish_with,
     modify,
     release_idempotency,
+    watch_result,
 )
 from broker.streams import backlog
 from shared import names
@@ -167,12 +169,8 @@ class DataPlane:
             answer = await self._serve(self._context(), scope, receive, send)
         except BerthError as exc:
             answer = _error(exc)
-        if answer is None:
-            return  # streamed: sent already
-        status, headers, body = answer
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if answer is not None:  # None: streamed, sent already
+            await _send_whole(send, *answer)
 
     async def _serve(
         self, ctx: AppContext, scope: Scope, receive: Receive, send: Send
@@ -279,20 +277,33 @@ def _reply_headers(reply: Reply) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+async def _send_whole(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _no_answer(spec: EndpointSpec) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"endpoint {spec.name!r} gave no answer in time ({spec.request_timeout:g} s "
+        "or the request's deadline)"
+    )
+
+
 class _Hangup:
     """Watches for the caller hanging up while it waits, and then calls ``on_hangup`` once."""
 
-    __slots__ = ("_task", "gone")
+    __slots__ = ("_task",)
 
     def __init__(self, receive: Receive, on_hangup: Callable[[], None]):
-        self.gone = False
         self._task = asyncio.ensure_future(receive())
 
         def done(task: asyncio.Future[Message]) -> None:
             if task.cancelled() or task.exception() is not None:
                 return
             if task.result()["type"] == "http.disconnect":
-                self.gone = True
                 on_hangup()
 
         self._task.add_done_callback(done)
@@ -321,10 +332,7 @@ async def _sync(
                 reply = await waiter
         except TimeoutError:
             await requester.cancel(spec.name, request_id, seq)  # nobody waits for it now
-            raise UpstreamTimeout(
-                f"endpoint {spec.name!r} gave no answer in time ({spec.request_timeout:g} s "
-                "or the request's deadline)"
-            ) from None
+            raise _no_answer(spec) from None
         except _Disconnected:
             # Out of the queue if it is still there; stopped if a replica has it.
             await requester.cancel(spec.name, request_id, seq)
@@ -366,15 +374,12 @@ async def _stream(
                     if not started:
                         reply = Reply.from_message(msg.headers, msg.data)
                         reply = await resolve(ctx.broker, reply, drop=True)
-                        headers = _reply_headers(reply)
-                        if part is None:  # a whole answer (an error, or Berth's own)
-                            headers.append((b"content-length", str(len(reply.body)).encode()))
-                        start = {"type": "http.response.start", "status": reply.status}
-                        await send({**start, "headers": headers})
                         started = True
-                        if part is None:
-                            await send({"type": "http.response.body", "body": reply.body})
+                        if part is None:  # a whole answer (an error, or Berth's own)
+                            await _send_whole(send, reply.status, _reply_headers(reply), reply.body)
                             return
+                        start = {"type": "http.response.start", "status": reply.status}
+                        await send({**start, "headers": _reply_headers(reply)})
                     elif part == "chunk":
                         await send(
                             {"type": "http.response.body", "body": msg.data, "more_body": True}
@@ -384,19 +389,15 @@ async def _stream(
                         return
         except TimeoutError:
             if not started:
-                raise UpstreamTimeout(
-                    f"endpoint {spec.name!r} gave no answer within {spec.request_timeout:g} s"
-                ) from None
+                raise _no_answer(spec) from None
             log.warning("stream %s cut at its deadline", request_id)
             await requester.cancel(spec.name, request_id, seq)
             await send({"type": "http.response.body", "body": b""})
     except BerthError as exc:
-        if started:
-            raise
-        status, headers, payload = _error(exc)
-        headers.append((b"content-length", str(len(payload)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        if not started:
+            raise  # answered as JSON by DataPlane
+        log.warning("stream %s ended early: %s", request_id, exc.message)  # head sent: just end
+        await send({"type": "http.response.body", "body": b""})
     finally:
         if hangup is not None:
             hangup.close()
@@ -465,39 +466,28 @@ async def _job(
         token_id=token_id,
         callback=CallbackLog(url=ask.callback_url) if ask.callback_url else None,
     )
-    result: asyncio.Future[Msg] | None = None
-    sub = None
-    try:
-        # The state first: a fast replica may finish the job before this returns.
-        revision = await create_job(broker, job)
-        if ask.wait is not None and ask.wait > 0:
-            result = asyncio.get_running_loop().create_future()
-
-            async def on_result(msg: Msg) -> None:
-                if not result.done():
-                    result.set_result(msg)
-
-            sub = await broker.nc.subscribe(envelope.reply_to, cb=on_result)
-        seq = await ctx.requester.publish(endpoint, envelope, body, spec.replica_digest())
-    except BaseException:
-        if idem is not None:
-            await release_idempotency(broker, idem)
-        if sub is not None:
-            await sub.unsubscribe()
-        raise
-    await _note_place(ctx, job, revision, seq)
-    if ask.deadline is not None:
-        ctx.deadlines.schedule(request_id, deadline)
-    if result is None or sub is None:
-        return _accepted(ctx, request_id)
-    try:
-        async with asyncio.timeout(ask.wait):
-            msg = await result
-    except TimeoutError:
-        return _accepted(ctx, request_id)  # still running: poll, as for any job
-    finally:
-        await sub.unsubscribe()
-    reply = Reply.from_message(msg.headers, msg.data)
+    async with contextlib.AsyncExitStack() as stack:
+        result: asyncio.Future[Reply] | None = None
+        try:
+            # The state first: a fast replica may finish the job before this returns.
+            revision = await create_job(broker, job)
+            if ask.wait:  # watched from before it is queued, so the answer cannot slip past
+                result = await stack.enter_async_context(watch_result(broker, request_id))
+            seq = await ctx.requester.publish(endpoint, envelope, body, spec.replica_digest())
+        except BaseException:
+            if idem is not None:
+                await release_idempotency(broker, idem)
+            raise
+        await _note_place(ctx, job, revision, seq)
+        if ask.deadline is not None:
+            ctx.deadlines.schedule(request_id, deadline)
+        if result is None:
+            return _accepted(ctx, request_id)
+        try:
+            async with asyncio.timeout(ask.wait):
+                reply = await result
+        except TimeoutError:
+            return _accepted(ctx, request_id)  # still running: poll, as for any job
     # The reply is stored; its job may not say so yet: whoever writes it first, it ends once.
     await finish_with(broker, request_id, reply)
     reply = await resolve(broker, reply, drop=False)
@@ -508,15 +498,9 @@ async def _job(
 
 async def _note_place(ctx: AppContext, job: JobRecord, revision: int, seq: int) -> None:
     """Keep the job's sequence (to cancel it) and what was queued ahead (for its position)."""
-    try:
-        info = await ctx.broker.js.consumer_info(
-            names.REQUESTS_STREAM, names.consumer_name(job.endpoint)
-        )
-    except Exception:  # no consumer (yet): no position, nothing else lost
-        ahead = delivered = None
-    else:
-        ahead = max(0, (info.num_pending or 1) - 1)
-        delivered = info.delivered.consumer_seq if info.delivered else 0
+    waiting = await backlog(ctx.broker, job.endpoint)
+    ahead = max(0, waiting.queued - 1) if waiting else None  # less this job itself
+    delivered = waiting.delivered if waiting else None
 
     def place(current: JobRecord) -> JobRecord:
         return current.model_copy(

@@ -20,9 +20,9 @@ from fastapi.responses import Response
 from api.auth import AdminDep, PrincipalDep, bearer_token
 from api.callbacks import redeliver
 from api.context import AppContext, ContextDep
-from api.jobs import expire_if_due, job_view
+from api.jobs import job_view
 from api.routes.inference import NOT_RETURNED
-from broker.jobs import LIVE, finish, get_job, get_response
+from broker.jobs import LIVE, expire_if_due, finish, get_job, get_response
 from shared.errors import BerthError, Conflict, Forbidden, NotFound
 from shared.messages import JobRecord, JobStatus
 
@@ -48,7 +48,7 @@ async def _job(request: Request, ctx: AppContext, response_id: str) -> JobRecord
 @router.get("/requests/{response_id}")
 async def get_request(response_id: str, request: Request, ctx: ContextDep) -> dict[str, Any]:
     """The job's state; while pending, its queue position, estimated wait and what it waits for."""
-    job = await expire_if_due(ctx, await _job(request, ctx, response_id))
+    job = await expire_if_due(ctx.broker, await _job(request, ctx, response_id))
     return await job_view(ctx, job)
 
 
