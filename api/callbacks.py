@@ -1,10 +1,10 @@
 """Callbacks: a signed POST to the caller's URL when a job ends, retried for hours.
 
 Durability is JetStream's: a job with a callback has one message on
-``berth.cb.<id>`` (the BERTH_CALLBACKS work queue), acked only when the
-delivery succeeded or was given up. A failed attempt naks it with the delay
-tenacity's policy gives for that attempt, so retries outlive any API process,
-and every API instance's :class:`Dispatcher` shares the queue.
+``berth.cb.<id>`` (the BERTH_CALLBACKS work queue, see broker/callbacks.py),
+acked only when the delivery succeeded or was given up. A failed attempt naks
+it with the delay tenacity's policy gives for that attempt, so retries outlive
+any API process, and every API instance's :class:`Dispatcher` shares the queue.
 
 The body is a Standard Webhooks event, ``{"type": "request.<status>",
 "timestamp", "data"}``, where ``data`` is what ``GET /v1/requests/{id}`` shows,
@@ -15,7 +15,6 @@ token's (see :class:`WebhookSecrets`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -26,14 +25,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig
 from tenacity import RetryCallState, wait_exponential, wait_random
 
 from api.context import AppContext
 from api.jobs import job_view
+from broker.callbacks import CallbackQueue
 from broker.jobs import get_job, get_response, modify, request_callback
-from shared import names
 from shared.errors import InvalidRequest
 from shared.messages import CallbackAttempt, CallbackState, JobRecord
 from shared.stores import Kind, SecretStore
@@ -159,24 +156,18 @@ class Dispatcher:
             follow_redirects=False,
             headers={"user-agent": "Berth-Webhooks/1"},
         )
-        self._task: asyncio.Task[None] | None = None
+        self._queue = CallbackQueue(
+            ctx.broker,
+            self._attempt,
+            ack_wait=settings.callback_timeout * 2 + 5,
+            concurrency=concurrency,
+        )
 
     async def start(self) -> None:
-        config = ConsumerConfig(
-            durable_name=names.CALLBACKS_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._ctx.settings.callback_timeout * 2 + 5,
-            max_deliver=-1,
-            max_ack_pending=1024,
-        )
-        await self._ctx.broker.js.add_consumer(names.CALLBACKS_STREAM, config)
-        self._task = asyncio.create_task(self._run(), name="callbacks")
+        await self._queue.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._queue.stop()
         await self._client.aclose()
 
     def delay(self, attempt: int) -> float:
@@ -184,49 +175,12 @@ class Dispatcher:
         state.attempt_number = attempt
         return float(self._wait(state))
 
-    async def _run(self) -> None:
-        sub = await self._ctx.broker.js.pull_subscribe_bind(
-            durable=names.CALLBACKS_CONSUMER, stream=names.CALLBACKS_STREAM
-        )
-        running: set[asyncio.Task[None]] = set()
+    async def _attempt(self, response_id: str, handed_out: int) -> float | None:
         try:
-            await self._pull(sub, running)
-        finally:
-            for task in running:  # unacked: delivered again after ack_wait, by any API
-                task.cancel()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _pull(self, sub: Any, running: set[asyncio.Task[None]]) -> None:
-        while True:
-            room = self._concurrency - len(running)
-            if room <= 0:
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                msgs = await sub.fetch(room, timeout=1.0)
-            except (TimeoutError, NatsTimeout):
-                continue
-            except Exception as exc:  # JetStream briefly away: try again shortly
-                log.info("callbacks: fetch failed: %r", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                task = asyncio.create_task(self._deliver_one(msg))
-                running.add(task)
-                task.add_done_callback(running.discard)
-
-    async def _deliver_one(self, msg: Any) -> None:
-        response_id = msg.subject.removeprefix(names.CALLBACK_SUBJECT_PREFIX)
-        try:
-            outcome = await self.deliver(response_id)
+            return await self.deliver(response_id)
         except Exception:
             log.exception("callback for %s failed unexpectedly", response_id)
-            outcome = self.delay(msg.metadata.num_delivered)
-        if outcome is None:
-            await msg.ack()
-        else:
-            await msg.nak(delay=outcome)
+            return self.delay(handed_out)
 
     async def deliver(self, response_id: str) -> float | None:
         """One attempt; None when done with (delivered, given up, nothing to do), else the retry delay."""

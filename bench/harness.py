@@ -50,6 +50,8 @@ from bench import FAST
 from bench.overhead import measure_cold_start, measure_overhead
 from bench.scaler import burst
 from berth.local import ROOT, LocalNats, LocalStack, free_port, wait_until
+from broker.connection import connect
+from broker.streams import backlog
 
 ECHO = ROOT / "examples" / "echo"
 WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
@@ -270,15 +272,35 @@ async def _fill_queue(stack: LocalStack, name: str, count: int) -> None:
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def _consumer(nats_url: str, name: str) -> tuple[int, int, int]:
-    from broker.connection import connect
-    from shared import names
-
+async def _drain(stack: LocalStack, nats_url: str, name: str, replicas: int) -> dict[str, float]:
+    """Allow ``replicas``, then watch the endpoint's consumer (one connection) until it is empty."""
     broker = await connect(nats_url, "bench")
     try:
-        info = await broker.js.consumer_info(names.REQUESTS_STREAM, names.consumer_name(name))
-        delivered = info.delivered.consumer_seq if info.delivered else 0
-        return info.num_pending or 0, info.num_ack_pending or 0, delivered or 0
+        before = await backlog(broker, name)
+        async with httpx.AsyncClient(
+            base_url=stack.url, headers={"Authorization": f"Bearer {stack.token}"}
+        ) as c:
+            allow = {"min_replicas": replicas, "max_replicas": replicas}
+            (await c.patch(f"/v1/endpoint/{name}", json=allow)).raise_for_status()
+        allowed = time.monotonic()
+        first: float | None = None
+        while True:
+            now = time.monotonic()
+            waiting = await backlog(broker, name)
+            assert waiting is not None
+            if first is None and waiting.delivered:
+                first = now
+            if waiting.queued == 0 and waiting.in_flight == 0:
+                break
+            if now - allowed > 600:
+                raise RuntimeError("the queue did not drain in 10 minutes")
+            await asyncio.sleep(0.05)
+        assert first is not None
+        return {
+            "queued_before": before.queued if before else 0,
+            "first_delivery_after_s": first - allowed,
+            "drain_s": time.monotonic() - first,
+        }
     finally:
         await broker.close()
 
@@ -290,33 +312,17 @@ def queue_drain(stack: LocalStack, nats_url: str, count: int, replicas: int) -> 
     t0 = time.monotonic()
     asyncio.run(_fill_queue(stack, name, count))
     fill_s = time.monotonic() - t0
-    pending = asyncio.run(_consumer(nats_url, name))[0]
-    with stack.client() as c:
-        c.patch(f"/v1/endpoint/{name}", json={"min_replicas": replicas, "max_replicas": replicas})
-    allowed = time.monotonic()
-    first: float | None = None
-    while True:
-        queued, in_flight, delivered = asyncio.run(_consumer(nats_url, name))
-        now = time.monotonic()
-        if first is None and delivered:
-            first = now
-        if queued == 0 and in_flight == 0:
-            break
-        if now - allowed > 600:
-            raise RuntimeError("the queue did not drain in 10 minutes")
-        time.sleep(0.05)
-    done = time.monotonic()
+    d = asyncio.run(_drain(stack, nats_url, name, replicas))
     with stack.client() as c:
         c.delete(f"/v1/endpoint/{name}")
-    assert first is not None
     return {
         "jobs": count,
-        "queued_before": pending,
+        "queued_before": d["queued_before"],
         "replicas": f"{replicas} × concurrency 8",
         "submit_s": round(fill_s, 1),
-        "first_delivery_after_s": round(first - allowed, 2),
-        "drain_s": round(done - first, 2),
-        "jobs_per_s": round(count / (done - first), 0),
+        "first_delivery_after_s": round(d["first_delivery_after_s"], 2),
+        "drain_s": round(d["drain_s"], 2),
+        "jobs_per_s": round(count / d["drain_s"], 0),
     }
 
 
