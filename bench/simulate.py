@@ -1,53 +1,80 @@
-"""Berth's scaling policy against two baselines, in simulation: replica-seconds and queue waits.
+"""Berth's scaler against two baselines, in simulation: replica-seconds and queue waits.
 
-``python -m bench.simulate [--hours 6] [--idle-endpoints 1000] [--seed 1]``
+``python -m bench.simulate [--hours 6] [--idle-endpoints 1000] [--seed 1] [--only steady]``
 
-A discrete-event simulation with a virtual clock, one endpoint at a time
-(endpoints share no capacity here: the fleet is assumed large enough). Each
-endpoint gets Poisson arrivals whose rate follows a scenario, a service time per
-request, one request at a time per replica, a cold start per new replica, and a
-policy that decides starts and stops:
+The real scaler (``scaler.loop.Scaler``: its loop, bookkeeping, placement and
+``scaler.policy.decide``) runs on a virtual clock (``bench.virtual_time``)
+against a modelled fleet: the world answers its backlog queries, takes its
+starts and stops, and keeps the replica records an agent would keep. Requests
+arrive as a Poisson process whose rate follows a scenario, each nudges the
+scaler as the API does, waits in a FIFO queue, and is served by the first free
+ready replica, one at a time, for a log-normal service time (~0.5 s). A
+replica is ready a cold start (5 s) after its start. The fleet is large
+enough: endpoints never wait for capacity.
 
-- **berth**: the real ``scaler.policy.decide``, called the way the scaler calls
-  it (on each arrival, and on a 1 s tick), with the loop's bookkeeping (pending
-  starts, last activity, the window peak of demand);
-- **knative**: a fixed-window idle policy in the style of Knative's KPA: desired
-  replicas from the average concurrency over a 60 s stable window (a 6 s panic
-  window when demand doubles), evaluated every 2 s, to zero after the stable
-  window and a 30 s grace period with no requests;
+The same world runs two baselines written for the comparison:
+
+- **knative**: a fixed-window idle policy in the style of Knative's KPA:
+  desired replicas from the average concurrency (queued + in flight, sampled
+  every second) over a 60 s stable window, a 6 s panic window when that asks
+  for twice the replicas there are, evaluated every 2 s, target concurrency 1
+  at 70 % utilisation (its defaults); to zero after the stable window
+  and a 30 s grace period without requests; from zero at once (the activator).
 - **ray**: Ray Serve's default autoscaling: a target of 2 ongoing requests per
   replica, upscale after 30 s above target, downscale after 600 s below it,
   metrics every 10 s averaged over 30 s; from zero, one replica at once.
 
-Scenarios: steady, bursty and diurnal traffic on a few endpoints, and many
-endpoints that are mostly idle. Reports replica-seconds (start issued → stop,
-cold start included) and queue wait (arrival → service start) percentiles.
+Reports replica-seconds (start issued → stop, cold starts included) and queue
+wait (arrival → service start) percentiles per scenario, and writes
+``bench/results/simulate.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import heapq
+import asyncio
 import json
 import math
 import random
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
-from scaler.policy import Observation, ReplicaView, decide
-from shared.messages import EndpointSpec, ReplicaState
+from bench.virtual_time import VirtualTimeLoop
+from broker.envelope import Reply
+from broker.streams import Backlog
+from scaler.lease import Lease
+from scaler.loop import Scaler
+from shared import names
+from shared.messages import (
+    AgentRecord,
+    EndpointSpec,
+    ReplicaRecord,
+    ReplicaState,
+    StartReplica,
+    StopReplica,
+)
+from shared.settings import TARGET_UTILISATION, ScalerSettings
 
 COLD_START = 5.0  # s from the start command to a ready replica (model load)
-TICK = 1.0
+FOREVER = math.inf
+
+
+def service(rng: random.Random) -> float:
+    return rng.lognormvariate(math.log(0.5), 0.4)  # ~0.5 s, some longer
+
+
+# -- the world ----------------------------------------------------------------------------------
 
 
 @dataclass
 class Replica:
-    rid: int
+    rid: str
+    endpoint: str
     started: float  # start issued
     ready_at: float | None = None
     busy: bool = False
@@ -55,147 +82,256 @@ class Replica:
 
 
 @dataclass
-class Sim:
-    """One endpoint under one policy."""
-
+class Endpoint:
     spec: EndpointSpec
-    rng: random.Random
-    service: Callable[[random.Random], float]
     queue: deque[float] = field(default_factory=deque)  # arrival times
-    replicas: dict[int, Replica] = field(default_factory=dict)
-    waits: list[float] = field(default_factory=list)
-    events: list[tuple[float, int, str, int]] = field(default_factory=list)
-    last_activity: float = -1e9
-    seq: int = 0
-    next_rid: int = 0
-    # For the baselines: samples of concurrency (in flight + queued) over time.
-    samples: deque[tuple[float, int]] = field(default_factory=deque)
-    above_since: float | None = None
-    below_since: float | None = None
-
-    def push(self, at: float, kind: str, arg: int = 0) -> None:
-        self.seq += 1
-        heapq.heappush(self.events, (at, self.seq, kind, arg))
-
-    @property
-    def live(self) -> list[Replica]:
-        return [r for r in self.replicas.values() if r.stopped is None]
+    live: dict[str, Replica] = field(default_factory=dict)
+    arrived: int = 0
+    delivered: int = 0
+    last_activity: float = -FOREVER
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for r in self.live if r.busy)
+        return sum(r.busy for r in self.live.values())
 
+    @property
     def demand(self) -> int:
         return len(self.queue) + self.in_flight
 
-    def start(self, now: float, n: int) -> None:
-        for _ in range(n):
-            r = Replica(self.next_rid, now)
-            self.next_rid += 1
-            self.replicas[r.rid] = r
-            self.push(now + COLD_START, "ready", r.rid)
 
-    def stop(self, now: float, rid: int) -> None:
-        r = self.replicas[rid]
-        if r.stopped is None and not r.busy:
-            r.stopped = now
+class World:
+    """Endpoints, their queues and replicas, on the running (virtual-time) loop."""
 
-    def dispatch(self, now: float) -> None:
-        for r in self.live:
-            if not self.queue:
-                return
-            if r.ready_at is not None and not r.busy:
-                arrived = self.queue.popleft()
-                self.waits.append(now - arrived)
-                r.busy = True
-                self.push(now + self.service(self.rng), "done", r.rid)
+    def __init__(self, specs: list[EndpointSpec], seed: int):
+        self.loop = asyncio.get_running_loop()
+        self.rng = random.Random(seed)
+        self.endpoints = {s.name: Endpoint(s) for s in specs}
+        # The replicas bucket as the agents keep it: one record per live replica.
+        self.records: dict[str, ReplicaRecord] = {}
+        self.waits: list[float] = []
+        self.stopped: list[Replica] = []
+        self.on_arrival: Callable[[str], None] = lambda _: None
+        self.on_replica: Callable[[str], None] = lambda _: None
+        self._next_rid = 0
 
-    def replica_seconds(self, end: float) -> float:
-        return sum(
-            (r.stopped if r.stopped is not None else end) - r.started
-            for r in self.replicas.values()
+    @property
+    def now(self) -> float:
+        return self.loop.time()
+
+    def busy_endpoints(self) -> list[Endpoint]:
+        return [e for e in self.endpoints.values() if e.live or e.queue]
+
+    def arrive(self, name: str) -> None:
+        ep = self.endpoints[name]
+        ep.queue.append(self.now)
+        ep.arrived += 1
+        ep.last_activity = self.now
+        self.on_arrival(name)
+        self._dispatch(ep)
+
+    def start(self, name: str, rid: str | None = None) -> str:
+        if rid is None:
+            rid, self._next_rid = f"r{self._next_rid}", self._next_rid + 1
+        ep = self.endpoints[name]
+        replica = ep.live[rid] = Replica(rid, name, self.now)
+        self.records[names.replica_key(name, rid)] = ReplicaRecord(
+            endpoint=name,
+            replica_id=rid,
+            agent_id="sim",
+            state=ReplicaState.STARTING,
+            digest=ep.spec.replica_digest(),
+            started_at=self.now,
+            updated_at=self.now,
+            ttl=FOREVER,
         )
+        self.loop.call_later(COLD_START, self._ready, replica)
+        self.on_replica(names.replica_key(name, rid))
+        return rid
+
+    def stop(self, name: str, rid: str, *, only_if_idle: bool = True) -> bool:
+        replica = self.endpoints[name].live.get(rid)
+        if replica is None or (replica.busy and only_if_idle):
+            return False
+        del self.endpoints[name].live[rid]
+        replica.stopped = self.now
+        self.stopped.append(replica)
+        key = names.replica_key(name, rid)
+        del self.records[key]
+        self.on_replica(key)
+        return True
+
+    def _ready(self, replica: Replica) -> None:
+        if replica.stopped is not None:
+            return
+        replica.ready_at = self.now
+        key = names.replica_key(replica.endpoint, replica.rid)
+        record = self.records[key]
+        record.state, record.ready_at = ReplicaState.READY, self.now
+        self.on_replica(key)
+        self._dispatch(self.endpoints[replica.endpoint])
+
+    def _dispatch(self, ep: Endpoint) -> None:
+        for replica in ep.live.values():
+            if not ep.queue:
+                return
+            if replica.ready_at is None or replica.busy:
+                continue
+            self.waits.append(self.now - ep.queue.popleft())
+            ep.delivered += 1
+            replica.busy = True
+            self.records[names.replica_key(ep.spec.name, replica.rid)].in_flight = 1
+            self.loop.call_later(service(self.rng), self._done, replica, self.now)
+
+    def _done(self, replica: Replica, began: float) -> None:
+        ep = self.endpoints[replica.endpoint]
+        replica.busy = False
+        ep.last_activity = self.now
+        record = self.records[names.replica_key(replica.endpoint, replica.rid)]
+        took = self.now - began
+        record.in_flight, record.last_done_at = 0, self.now
+        record.busy_s += took
+        # The agent's moving average (workers/supervisor.py).
+        record.service_s = took if record.service_s is None else 0.8 * record.service_s + 0.2 * took
+        self._dispatch(ep)
+
+    def replica_seconds(self) -> float:
+        live = [r for e in self.endpoints.values() for r in e.live.values()]
+        return sum((r.stopped or self.now) - r.started for r in self.stopped + live)
 
 
-# -- policies -----------------------------------------------------------------------------------
+# -- the controllers ----------------------------------------------------------------------------
+
+
+class Controller(Protocol):
+    name: str
+
+    async def run(self, world: World) -> None: ...
+
+
+class _SoleLease(Lease):
+    """The simulated scaler is the only one: it always holds the lease."""
+
+    @property
+    def held(self) -> bool:
+        return True
+
+
+class _SimActions:
+    """What the scaler does to the world: the modelled side of ``scaler.actions.Actions``."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.decisions = 0
+
+    async def backlog(self, endpoint: str) -> Backlog | None:
+        ep = self.world.endpoints[endpoint]
+        return Backlog(queued=len(ep.queue), in_flight=ep.in_flight, delivered=ep.delivered)
+
+    async def start(self, agent_id: str, cmd: StartReplica) -> bool:
+        self.world.start(cmd.spec.name, cmd.replica_id)
+        return True
+
+    async def stop(self, agent_id: str, cmd: StopReplica) -> None:
+        self.world.stop(cmd.endpoint, cmd.replica_id, only_if_idle=cmd.only_if_idle)
+
+    async def event(
+        self,
+        kind: Literal["scale"],
+        endpoint: str,
+        type_: str,
+        *,
+        level: Literal["normal", "warning"] = "normal",
+        **details: Any,
+    ) -> None:
+        self.decisions += type_ == "scale_decision"
+
+    async def fail_queued(self, endpoint: str, reply: Reply, *, before: float) -> int:
+        return 0  # starts never fail here
 
 
 class Berth:
-    """The real policy, fed as the scaler feeds it."""
+    """The real scaler: loop, bookkeeping and policy, fed as NATS and the agents feed it."""
 
     name = "berth"
-    tick = TICK
+    utilisation = TARGET_UTILISATION
 
-    def __init__(self) -> None:
-        self.window: deque[tuple[float, int]] = deque()
+    async def run(self, world: World) -> None:
+        loop = asyncio.get_running_loop()
+        actions = _SimActions(world)
+        scaler = Scaler(
+            ScalerSettings(tick_interval=1.0, target_utilisation=self.utilisation),
+            broker=None,  # type: ignore[arg-type]  # every call goes through actions
+            actions=actions,
+            clock=loop.time,
+        )
+        scaler.lease = _SoleLease(None, "sim")  # type: ignore[arg-type]
+        for name, ep in world.endpoints.items():
+            scaler.endpoints.items[name] = ep.spec
+        scaler.agents.items["sim"] = AgentRecord(
+            agent_id="sim", slots=10**9, used_slots=0, updated_at=0.0, ttl=FOREVER
+        )
+        scaler.replicas.items = world.records
+        world.on_replica = lambda key: scaler._replica_changed(key, None)
+        digests = {name: ep.spec.replica_digest() for name, ep in world.endpoints.items()}
+        tasks: set[asyncio.Task[None]] = set()
 
-    def act(self, sim: Sim, now: float, why: str) -> None:
-        demand = sim.demand()
-        self.window.append((now, demand))
-        while self.window and self.window[0][0] < now - sim.spec.scale_to_zero:
-            self.window.popleft()
-        views = tuple(
-            ReplicaView(
-                str(r.rid),
-                ReplicaState.READY if r.ready_at is not None else ReplicaState.STARTING,
-                in_flight=1 if r.busy else 0,
-                ready_at=r.ready_at,
-            )
-            for r in sim.live
-        )
-        obs = Observation(
-            spec=sim.spec,
-            queued=len(sim.queue),
-            in_flight=sim.in_flight,
-            replicas=views,
-            pending_starts=0,
-            last_activity=sim.last_activity,
-            now=now,
-            peak_demand=max(d for _, d in self.window) if now >= sim.spec.scale_to_zero else None,
-        )
-        d = decide(obs)
-        sim.start(now, d.start)
-        for rid in d.stop:
-            sim.stop(now, int(rid))
+        def nudge(name: str) -> None:  # the API's demand nudge, one per request
+            task = loop.create_task(scaler.demand(name, digests[name]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        world.on_arrival = nudge
+        try:
+            await scaler.serve()
+        finally:
+            scaler.shutdown()
 
 
 class Knative:
-    """Average concurrency over a 60 s stable window (6 s when panicking), target 1 per replica."""
+    """Average concurrency over a 60 s stable window (6 s when panicking), target 1 per replica
+    at 70 % utilisation (Knative's defaults for ``containerConcurrency: 1``)."""
 
     name = "knative"
     tick = 2.0
     stable, panic, grace = 60.0, 6.0, 30.0
+    target = 1 * 0.7
 
     def __init__(self) -> None:
-        self.panicking_until = 0.0
+        self.samples: dict[str, deque[tuple[float, int]]] = {}
+        self.panicking_until: dict[str, float] = {}
 
-    def act(self, sim: Sim, now: float, why: str) -> None:
-        sim.samples.append((now, sim.demand()))
-        while sim.samples and sim.samples[0][0] < now - self.stable:
-            sim.samples.popleft()
-        live = len(sim.live)
-        if why == "arrival" and live == 0:  # the activator wakes a zero-scale revision at once
-            sim.start(now, 1)
-            return
-        if why != "tick":
-            return
-        stable = statistics.fmean(d for _, d in sim.samples)
-        recent = [d for t, d in sim.samples if t >= now - self.panic]
-        panic = statistics.fmean(recent) if recent else 0.0
+    async def run(self, world: World) -> None:
+        def wake(name: str) -> None:  # the activator starts a zero-scale revision at once
+            if not world.endpoints[name].live:
+                world.start(name)
+
+        world.on_arrival = wake
+        ticks = 0
+        while True:
+            await asyncio.sleep(1.0)
+            ticks += 1
+            for ep in world.busy_endpoints():
+                samples = self.samples.setdefault(ep.spec.name, deque())
+                samples.append((world.now, ep.demand))
+                while samples[0][0] < world.now - self.stable:
+                    samples.popleft()
+                if ticks % self.tick == 0:
+                    self._act(world, ep, samples)
+
+    def _act(self, world: World, ep: Endpoint, samples: deque[tuple[float, int]]) -> None:
+        now, live = world.now, len(ep.live)
+        stable = statistics.fmean(d for _, d in samples) / self.target
+        panic = statistics.fmean(d for t, d in samples if t >= now - self.panic) / self.target
         if live and panic >= 2 * live:
-            self.panicking_until = now + self.stable
-        want = math.ceil(panic if now < self.panicking_until else stable)
-        if want == 0 and now - sim.last_activity < self.stable + self.grace:
+            self.panicking_until[ep.spec.name] = now + self.stable
+        panicking = now < self.panicking_until.get(ep.spec.name, 0.0)
+        want = math.ceil(panic if panicking else stable)
+        if want == 0 and now - ep.last_activity < self.stable + self.grace:
             want = min(live, 1)
-        want = min(want, sim.spec.max_replicas)
-        if now < self.panicking_until:
+        want = min(want, ep.spec.max_replicas)
+        if panicking:
             want = max(want, live)  # no scale-down while panicking
-        if want > live:
-            sim.start(now, want - live)
-        elif want < live:
-            idle = [r for r in sim.live if not r.busy and r.ready_at is not None]
-            for r in idle[: live - want]:
-                sim.stop(now, r.rid)
+        _resize(world, ep, want)
 
 
 class Ray:
@@ -205,34 +341,59 @@ class Ray:
     tick = 10.0  # metrics push interval
     target, up_delay, down_delay, look_back = 2.0, 30.0, 600.0, 30.0
 
-    def act(self, sim: Sim, now: float, why: str) -> None:
-        sim.samples.append((now, sim.demand()))
-        while sim.samples and sim.samples[0][0] < now - self.look_back:
-            sim.samples.popleft()
-        live = len(sim.live)
-        if why == "arrival" and live == 0:
-            sim.start(now, 1)  # from zero: at once
-            return
-        if why != "tick":
-            return
-        avg = statistics.fmean(d for _, d in sim.samples)
-        want = min(max(math.ceil(avg / self.target), sim.spec.min_replicas), sim.spec.max_replicas)
+    def __init__(self) -> None:
+        self.samples: dict[str, deque[tuple[float, int]]] = {}
+        self.above_since: dict[str, float] = {}
+        self.below_since: dict[str, float] = {}
+
+    async def run(self, world: World) -> None:
+        def wake(name: str) -> None:  # from zero: at once
+            if not world.endpoints[name].live:
+                world.start(name)
+
+        world.on_arrival = wake
+        ticks = 0
+        while True:
+            await asyncio.sleep(1.0)
+            ticks += 1
+            for ep in world.busy_endpoints():
+                samples = self.samples.setdefault(ep.spec.name, deque())
+                samples.append((world.now, ep.demand))
+                while samples[0][0] < world.now - self.look_back:
+                    samples.popleft()
+                if ticks % self.tick == 0:
+                    self._act(world, ep, samples)
+
+    def _act(self, world: World, ep: Endpoint, samples: deque[tuple[float, int]]) -> None:
+        name, now, live = ep.spec.name, world.now, len(ep.live)
+        avg = statistics.fmean(d for _, d in samples)
+        spec = ep.spec
+        want = min(max(math.ceil(avg / self.target), spec.min_replicas), spec.max_replicas)
         if want > live:
-            sim.above_since = sim.above_since if sim.above_since is not None else now
-            sim.below_since = None
-            if now - sim.above_since >= self.up_delay:
-                sim.start(now, want - live)
-                sim.above_since = None
+            self.below_since.pop(name, None)
+            since = self.above_since.setdefault(name, now)
+            if now - since >= self.up_delay:
+                _resize(world, ep, want)
+                del self.above_since[name]
         elif want < live:
-            sim.below_since = sim.below_since if sim.below_since is not None else now
-            sim.above_since = None
-            if now - sim.below_since >= self.down_delay:
-                idle = [r for r in sim.live if not r.busy and r.ready_at is not None]
-                for r in idle[: live - want]:
-                    sim.stop(now, r.rid)
-                sim.below_since = None
+            self.above_since.pop(name, None)
+            since = self.below_since.setdefault(name, now)
+            if now - since >= self.down_delay:
+                _resize(world, ep, want)
+                del self.below_since[name]
         else:
-            sim.above_since = sim.below_since = None
+            self.above_since.pop(name, None)
+            self.below_since.pop(name, None)
+
+
+def _resize(world: World, ep: Endpoint, want: int) -> None:
+    live = len(ep.live)
+    for _ in range(want - live):
+        world.start(ep.spec.name)
+    if want < live:
+        idle = [r for r in ep.live.values() if not r.busy and r.ready_at is not None]
+        for r in idle[: live - want]:
+            world.stop(ep.spec.name, r.rid)
 
 
 # -- scenarios ----------------------------------------------------------------------------------
@@ -257,7 +418,7 @@ def rate_idle(t: float) -> float:
 def arrivals(rng: random.Random, rate: Callable[[float], float], hours: float) -> list[float]:
     """A non-homogeneous Poisson process, by thinning."""
     end, peak = hours * 3600.0, max(rate(t) for t in range(0, int(hours * 3600), 5))
-    t, out = 0.0, []
+    t, out = 0.0, list[float]()
     while True:
         t += rng.expovariate(peak)
         if t >= end:
@@ -266,45 +427,39 @@ def arrivals(rng: random.Random, rate: Callable[[float], float], hours: float) -
             out.append(t)
 
 
-def service(rng: random.Random) -> float:
-    return rng.lognormvariate(math.log(0.5), 0.4)  # ~0.5 s, some longer
-
-
-def run_endpoint(
-    policy: Any, times: list[float], hours: float, seed: int, spec: EndpointSpec
-) -> Sim:
-    sim = Sim(spec=spec, rng=random.Random(seed), service=service)
-    for t in times:
-        sim.push(t, "arrival")
+def run_policy(
+    make: Callable[[], Controller],
+    traffic: dict[str, list[float]],
+    spec: EndpointSpec,
+    hours: float,
+    seed: int,
+) -> dict[str, float]:
+    """One scenario's traffic through one controller, on a fresh virtual clock."""
+    loop = VirtualTimeLoop()
     end = hours * 3600.0
-    next_tick = 0.0
-    while sim.events or next_tick < end:
-        # Ticks only while something runs or waits (an idle, empty endpoint costs nothing).
-        at = sim.events[0][0] if sim.events else end
-        if (sim.live or sim.queue) and next_tick <= at and next_tick < end:
-            policy.act(sim, next_tick, "tick")
-            sim.dispatch(next_tick)
-            next_tick += policy.tick
-            continue
-        if not sim.events or at >= end:
-            break
-        now, _, kind, arg = heapq.heappop(sim.events)
-        next_tick = max(next_tick, math.floor(now / policy.tick) * policy.tick + policy.tick)
-        if kind == "arrival":
-            sim.queue.append(now)
-            sim.last_activity = now
-            policy.act(sim, now, "arrival")
-        elif kind == "ready":
-            r = sim.replicas[arg]
-            if r.stopped is None:
-                r.ready_at = now
-        elif kind == "done":
-            sim.replicas[arg].busy = False
-            sim.last_activity = now
-        sim.dispatch(now)
-    for arrived in sim.queue:  # never served within the run
-        sim.waits.append(end - arrived)
-    return sim
+
+    async def main() -> dict[str, float]:
+        world = World([spec.model_copy(update={"name": n}) for n in traffic], seed)
+        for name, times in traffic.items():
+            for t in times:
+                loop.call_at(t, world.arrive, name)
+        controller = asyncio.create_task(make().run(world))
+        await asyncio.sleep(end)
+        controller.cancel()
+        await asyncio.gather(controller, return_exceptions=True)
+        waits = world.waits + [end - t for e in world.endpoints.values() for t in e.queue]
+        return {
+            "replica_hours": round(world.replica_seconds() / 3600.0, 1),
+            "wait_p50_s": round(pct(waits, 0.50), 3),
+            "wait_p95_s": round(pct(waits, 0.95), 3),
+            "wait_p99_s": round(pct(waits, 0.99), 3),
+            "wait_mean_s": round(statistics.fmean(waits), 3) if waits else 0.0,
+        }
+
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -314,32 +469,33 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+SCENARIOS: dict[str, tuple[Callable[[float], float], int | None]] = {
+    # name: (rate per endpoint over time, endpoints; None = --idle-endpoints)
+    "steady": (rate_steady, 5),
+    "bursty": (rate_bursty, 5),
+    "diurnal": (rate_diurnal, 5),
+    "idle": (rate_idle, None),
+}
+
+
 def scenario(
-    name: str,
-    rate: Callable[[float], float],
-    endpoints: int,
-    hours: float,
-    seed: int,
-    spec: EndpointSpec,
+    name: str, endpoints: int, hours: float, seed: int, spec: EndpointSpec
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"endpoints": endpoints, "hours": hours}
-    traffic = [arrivals(random.Random(seed * 1000 + i), rate, hours) for i in range(endpoints)]
-    out["requests"] = sum(len(t) for t in traffic)
+    rate = SCENARIOS[name][0]
+    traffic = {
+        f"{name}-{i}": arrivals(random.Random(seed * 1000 + i), rate, hours)
+        for i in range(endpoints)
+    }
+    out: dict[str, Any] = {
+        "endpoints": endpoints,
+        "hours": hours,
+        "requests": sum(len(t) for t in traffic.values()),
+    }
     for make in (Berth, Knative, Ray):
-        waits: list[float] = []
-        replica_s = 0.0
-        for i, times in enumerate(traffic):
-            sim = run_endpoint(make(), times, hours, seed * 7919 + i, spec)
-            waits += sim.waits
-            replica_s += sim.replica_seconds(hours * 3600.0)
-        out[make.name] = {
-            "replica_hours": round(replica_s / 3600.0, 1),
-            "wait_p50_s": round(pct(waits, 0.50), 3),
-            "wait_p95_s": round(pct(waits, 0.95), 3),
-            "wait_p99_s": round(pct(waits, 0.99), 3),
-            "wait_mean_s": round(statistics.fmean(waits), 3) if waits else 0.0,
-        }
-        print(f"{name:<8} {make.name:<8} {json.dumps(out[make.name])}", flush=True)
+        began = time.perf_counter()
+        out[make.name] = run_policy(make, traffic, spec, hours, seed)
+        took = time.perf_counter() - began
+        print(f"{name:<8} {make.name:<8} {json.dumps(out[make.name])}  ({took:.0f} s)", flush=True)
     return out
 
 
@@ -348,16 +504,19 @@ def main() -> None:
     p.add_argument("--hours", type=float, default=6.0)
     p.add_argument("--idle-endpoints", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scale-to-zero", type=int, default=300)
+    p.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     p.add_argument("--out", default="bench/results/simulate.json")
     args = p.parse_args()
-    spec = EndpointSpec(name="sim", min_replicas=0, max_replicas=8, scale_to_zero=300)
-    report = {
-        "cold_start_s": COLD_START,
-        "steady": scenario("steady", rate_steady, 5, args.hours, args.seed, spec),
-        "bursty": scenario("bursty", rate_bursty, 5, args.hours, args.seed, spec),
-        "diurnal": scenario("diurnal", rate_diurnal, 5, args.hours, args.seed, spec),
-        "idle": scenario("idle", rate_idle, args.idle_endpoints, args.hours, args.seed, spec),
-    }
+    spec = EndpointSpec(
+        name="sim", min_replicas=0, max_replicas=8, scale_to_zero=args.scale_to_zero
+    )
+    report: dict[str, Any] = {"cold_start_s": COLD_START, "scale_to_zero": args.scale_to_zero}
+    for name, (_, count) in SCENARIOS.items():
+        if args.only and name not in args.only:
+            continue
+        endpoints = count if count is not None else args.idle_endpoints
+        report[name] = scenario(name, endpoints, args.hours, args.seed, spec)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
 

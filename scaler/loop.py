@@ -16,6 +16,7 @@ import socket
 import time
 import zlib
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -23,13 +24,12 @@ from nats.aio.msg import Msg
 
 from broker.connection import Broker
 from broker.envelope import Reply
-from broker.events import publish_event
-from broker.pull import fail_queued
 from broker.registry import KvView
-from broker.streams import backlog
+from broker.streams import Backlog
+from scaler.actions import Actions, NatsActions
 from scaler.lease import Lease
 from scaler.placement import place
-from scaler.policy import Decision, Observation, ReplicaView, decide
+from scaler.policy import BURST_WINDOW, STABLE_WINDOW, Decision, Observation, ReplicaView, decide
 from shared import names
 from shared.instance_types import parse_instance_type
 from shared.messages import (
@@ -61,6 +61,48 @@ class PendingStart:
     gpus: int = 0
 
 
+class Traffic:
+    """An endpoint's recent traffic, from what the loop sees at each pass: requests per
+    second arriving (its running count of delivered + queued) and replicas kept busy
+    (seconds its replicas spent serving, per second), over the burst and stable windows."""
+
+    def __init__(self) -> None:
+        self._busy_s = 0.0  # serving seconds counted since the first pass
+        self._seen: dict[str, float] = {}  # each replica's busy_s when last counted
+        # Per window: (time, arrived, busy seconds) since one at or before its start.
+        self._windows = {
+            BURST_WINDOW: deque[tuple[float, int, float]](),
+            STABLE_WINDOW: deque(),
+        }
+
+    def add(self, now: float, arrived: int, replicas: list[ReplicaRecord]) -> None:
+        seen = {r.replica_id: r.busy_s for r in replicas}
+        self._busy_s += sum(max(0.0, b - self._seen.get(rid, b)) for rid, b in seen.items())
+        self._seen = seen
+        for span, samples in self._windows.items():
+            if samples and arrived < samples[-1][1]:
+                samples.clear()  # the count went back (a queue re-created): start over
+            samples.append((now, arrived, self._busy_s))
+            while len(samples) > 1 and samples[1][0] <= now - span:
+                samples.popleft()
+
+    def _span(self, span: float) -> tuple[float, int, float] | None:
+        samples = self._windows[span]
+        (t0, n0, b0), (t1, n1, b1) = samples[0], samples[-1]
+        return (t1 - t0, n1 - n0, b1 - b0) if t1 - t0 >= span else None
+
+    def rate(self, span: float) -> float | None:
+        """Arrivals per second over the last ``span`` seconds; None until watched that long."""
+        seen = self._span(span)
+        return seen[1] / seen[0] if seen else None
+
+    def busy(self, span: float) -> float | None:
+        """Replicas' serving seconds per second over the last ``span`` seconds: the
+        requests in flight on average (None: not watched that long)."""
+        seen = self._span(span)
+        return seen[2] / seen[0] if seen else None
+
+
 @dataclass(slots=True)
 class StartFailure:
     count: int
@@ -71,9 +113,22 @@ class StartFailure:
 
 
 class Scaler:
-    def __init__(self, settings: ScalerSettings, broker: Broker):
+    """The scaling loop. ``actions`` and ``clock`` are the world it observes and acts on:
+    NATS and the wall clock in production, a modelled fleet and a virtual clock in the
+    simulation."""
+
+    def __init__(
+        self,
+        settings: ScalerSettings,
+        broker: Broker,
+        *,
+        actions: Actions | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.settings = settings
         self.broker = broker
+        self.actions: Actions = actions or NatsActions(broker, settings.nats_timeout)
+        self.clock = clock
         self.endpoints: KvView[EndpointSpec] = KvView(
             broker, names.KV_ENDPOINTS, EndpointSpec, self._spec_changed
         )
@@ -87,12 +142,14 @@ class Scaler:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._shutdown = asyncio.Event()
-        self._started_at = time.time()
+        self._started_at = clock()
         self._last_pass: dict[str, float] = {}
         self._deferred: dict[str, float] = {}
-        # Per endpoint: (time, queued + in flight) at each pass, for the window peak.
-        self._demand: dict[str, deque[tuple[float, int]]] = {}
-        self._watched_since: dict[str, float] = {}
+        # Per endpoint: its recent traffic, and the last
+        # service and cold-start times its replicas showed (kept while it is at zero).
+        self._traffic: dict[str, Traffic] = {}
+        self._service_s: dict[str, float] = {}
+        self._cold_start_s: dict[str, float] = {}
         self.lease = Lease(broker, f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
 
     @property
@@ -107,8 +164,9 @@ class Scaler:
                 self.failures,
                 self._last_pass,
                 self._deferred,
-                self._demand,
-                self._watched_since,
+                self._traffic,
+                self._service_s,
+                self._cold_start_s,
             ):
                 state.pop(endpoint, None)
         failure = self.failures.get(endpoint)
@@ -146,7 +204,7 @@ class Scaler:
         )
         lease = asyncio.create_task(self._hold_lease(), name="scaler-lease")
         try:
-            await self._loop()
+            await self.serve()
         finally:
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,7 +221,7 @@ class Scaler:
             was = self.leader
             if await self.lease.hold() and not was:
                 log.info("scaler %s is the leader", self.lease.holder)
-                self._watched_since.clear()  # a new leader judges from what it has seen
+                self._traffic.clear()  # a new leader judges from what it has seen
                 # Starts the old leader had in flight are unknown here; their replicas
                 # show up in the replicas bucket within moments.
                 self.pending.clear()
@@ -196,11 +254,12 @@ class Scaler:
                 chosen.add(name)
         return chosen
 
-    async def _loop(self) -> None:
+    async def serve(self) -> None:
+        """Evaluate endpoints as they change and on every tick, until shut down."""
         tick = 0
-        next_tick = time.monotonic()
+        next_tick = self.clock()
         while not self._shutdown.is_set():
-            now = time.monotonic()
+            now = self.clock()
             wake_at = min([next_tick, *(t + MIN_PASS_INTERVAL for t in self._deferred.values())])
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wake_at - now)):
@@ -208,7 +267,7 @@ class Scaler:
             if self._shutdown.is_set():
                 return
             self._wake.clear()
-            now = time.monotonic()
+            now = self.clock()
             todo = set(self._dirty)
             self._dirty.clear()
             if now >= next_tick:
@@ -222,7 +281,7 @@ class Scaler:
                 last = self._last_pass.get(endpoint, 0.0)
                 # A stream of requests to a serving endpoint costs a few passes a second,
                 # not one per request; an endpoint with nothing live is looked at at once.
-                if now - last < MIN_PASS_INTERVAL and self._live(endpoint, time.time()):
+                if now < last + MIN_PASS_INTERVAL and self._live(endpoint, now):
                     self._deferred[endpoint] = last
                     continue
                 self._deferred.pop(endpoint, None)
@@ -236,11 +295,14 @@ class Scaler:
     # -- inputs ----------------------------------------------------------------------------
 
     async def _on_demand(self, msg: Msg) -> None:
-        endpoint = msg.subject.removeprefix(names.DEMAND_SUBJECT_PREFIX)
-        now = time.time()
+        # The payload is the digest of the spec the API served the request under.
+        await self.demand(msg.subject.removeprefix(names.DEMAND_SUBJECT_PREFIX), msg.data.decode())
+
+    async def demand(self, endpoint: str, seen: str) -> None:
+        """A request for ``endpoint`` just arrived (served under spec digest ``seen``)."""
+        now = self.clock()
         self.activity[endpoint] = now
         failure = self.failures.get(endpoint)
-        seen = msg.data.decode()  # the digest of the spec the API served this request under
         if (
             self.leader
             and failure is not None
@@ -259,7 +321,7 @@ class Scaler:
         except (ValueError, KeyError):
             return
         endpoint, type_ = event.get("endpoint", ""), event.get("type")
-        now = time.time()
+        now = self.clock()
         self.pending.pop(msg_replica(msg) or "", None)
         if type_ == "replica_start_failed":
             previous = self.failures.get(endpoint)
@@ -277,8 +339,7 @@ class Scaler:
             self.failures[endpoint] = failure
             if not self.leader:
                 return
-            await publish_event(
-                self.broker,
+            await self.actions.event(
                 "scale",
                 endpoint,
                 "start_backoff",
@@ -296,9 +357,9 @@ class Scaler:
     async def _fail_waiting(self, endpoint: str, failure: StartFailure) -> None:
         message = f"no replica of endpoint {endpoint!r} could start: {failure.reason}"
         reply = Reply.failure(503, "replica_failed", message)
-        retry_after = max(1, round(failure.until - time.time()))
-        reply.headers.append(("retry-after", str(retry_after)))
-        failed = await fail_queued(self.broker, endpoint, reply, before=time.time())
+        now = self.clock()
+        reply.headers.append(("retry-after", str(max(1, round(failure.until - now)))))
+        failed = await self.actions.fail_queued(endpoint, reply, before=now)
         if failed:
             log.warning("%s: failed %d queued request(s): %s", endpoint, failed, failure.reason)
 
@@ -316,9 +377,7 @@ class Scaler:
 
     # -- decide and act --------------------------------------------------------------------
 
-    def observe(
-        self, endpoint: str, spec: EndpointSpec, queued: int, in_flight: int, now: float
-    ) -> Observation:
+    def observe(self, endpoint: str, spec: EndpointSpec, bl: Backlog, now: float) -> Observation:
         records = [
             r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)
         ]
@@ -331,11 +390,17 @@ class Scaler:
         )
         failure = self.failures.get(endpoint)
         digest = spec.replica_digest()
+        current = [r for r in records if r.digest == digest]
+        if served := [r.service_s for r in current if r.service_s is not None]:
+            self._service_s[endpoint] = sum(served) / len(served)
+        if starts := [r.ready_at - r.started_at for r in current if r.ready_at is not None]:
+            self._cold_start_s[endpoint] = sum(starts) / len(starts)
+        traffic = self._traffic.setdefault(endpoint, Traffic())
+        traffic.add(now, bl.delivered + bl.queued, records)
         return Observation(
-            peak_demand=self._peak(endpoint, spec, queued + in_flight, now),
             spec=spec,
-            queued=queued,
-            in_flight=in_flight,
+            queued=bl.queued,
+            in_flight=bl.in_flight,
             replicas=tuple(
                 ReplicaView(
                     r.replica_id, r.state, r.in_flight, r.ready_at, current=r.digest == digest
@@ -346,22 +411,15 @@ class Scaler:
             last_activity=last,
             now=now,
             backoff_until=failure.until if failure else 0.0,
+            arrival_rate=traffic.rate(BURST_WINDOW),
+            mean_in_flight=traffic.busy(STABLE_WINDOW),
+            service_s=self._service_s.get(endpoint),
+            cold_start_s=self._cold_start_s.get(endpoint),
+            utilisation=self.settings.target_utilisation,
         )
 
-    def _peak(self, endpoint: str, spec: EndpointSpec, demand: int, now: float) -> int | None:
-        """The most demand seen at a pass in the last scale_to_zero seconds (None until this
-        scaler has watched the endpoint, as leader, that long)."""
-        window = self._demand.setdefault(endpoint, deque())
-        since = self._watched_since.setdefault(endpoint, now)
-        window.append((now, demand))
-        while window and window[0][0] < now - spec.scale_to_zero:
-            window.popleft()
-        if now - since < spec.scale_to_zero:
-            return None
-        return max(d for _, d in window)
-
     async def evaluate(self, endpoint: str) -> Decision:
-        now = time.time()
+        now = self.clock()
         spec = self.endpoints.items.get(endpoint)
         if spec is None:  # deleted: drain whatever still runs
             for r in [
@@ -369,8 +427,8 @@ class Scaler:
             ]:
                 await self._stop(r, "endpoint deleted", only_if_idle=False)
             return Decision()
-        bl = await backlog(self.broker, endpoint)
-        obs = self.observe(endpoint, spec, bl.queued if bl else 0, bl.in_flight if bl else 0, now)
+        bl = await self.actions.backlog(endpoint) or Backlog(queued=0, in_flight=0)
+        obs = self.observe(endpoint, spec, bl, now)
         decision = decide(obs)
         if decision.noop:
             return decision
@@ -385,8 +443,7 @@ class Scaler:
                 record = self.replicas.items.get(names.replica_key(endpoint, rid))
                 if record is not None:
                     await self._stop(record, decision.reason, only_if_idle=idle_only)
-        await publish_event(
-            self.broker,
+        await self.actions.event(
             "scale",
             endpoint,
             "scale_decision",
@@ -398,8 +455,7 @@ class Scaler:
             in_flight=obs.in_flight,
         )
         if started < decision.start:
-            await publish_event(
-                self.broker,
+            await self.actions.event(
                 "scale",
                 endpoint,
                 "no_capacity",
@@ -499,17 +555,10 @@ class Scaler:
                 spec.name, agent_id, now, need.gpu_type, need.gpus
             )
             try:
-                resp = await self.broker.nc.request(
-                    names.agent_subject(agent_id, "start"),
-                    cmd.model_dump_json().encode(),
-                    timeout=self.settings.nats_timeout,
-                )
-                answer = orjson.loads(resp.data)
+                if await self.actions.start(agent_id, cmd):
+                    return True
             except Exception as exc:
                 log.warning("agent %s did not take a start: %r", agent_id, exc)
-                answer = {}
-            if answer.get("ok"):
-                return True
             self.pending.pop(replica_id, None)
         return False
 
@@ -521,11 +570,7 @@ class Scaler:
             only_if_idle=only_if_idle,
         )
         try:
-            await self.broker.nc.request(
-                names.agent_subject(record.agent_id, "stop"),
-                cmd.model_dump_json().encode(),
-                timeout=self.settings.nats_timeout,
-            )
+            await self.actions.stop(record.agent_id, cmd)
         except Exception as exc:
             log.warning("agent %s did not take a stop: %r", record.agent_id, exc)
 

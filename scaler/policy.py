@@ -1,11 +1,21 @@
 """The scaling policy: a pure function from what is observed to what to do.
 
-``desired = clamp(ceil((queued + in_flight) / concurrency_per_replica), min, max)``
-for scale-up, at once. Scale-down, only of replicas that are ready and idle: to
-``min_replicas`` after ``scale_to_zero`` seconds without requests; and, while
-traffic goes on, down to what the busiest moment of the last ``scale_to_zero``
-seconds needed (never below one replica this way: zero only when idle). No I/O and no clock here: the loop passes ``now`` in, so tests
-and the simulation drive it with a virtual clock.
+Two rules size an endpoint, both in replicas of ``concurrency_per_replica``:
+
+- **burst**: the work arriving now plus the queue, where a queued request is
+  worth a new replica only if the live ones could not clear the queue within a
+  cold start: ``(rate × service + queued × service / cold_start)``. Until the
+  endpoint has served a request and started a replica (no service or cold-start
+  time known yet), one replica per request waiting.
+- **steady**: the load of the last ``STABLE_WINDOW`` seconds (requests in
+  flight, time-averaged) at a utilisation target (``BERTH_TARGET_UTILISATION``, 0.5 by default).
+
+Replicas start at once up to the larger of the two (within min and max).
+Surplus replicas stop, only when ready and idle, once neither rule needs them:
+while traffic goes on, never below one; to ``min_replicas`` only after
+``scale_to_zero`` seconds without requests. No I/O and no clock here: the loop
+passes ``now`` and its estimates in, so tests and the simulation drive it with
+a virtual clock.
 """
 
 from __future__ import annotations
@@ -14,8 +24,20 @@ import math
 from dataclasses import dataclass, field
 
 from shared.messages import EndpointSpec, ReplicaState
+from shared.settings import TARGET_UTILISATION
 
-__all__ = ["Decision", "Observation", "ReplicaView", "decide"]
+__all__ = [
+    "BURST_WINDOW",
+    "STABLE_WINDOW",
+    "Decision",
+    "Observation",
+    "ReplicaView",
+    "decide",
+]
+
+# Seconds of arrivals behind the burst rule's rate and the steady rule's load.
+BURST_WINDOW = 2.0
+STABLE_WINDOW = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +63,16 @@ class Observation:
     now: float
     # Until when starts are held back after a failed start (0 = not held).
     backoff_until: float = 0.0
-    # The most requests queued + in flight at any pass in the last scale_to_zero seconds;
-    # None while the loop has not watched the endpoint that long.
-    peak_demand: int | None = None
+    # Requests per second that arrived over the last BURST_WINDOW seconds, and requests
+    # in flight on average over the last STABLE_WINDOW; None until watched that long.
+    arrival_rate: float | None = None
+    mean_in_flight: float | None = None
+    # Seconds a request takes on a replica, and a replica takes to start (moving averages
+    # the replicas report); None until one has served, or started.
+    service_s: float | None = None
+    cold_start_s: float | None = None
+    # How busy replicas may be on average (ScalerSettings.target_utilisation).
+    utilisation: float = TARGET_UTILISATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +126,30 @@ def decide(obs: Observation) -> Decision:
     return Decision(start=decision.start, stop=decision.stop, drain=drain, reason=reason)
 
 
+def _burst(obs: Observation, per: int) -> tuple[int, str]:
+    """Replicas that the arriving work and the queue need now, and why."""
+    demand = obs.queued + obs.in_flight
+    s, cold, rate = obs.service_s, obs.cold_start_s, obs.arrival_rate
+    if s is None or cold is None or rate is None:
+        return (
+            math.ceil(demand / per),
+            f"{obs.queued} queued + {obs.in_flight} in flight",
+        )
+    work = rate * s + obs.queued * s / max(cold, s)
+    need = max(math.ceil(work / per - 1e-9), 1 if demand else 0)
+    return need, (
+        f"{rate:.2f} req/s × {s:.2f} s + {obs.queued} queued to clear within a "
+        f"{cold:.1f} s cold start"
+    )
+
+
+def _steady(obs: Observation, per: int) -> int | None:
+    """Replicas that the stable window's load needs at the utilisation target."""
+    if obs.mean_in_flight is None:
+        return None
+    return math.ceil(obs.mean_in_flight / (per * obs.utilisation) - 1e-9)
+
+
 def _scale(obs: Observation) -> Decision:
     spec = obs.spec
     active = _active(obs)
@@ -104,20 +157,25 @@ def _scale(obs: Observation) -> Decision:
         stop = _stoppable(obs, active)
         return Decision(stop=stop, reason="endpoint disabled") if stop else Decision()
 
-    demand = obs.queued + obs.in_flight
-    needed = math.ceil(demand / max(1, spec.concurrency_per_replica))
-    target = min(max(needed, spec.min_replicas), spec.max_replicas)
+    per = max(1, spec.concurrency_per_replica)
+    burst, burst_why = _burst(obs, per)
+    steady = _steady(obs, per)
+    target = min(max(burst, steady or 0, spec.min_replicas), spec.max_replicas)
 
     if target > active:
         if obs.now < obs.backoff_until:
             return Decision(
                 reason=f"start held back {obs.backoff_until - obs.now:.1f} s after a failed start"
             )
-        why = (
-            f"min_replicas={spec.min_replicas}"
-            if needed <= active
-            else f"{obs.queued} queued + {obs.in_flight} in flight need {needed} replica(s)"
-        )
+        if burst >= max(steady or 0, spec.min_replicas):
+            why = f"{burst_why} need {burst} replica(s)"
+        elif steady is not None and steady >= spec.min_replicas:
+            why = (
+                f"the last {STABLE_WINDOW:.0f} s averaged {obs.mean_in_flight:.2f} requests in "
+                f"flight, {steady} replica(s) at {obs.utilisation:.0%} utilisation"
+            )
+        else:
+            why = f"min_replicas={spec.min_replicas}"
         return Decision(start=target - active, reason=f"scale up {active} → {target}: {why}")
 
     if active > spec.max_replicas:
@@ -127,6 +185,7 @@ def _scale(obs: Observation) -> Decision:
                 stop=stop, reason=f"scale down {active} → {spec.max_replicas}: above max_replicas"
             )
 
+    demand = obs.queued + obs.in_flight
     idle_for = obs.now - obs.last_activity
     if demand == 0 and idle_for >= spec.scale_to_zero and active > spec.min_replicas:
         stop = _stoppable(obs, active - spec.min_replicas)
@@ -136,15 +195,15 @@ def _scale(obs: Observation) -> Decision:
                 reason=f"scale down {active} → {active - len(stop)}: idle {idle_for:.0f} s ≥ scale_to_zero {spec.scale_to_zero} s",
             )
 
-    if obs.peak_demand is not None:
-        per = max(1, spec.concurrency_per_replica)
-        keep = min(max(math.ceil(obs.peak_demand / per), spec.min_replicas, 1), spec.max_replicas)
+    if steady is not None:
+        keep = min(max(steady, burst, spec.min_replicas, 1), spec.max_replicas)
         if active > keep:
             stop = _stoppable(obs, active - keep)
             if stop:
                 return Decision(
                     stop=stop,
-                    reason=f"scale down {active} → {active - len(stop)}: the busiest moment of "
-                    f"the last {spec.scale_to_zero} s needed {keep} ({obs.peak_demand} requests)",
+                    reason=f"scale down {active} → {active - len(stop)}: the last "
+                    f"{STABLE_WINDOW:.0f} s averaged {obs.mean_in_flight:.2f} requests in flight, "
+                    f"{keep} replica(s) suffice",
                 )
     return Decision()

@@ -192,6 +192,9 @@ class ReplicaRecord(BaseModel):
     last_done_at: float | None = None
     # Seconds a request takes on this replica (moving average): queue wait estimates use it.
     service_s: float | None = None
+    # Seconds spent serving requests since it started (summed over concurrent requests):
+    # the scaler's measure of load.
+    busy_s: float = 0.0
     reason: str | None = None
     updated_at: float = Field(default_factory=time.time)
     ttl: float = STALE_AFTER

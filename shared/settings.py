@@ -134,6 +134,11 @@ class AgentSettings(CommonSettings):
     slots: int = 8
 
 
+# The share of its time a replica should be busy when the scaler sizes an endpoint to its
+# steady load: the headroom keeps queue waits short under random (Poisson) arrivals.
+TARGET_UTILISATION = 0.5
+
+
 class ScalerSettings(CommonSettings):
     tick_interval: float = 1.0
     # A start that has not become a replica record within this long is forgotten.
@@ -141,6 +146,9 @@ class ScalerSettings(CommonSettings):
     # After a failed start, wait this long (doubling, capped) before trying again.
     start_backoff: float = 2.0
     start_backoff_max: float = 60.0
+    # How busy replicas may be on average before more start (scaler/policy.py): lower
+    # waits less and spends more replica time.
+    target_utilisation: float = Field(default=TARGET_UTILISATION, gt=0.0, le=1.0)
 
 
 class UpSettings(ApiSettings, AgentSettings, ScalerSettings):

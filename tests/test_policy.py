@@ -8,7 +8,7 @@ import pytest
 
 from scaler.placement import place
 from scaler.policy import Decision, Observation, ReplicaView, decide
-from shared.messages import AgentRecord, EndpointSpec, ReplicaState
+from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord, ReplicaState
 
 S, R = ReplicaState.STARTING, ReplicaState.READY
 NOW = 1_000.0
@@ -22,7 +22,11 @@ def obs(
     pending: int = 0,
     idle: float = 0.0,
     backoff: float = 0.0,
-    peak: int | None = None,
+    rate: float | None = None,
+    busy: float | None = None,
+    service: float | None = None,
+    cold: float | None = None,
+    utilisation: float = 0.5,
     **spec: object,
 ) -> Observation:
     base = {
@@ -44,7 +48,11 @@ def obs(
         last_activity=NOW - idle,
         now=NOW,
         backoff_until=NOW + backoff if backoff else 0.0,
-        peak_demand=peak,
+        arrival_rate=rate,
+        mean_in_flight=busy,
+        service_s=service,
+        cold_start_s=cold,
+        utilisation=utilisation,
     )
 
 
@@ -233,35 +241,126 @@ def test_timer_passes_skip_idle_endpoints_but_sweep_them() -> None:
 
 
 FOUR_IDLE = (("a", R, 0), ("b", R, 0), ("c", R, 0), ("d", R, 1))
+KNOWN = {"service": 0.5, "cold": 5.0}  # a replica serves in 0.5 s and starts in 5 s
+
+
+@pytest.mark.parametrize(
+    ("label", "observation", "starts"),
+    [
+        # Nothing known yet (no request served, no replica started): one per request waiting.
+        ("unknown: a replica per queued request", obs(queued=6), 4),
+        # One busy replica clears 6 requests, and the few arriving, within a cold start:
+        # none more is worth starting.
+        (
+            "a queue the replicas clear within a cold start",
+            obs(replicas=(("a", R, 1),), in_flight=1, queued=6, rate=0.5, **KNOWN),
+            0,
+        ),
+        # 40 queued need 4 replicas to clear them in 5 s, and 4 req/s need 2 more.
+        (
+            "a queue they cannot clear",
+            obs(replicas=(("a", R, 1),), in_flight=1, queued=40, rate=4.0, max_replicas=8, **KNOWN),
+            5,
+        ),
+        # A burst: 12 req/s of 0.5 s work is 6 replicas, and the one queued a 7th.
+        (
+            "the arrival rate alone",
+            obs(replicas=(("a", R, 1),), in_flight=1, queued=1, rate=12.0, max_replicas=8, **KNOWN),
+            6,
+        ),
+        ("the burst rule is clamped to max", obs(queued=100, rate=50.0, **KNOWN), 4),
+        ("from zero, known: one for one request", obs(queued=1, rate=0.01, **KNOWN), 1),
+        (
+            "concurrency divides the work",
+            obs(queued=1, rate=11.0, concurrency_per_replica=3, **KNOWN),
+            2,
+        ),
+        # The last minute kept 1.2 replicas busy: at 50 % that is 3.
+        (
+            "the steady load starts replicas ahead of a queue",
+            obs(replicas=(("a", R, 1), ("b", R, 0)), in_flight=1, rate=2.0, busy=1.2, **KNOWN),
+            1,
+        ),
+        (
+            "a higher utilisation target needs fewer",
+            obs(
+                replicas=(("a", R, 1), ("b", R, 0)),
+                in_flight=1,
+                rate=2.0,
+                busy=1.2,
+                utilisation=0.6,
+                **KNOWN,
+            ),
+            0,
+        ),
+    ],
+)
+def test_scale_up_rules(label: str, observation: Observation, starts: int) -> None:
+    decision = decide(observation)
+    assert (decision.start, decision.stop) == (starts, ()), (label, decision)
+    assert decision.noop or decision.reason
 
 
 @pytest.mark.parametrize(
     ("label", "observation", "stops"),
     [
-        # Traffic goes on, but the busiest moment of the window needed 2: stop 2 idle ones.
-        ("window peak below the replicas", obs(replicas=FOUR_IDLE, in_flight=1, peak=2), 2),
-        ("window peak needs them all", obs(replicas=FOUR_IDLE, in_flight=1, peak=4), 0),
-        ("no window yet: keep them", obs(replicas=FOUR_IDLE, in_flight=1, peak=None), 0),
-        ("never below one this way", obs(replicas=FOUR_IDLE, in_flight=1, peak=0), 3),
-        (
-            "never below min_replicas",
-            obs(replicas=FOUR_IDLE, in_flight=1, peak=1, min_replicas=3),
-            1,
-        ),
+        # Traffic goes on, but the last minute kept one replica busy: 2 at 50 %.
+        ("the steady load needs fewer", obs(replicas=FOUR_IDLE, in_flight=1, busy=1.0), 2),
+        ("it needs them all", obs(replicas=FOUR_IDLE, in_flight=1, busy=1.9), 0),
+        ("not watched a window yet: keep them", obs(replicas=FOUR_IDLE, in_flight=1), 0),
+        ("never below one this way", obs(replicas=FOUR_IDLE, in_flight=1, busy=0.0), 3),
+        ("never below min_replicas", obs(replicas=FOUR_IDLE, busy=0.1, min_replicas=3), 1),
         (
             "busy replicas are never stopped",
-            obs(replicas=(("a", R, 1), ("b", R, 1)), in_flight=2, peak=0),
+            obs(replicas=(("a", R, 1), ("b", R, 1)), in_flight=2, busy=0.0),
             0,
         ),
         (
-            "concurrency divides the peak",
-            obs(replicas=FOUR_IDLE, in_flight=1, peak=4, concurrency_per_replica=2),
+            "the burst rule keeps what it would start",
+            obs(replicas=FOUR_IDLE, in_flight=1, busy=0.2, rate=8.0, **KNOWN),
+            0,
+        ),
+        (
+            "concurrency divides the load",
+            obs(replicas=FOUR_IDLE, in_flight=1, busy=2.0, concurrency_per_replica=2),
             2,
         ),
     ],
 )
-def test_scale_down_to_the_window_peak(label: str, observation: Observation, stops: int) -> None:
+def test_scale_down_to_the_steady_load(label: str, observation: Observation, stops: int) -> None:
     decision = decide(observation)
     assert decision.start == 0, label
     assert len(decision.stop) == stops, (label, decision)
     assert "d" not in decision.stop  # the busy one
+
+
+def _record(rid: str, busy_s: float) -> ReplicaRecord:
+    return ReplicaRecord(
+        endpoint="ep", replica_id=rid, agent_id="a", state=R, started_at=0.0, busy_s=busy_s
+    )
+
+
+def test_traffic_rates_and_load_over_their_windows() -> None:
+    """Arrivals per second from the running count, load from the replicas' busy seconds;
+    nothing until a window has been watched; a replica's busy time counts from when it
+    is first seen, and one that goes takes nothing back."""
+    from scaler.loop import Traffic
+    from scaler.policy import BURST_WINDOW, STABLE_WINDOW
+
+    traffic = Traffic()
+    traffic.add(0.0, 0, [])
+    assert traffic.rate(BURST_WINDOW) is None and traffic.busy(STABLE_WINDOW) is None
+    # Two requests a second; two replicas, each busy half of every second.
+    for t in range(1, 61):
+        traffic.add(float(t), 2 * t, [_record("r1", 100 + t / 2), _record("r2", t / 2)])
+    assert traffic.rate(BURST_WINDOW) == pytest.approx(2.0)
+    assert traffic.rate(STABLE_WINDOW) == pytest.approx(2.0)
+    assert traffic.busy(STABLE_WINDOW) == pytest.approx(59 / 60)  # r1's first 100.5 s: before
+    # r2 stops; r1 goes on alone, busy all the time, and arrivals quicken.
+    for t in range(61, 121):
+        traffic.add(float(t), 120 + 5 * (t - 60), [_record("r1", 130 + (t - 60))])
+    assert traffic.busy(STABLE_WINDOW) == pytest.approx(1.0)
+    assert traffic.rate(BURST_WINDOW) == pytest.approx(5.0)
+    # The endpoint's queue was re-created: its count starts again from zero.
+    traffic.add(121.0, 3, [])
+    assert traffic.rate(BURST_WINDOW) is None

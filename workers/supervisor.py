@@ -431,6 +431,7 @@ class ReplicaSupervisor:
                     self.in_flight -= 1
                     self.record.last_done_at = time.time()
                     took = time.monotonic() - began
+                    self.record.busy_s += took
                     prev = self.record.service_s
                     self.record.service_s = took if prev is None else 0.8 * prev + 0.2 * took
         finally:
