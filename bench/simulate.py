@@ -271,7 +271,7 @@ class Berth:
             agent_id="sim", slots=10**9, used_slots=0, updated_at=0.0, ttl=FOREVER
         )
         scaler.replicas.items = world.records
-        world.on_replica = lambda key: scaler._replica_changed(key, None)
+        world.on_replica = lambda key: scaler._replica_changed(key, world.records.get(key))
         digests = {name: ep.spec.replica_digest() for name, ep in world.endpoints.items()}
         tasks: set[asyncio.Task[None]] = set()
 
@@ -479,7 +479,12 @@ SCENARIOS: dict[str, tuple[Callable[[float], float], int | None]] = {
 
 
 def scenario(
-    name: str, endpoints: int, hours: float, seed: int, spec: EndpointSpec
+    name: str,
+    endpoints: int,
+    hours: float,
+    seed: int,
+    spec: EndpointSpec,
+    utilisations: list[float],
 ) -> dict[str, Any]:
     rate = SCENARIOS[name][0]
     traffic = {
@@ -491,11 +496,15 @@ def scenario(
         "hours": hours,
         "requests": sum(len(t) for t in traffic.values()),
     }
-    for make in (Berth, Knative, Ray):
+    runs: list[tuple[str, Callable[[], Controller]]] = [("berth", Berth)]
+    for u in utilisations:  # the same scaler at other utilisation targets
+        runs.append((f"berth@{u}", type("Berth", (Berth,), {"utilisation": u})))
+    runs += [("knative", Knative), ("ray", Ray)]
+    for label, make in runs:
         began = time.perf_counter()
-        out[make.name] = run_policy(make, traffic, spec, hours, seed)
+        out[label] = run_policy(make, traffic, spec, hours, seed)
         took = time.perf_counter() - began
-        print(f"{name:<8} {make.name:<8} {json.dumps(out[make.name])}  ({took:.0f} s)", flush=True)
+        print(f"{name:<8} {label:<10} {json.dumps(out[label])}  ({took:.0f} s)", flush=True)
     return out
 
 
@@ -506,17 +515,28 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale-to-zero", type=int, default=300)
     p.add_argument("--only", choices=sorted(SCENARIOS), action="append")
+    p.add_argument(
+        "--utilisation",
+        type=float,
+        action="append",
+        default=[],
+        help="also run Berth at this target utilisation (repeatable)",
+    )
     p.add_argument("--out", default="bench/results/simulate.json")
     args = p.parse_args()
     spec = EndpointSpec(
         name="sim", min_replicas=0, max_replicas=8, scale_to_zero=args.scale_to_zero
     )
-    report: dict[str, Any] = {"cold_start_s": COLD_START, "scale_to_zero": args.scale_to_zero}
+    report: dict[str, Any] = {
+        "cold_start_s": COLD_START,
+        "scale_to_zero": args.scale_to_zero,
+        "target_utilisation": TARGET_UTILISATION,
+    }
     for name, (_, count) in SCENARIOS.items():
         if args.only and name not in args.only:
             continue
         endpoints = count if count is not None else args.idle_endpoints
-        report[name] = scenario(name, endpoints, args.hours, args.seed, spec)
+        report[name] = scenario(name, endpoints, args.hours, args.seed, spec, args.utilisation)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
 

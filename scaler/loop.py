@@ -150,6 +150,12 @@ class Scaler:
         self._traffic: dict[str, Traffic] = {}
         self._service_s: dict[str, float] = {}
         self._cold_start_s: dict[str, float] = {}
+        # The replicas bucket's keys by endpoint (with what the policy cares about in each
+        # record): a pass reads its own records only, and a heartbeat wakes nothing.
+        self._keys: dict[str, dict[str, tuple[ReplicaState, int, str] | None]] = {}
+        # Endpoints at rest (nothing waiting or running, nothing to shrink but to zero):
+        # until when the timer can leave them to the idle sweep.
+        self._resting_until: dict[str, float] = {}
         self.lease = Lease(broker, f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
 
     @property
@@ -167,6 +173,7 @@ class Scaler:
                 self._traffic,
                 self._service_s,
                 self._cold_start_s,
+                self._resting_until,
             ):
                 state.pop(endpoint, None)
         failure = self.failures.get(endpoint)
@@ -176,8 +183,16 @@ class Scaler:
             del self.failures[endpoint]
         self._mark(endpoint)
 
-    def _replica_changed(self, key: str, _value: object) -> None:
+    def _replica_changed(self, key: str, record: ReplicaRecord | None) -> None:
         endpoint, _, replica_id = key.partition(".")
+        seen = self._keys.setdefault(endpoint, {})
+        now = None if record is None else (record.state, record.in_flight, record.digest)
+        if now == seen.get(key):
+            return  # a heartbeat: nothing the policy acts on has changed
+        if now is None:
+            del seen[key]
+        else:
+            seen[key] = now
         # The start is no longer pending once its agent reports the replica, however
         # briefly: a replica that fails at once must not count as starting for ever.
         self.pending.pop(replica_id, None)
@@ -231,24 +246,27 @@ class Scaler:
                 log.warning("scaler %s is no longer the leader", self.lease.holder)
             await asyncio.sleep(names.LEASE_TTL / 3)
 
-    def _tick_endpoints(self, tick: int) -> set[str]:
+    def _tick_endpoints(self, tick: int, now: float | None = None) -> set[str]:
         """What a timer pass looks at: every endpoint with something to watch, and a slice
-        of the idle ones (no replica, no start under way, min 0, no failure).
+        of the idle ones (no replica, no start under way, min 0, no failure) and of those
+        at rest (replicas idle, nothing to do before their scale_to_zero is due).
 
-        Demand, spec and replica changes wake an endpoint at once; the sweep of idle
-        endpoints only backs up a lost demand nudge, so each is looked at every
-        IDLE_SWEEP seconds rather than every tick: with a thousand idle endpoints, the
+        Demand, spec and replica changes wake an endpoint at once; the sweep only backs
+        up a lost demand nudge, so each idle endpoint is looked at every IDLE_SWEEP
+        seconds rather than every tick: with a thousand idle endpoints, warm or not, the
         scaler's cost is a few consumer lookups a tick, not a thousand.
         """
+        now = self.clock() if now is None else now
         busy = {r.endpoint for r in self.replicas.items.values()}
         busy |= {p.endpoint for p in self.pending.values()}
         busy |= set(self.failures)
         slices = max(1, round(IDLE_SWEEP / self.settings.tick_interval))
         chosen = busy - set(self.endpoints.items)  # deleted, with replicas left to drain
         for name, spec in self.endpoints.items.items():
+            watch = name in busy and self._resting_until.get(name, 0.0) <= now
             if (
-                name in busy
-                or spec.min_replicas > 0
+                watch
+                or (spec.min_replicas > 0 and name not in self._resting_until)
                 or zlib.crc32(name.encode()) % slices == tick % slices
             ):
                 chosen.add(name)
@@ -271,7 +289,7 @@ class Scaler:
             todo = set(self._dirty)
             self._dirty.clear()
             if now >= next_tick:
-                todo |= self._tick_endpoints(tick)
+                todo |= self._tick_endpoints(tick, now)
                 tick += 1
                 next_tick = now + self.settings.tick_interval
             if not self.leader:  # observe only; the holder acts
@@ -368,19 +386,20 @@ class Scaler:
         if any(p.endpoint == endpoint and p_id != exclude for p_id, p in self.pending.items()):
             return True
         return any(
-            r.endpoint == endpoint
-            and r.replica_id != exclude
-            and r.fresh(now)
-            and r.state in (ReplicaState.STARTING, ReplicaState.READY)
-            for r in self.replicas.items.values()
+            r.replica_id != exclude and r.state in (ReplicaState.STARTING, ReplicaState.READY)
+            for r in self.records(endpoint, now)
         )
+
+    def records(self, endpoint: str, now: float) -> list[ReplicaRecord]:
+        """The endpoint's replicas, as their agents last reported them (fresh ones only)."""
+        items = self.replicas.items
+        found = [items.get(key) for key in self._keys.get(endpoint, ())]
+        return [r for r in found if r is not None and r.fresh(now)]
 
     # -- decide and act --------------------------------------------------------------------
 
     def observe(self, endpoint: str, spec: EndpointSpec, bl: Backlog, now: float) -> Observation:
-        records = [
-            r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)
-        ]
+        records = self.records(endpoint, now)
         for rid, p in list(self.pending.items()):
             if now - p.issued_at > self.settings.start_timeout:
                 del self.pending[rid]
@@ -395,7 +414,9 @@ class Scaler:
             self._service_s[endpoint] = sum(served) / len(served)
         if starts := [r.ready_at - r.started_at for r in current if r.ready_at is not None]:
             self._cold_start_s[endpoint] = sum(starts) / len(starts)
-        traffic = self._traffic.setdefault(endpoint, Traffic())
+        traffic = self._traffic.get(endpoint)
+        if traffic is None:
+            traffic = self._traffic[endpoint] = Traffic()
         traffic.add(now, bl.delivered + bl.queued, records)
         return Observation(
             spec=spec,
@@ -422,14 +443,13 @@ class Scaler:
         now = self.clock()
         spec = self.endpoints.items.get(endpoint)
         if spec is None:  # deleted: drain whatever still runs
-            for r in [
-                r for r in self.replicas.items.values() if r.endpoint == endpoint and r.fresh(now)
-            ]:
+            for r in self.records(endpoint, now):
                 await self._stop(r, "endpoint deleted", only_if_idle=False)
             return Decision()
         bl = await self.actions.backlog(endpoint) or Backlog(queued=0, in_flight=0)
         obs = self.observe(endpoint, spec, bl, now)
         decision = decide(obs)
+        self._rest(endpoint, obs, decision)
         if decision.noop:
             return decision
         log.info("%s: %s", endpoint, decision.reason)
@@ -474,6 +494,27 @@ class Scaler:
                 self.failures[endpoint] = failure
                 await self._fail_waiting(endpoint, failure)
         return decision
+
+    def _rest(self, endpoint: str, obs: Observation, decision: Decision) -> None:
+        """Leave the endpoint to the idle sweep until its scale_to_zero is due, if nothing
+        but that could change what the policy decides: no request queued or running, no
+        start under way, no replica in flux, none beyond the one traffic would keep."""
+        spec = obs.spec
+        settled = all(r.state is ReplicaState.READY and r.current for r in obs.replicas)
+        if (
+            decision.noop
+            and obs.queued + obs.in_flight == 0
+            and obs.pending_starts == 0
+            and endpoint not in self.failures
+            and settled
+            and len(obs.replicas) <= max(spec.min_replicas, 1)
+        ):
+            due = obs.last_activity + spec.scale_to_zero
+            self._resting_until[endpoint] = (
+                due if len(obs.replicas) > spec.min_replicas else float("inf")
+            )
+        else:
+            self._resting_until.pop(endpoint, None)
 
     def _unsatisfiable(self, spec: EndpointSpec, now: float) -> str | None:
         """Why no agent of the fleet, even idle, could run a replica of ``spec``; None if one could."""
@@ -520,11 +561,7 @@ class Scaler:
             for a in self.agents.items.values()
             if a.fresh(now)
         ]
-        on_agent = Counter(
-            r.agent_id
-            for r in self.replicas.items.values()
-            if r.endpoint == spec.name and r.fresh(now)
-        )
+        on_agent = Counter(r.agent_id for r in self.records(spec.name, now))
         pending_on = Counter(p.agent_id for p in self.pending.values())
         try:
             need = parse_instance_type(spec.instance_type)
