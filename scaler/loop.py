@@ -92,9 +92,14 @@ class Traffic:
         return (t1 - t0, n1 - n0, b1 - b0) if t1 - t0 >= span else None
 
     def rate(self, span: float) -> float | None:
-        """Arrivals per second over the last ``span`` seconds; None until watched that long."""
+        """Arrivals per second over the last ``span`` seconds; None until watched that long.
+
+        Passes can be sparse (an endpoint at rest is looked at every IDLE_SWEEP seconds):
+        what arrived since the last pass before the window is taken to have arrived
+        within it, so that a burst after a quiet spell is not diluted by the quiet.
+        """
         seen = self._span(span)
-        return seen[1] / seen[0] if seen else None
+        return seen[1] / span if seen else None
 
     def busy(self, span: float) -> float | None:
         """Replicas' serving seconds per second over the last ``span`` seconds: the

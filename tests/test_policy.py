@@ -240,6 +240,55 @@ def test_timer_passes_skip_idle_endpoints_but_sweep_them() -> None:
     assert seen == Counter({f"idle-{i}": 1 for i in range(200)})
 
 
+def test_an_endpoint_at_rest_waits_for_the_sweep_until_scale_to_zero_is_due() -> None:
+    """One idle replica and nothing asked: the timer leaves the endpoint to the idle sweep
+    until its scale_to_zero is due, then watches it every tick; traffic, or a second
+    replica, brings it back at once. Heartbeats that change nothing wake nothing."""
+    from scaler.loop import IDLE_SWEEP, Scaler
+    from shared.settings import ScalerSettings
+
+    clock = [NOW]
+    scaler = Scaler(ScalerSettings(tick_interval=1.0), broker=None, clock=lambda: clock[0])  # type: ignore[arg-type]
+    spec = EndpointSpec(name="warm", scale_to_zero=60)
+    scaler.endpoints.items["warm"] = spec
+    record = ReplicaRecord(
+        endpoint="warm",
+        replica_id="r1",
+        agent_id="a",
+        state=R,
+        digest=spec.replica_digest(),
+        started_at=0,
+        ready_at=1.0,
+        updated_at=NOW,
+    )
+    scaler.replicas.items["warm.r1"] = record
+    scaler._replica_changed("warm.r1", record)
+    assert scaler._dirty == {"warm"}
+    scaler._dirty.clear()
+    scaler._replica_changed("warm.r1", record.model_copy(update={"busy_s": 3.0}))
+    assert not scaler._dirty  # a heartbeat
+
+    def at_rest(last_activity: float, replicas: tuple[ReplicaView, ...]) -> None:
+        view = Observation(
+            spec=spec,
+            queued=0,
+            in_flight=0,
+            replicas=replicas,
+            pending_starts=0,
+            last_activity=last_activity,
+            now=clock[0],
+        )
+        scaler._rest("warm", view, decide(view))
+
+    one = (ReplicaView("r1", R, 0, ready_at=1.0),)
+    at_rest(NOW - 10, one)  # due at NOW + 50
+    looked = [t for t in range(int(IDLE_SWEEP) * 4) if "warm" in scaler._tick_endpoints(t, NOW + t)]
+    assert len(looked) == 4  # the sweep only
+    assert "warm" in scaler._tick_endpoints(1, NOW + 50)  # due: every tick
+    at_rest(NOW - 10, (*one, ReplicaView("r2", R, 0, ready_at=2.0)))  # two: one to shrink
+    assert "warm" in scaler._tick_endpoints(1, NOW)
+
+
 FOUR_IDLE = (("a", R, 0), ("b", R, 0), ("c", R, 0), ("d", R, 1))
 KNOWN = {"service": 0.5, "cold": 5.0}  # a replica serves in 0.5 s and starts in 5 s
 
