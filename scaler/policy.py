@@ -197,8 +197,11 @@ def _scale(obs: Observation) -> Decision:
 
     if steady is not None:
         keep = min(max(steady, burst, spec.min_replicas, 1), spec.max_replicas)
-        if active > keep:
-            stop = _stoppable(obs, active - keep)
+        # Starting replicas are not capacity yet: a start the burst rule just made must
+        # not cost a ready replica.
+        ready = sum(1 for r in obs.replicas if r.state is ReplicaState.READY and r.current)
+        if min(active, ready) > keep:
+            stop = _stoppable(obs, min(active, ready) - keep)
             if stop:
                 return Decision(
                     stop=stop,

@@ -374,6 +374,18 @@ def test_scale_up_rules(label: str, observation: Observation, starts: int) -> No
             obs(replicas=FOUR_IDLE, in_flight=1, busy=2.0, concurrency_per_replica=2),
             2,
         ),
+        # Two ready are what the load needs; a third starts for a flurry: none stops until
+        # it is ready (stopping a ready one would leave one to serve for a cold start).
+        (
+            "a starting replica is no reason to stop a ready one",
+            obs(replicas=(("a", R, 1), ("b", R, 0), ("c", S, 0)), in_flight=1, busy=0.9),
+            0,
+        ),
+        (
+            "once it is ready, the surplus goes",
+            obs(replicas=(("a", R, 1), ("b", R, 0), ("c", R, 0)), in_flight=1, busy=0.9),
+            1,
+        ),
     ],
 )
 def test_scale_down_to_the_steady_load(label: str, observation: Observation, stops: int) -> None:
