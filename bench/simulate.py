@@ -143,6 +143,7 @@ class World:
             started_at=self.now,
             updated_at=self.now,
             ttl=FOREVER,
+            busy_s=0.0,
         )
         self.loop.call_later(COLD_START, self._ready, replica)
         self.on_replica(names.replica_key(name, rid))
@@ -189,7 +190,7 @@ class World:
         record = self.records[names.replica_key(replica.endpoint, replica.rid)]
         took = self.now - began
         record.in_flight, record.last_done_at = 0, self.now
-        record.busy_s += took
+        record.busy_s = (record.busy_s or 0.0) + took
         # The agent's moving average (workers/supervisor.py).
         record.service_s = took if record.service_s is None else 0.8 * record.service_s + 0.2 * took
         self._dispatch(ep)

@@ -69,6 +69,7 @@ class Traffic:
     def __init__(self) -> None:
         self._busy_s = 0.0  # serving seconds counted since the first pass
         self._seen: dict[str, float] = {}  # each replica's busy_s when last counted
+        self._blind_until = 0.0  # no load known before this (a replica did not count)
         # Per window: (time, arrived, busy seconds) since one at or before its start.
         self._windows = {
             BURST_WINDOW: deque[tuple[float, int, float]](),
@@ -76,7 +77,9 @@ class Traffic:
         }
 
     def add(self, now: float, arrived: int, replicas: list[ReplicaRecord]) -> None:
-        seen = {r.replica_id: r.busy_s for r in replicas}
+        seen = {r.replica_id: r.busy_s for r in replicas if r.busy_s is not None}
+        if len(seen) < len(replicas):  # an agent that does not count: the load is unknown
+            self._blind_until = now + STABLE_WINDOW
         self._busy_s += sum(max(0.0, b - self._seen.get(rid, b)) for rid, b in seen.items())
         self._seen = seen
         for span, samples in self._windows.items():
@@ -105,7 +108,9 @@ class Traffic:
         """Replicas' serving seconds per second over the last ``span`` seconds: the
         requests in flight on average (None: not watched that long)."""
         seen = self._span(span)
-        return seen[2] / seen[0] if seen else None
+        if seen is None or self._windows[span][-1][0] < self._blind_until:
+            return None
+        return seen[2] / seen[0]
 
 
 @dataclass(slots=True)

@@ -193,8 +193,8 @@ class ReplicaRecord(BaseModel):
     # Seconds a request takes on this replica (moving average): queue wait estimates use it.
     service_s: float | None = None
     # Seconds spent serving requests since it started (summed over concurrent requests):
-    # the scaler's measure of load.
-    busy_s: float = 0.0
+    # the scaler's measure of load. None from an agent too old to count them.
+    busy_s: float | None = None
     reason: str | None = None
     updated_at: float = Field(default_factory=time.time)
     ttl: float = STALE_AFTER

@@ -425,3 +425,11 @@ def test_traffic_rates_and_load_over_their_windows() -> None:
     # The endpoint's queue was re-created: its count starts again from zero.
     traffic.add(121.0, 3, [])
     assert traffic.rate(BURST_WINDOW) is None
+    # A replica whose agent does not count busy time: no load is claimed for a window.
+    older = ReplicaRecord(endpoint="ep", replica_id="old", agent_id="b", state=R, started_at=0.0)
+    for t in range(122, 200):
+        traffic.add(float(t), 3 + t, [_record("r1", t), older])
+    assert traffic.busy(STABLE_WINDOW) is None
+    for t in range(200, 262):
+        traffic.add(float(t), 3 + t, [_record("r1", t)])
+    assert traffic.busy(STABLE_WINDOW) == pytest.approx(1.0)

@@ -104,6 +104,7 @@ class ReplicaSupervisor:
             state=ReplicaState.STARTING,
             started_at=now,
             digest=spec.replica_digest(),
+            busy_s=0.0,
         )
         self.in_flight = 0
         self._stop = asyncio.Event()
@@ -431,7 +432,7 @@ class ReplicaSupervisor:
                     self.in_flight -= 1
                     self.record.last_done_at = time.time()
                     took = time.monotonic() - began
-                    self.record.busy_s += took
+                    self.record.busy_s = (self.record.busy_s or 0.0) + took
                     prev = self.record.service_s
                     self.record.service_s = took if prev is None else 0.8 * prev + 0.2 * took
         finally:
