@@ -100,6 +100,14 @@ def _heartbeats(url: str, specs: list[EndpointSpec], stop: threading.Event) -> N
     async def run() -> None:
         async with connected(url, "bench-heartbeats") as broker:
             replicas, agents = await broker.kv(names.KV_REPLICAS), await broker.kv(names.KV_AGENTS)
+            stored = await broker.kv(names.KV_ENDPOINTS)
+            # The specs as the API stored them: a replica of another digest is outdated.
+            digests = {
+                spec.name: EndpointSpec.model_validate_json(
+                    (await stored.get(spec.name)).value or b""
+                ).replica_digest()
+                for spec in specs
+            }
             while not stop.is_set():
                 now = time.time()
                 agent = AgentRecord(agent_id="bench", slots=10**6, used_slots=len(specs))
@@ -110,7 +118,7 @@ def _heartbeats(url: str, specs: list[EndpointSpec], stop: threading.Event) -> N
                         replica_id="r0",
                         agent_id="bench",
                         state=ReplicaState.READY,
-                        digest=spec.replica_digest(),
+                        digest=digests[spec.name],
                         started_at=now - 60,
                         ready_at=now - 59,
                         updated_at=now,
