@@ -288,21 +288,19 @@ class Berth:
             scaler.shutdown()
 
 
-class Knative:
-    """Average concurrency over a 60 s stable window (6 s when panicking), target 1 per replica
-    at 70 % utilisation (Knative's defaults for ``containerConcurrency: 1``)."""
+class _Baseline:
+    """A baseline's loop: from zero at once on a request; a sample of each busy endpoint's
+    concurrency every second, kept for ``window`` seconds; a decision every ``tick``."""
 
-    name = "knative"
-    tick = 2.0
-    stable, panic, grace = 60.0, 6.0, 30.0
-    target = 1 * 0.7
+    name = ""
+    tick = 1.0
+    window = 60.0
 
     def __init__(self) -> None:
         self.samples: dict[str, deque[tuple[float, int]]] = {}
-        self.panicking_until: dict[str, float] = {}
 
     async def run(self, world: World) -> None:
-        def wake(name: str) -> None:  # the activator starts a zero-scale revision at once
+        def wake(name: str) -> None:
             if not world.endpoints[name].live:
                 world.start(name)
 
@@ -314,10 +312,29 @@ class Knative:
             for ep in world.busy_endpoints():
                 samples = self.samples.setdefault(ep.spec.name, deque())
                 samples.append((world.now, ep.demand))
-                while samples[0][0] < world.now - self.stable:
+                while samples[0][0] < world.now - self.window:
                     samples.popleft()
                 if ticks % self.tick == 0:
                     self._act(world, ep, samples)
+
+    def _act(self, world: World, ep: Endpoint, samples: deque[tuple[float, int]]) -> None:
+        raise NotImplementedError
+
+
+class Knative(_Baseline):
+    """Average concurrency over a 60 s stable window (6 s when panicking), target 1 per replica
+    at 70 % utilisation (Knative's defaults for ``containerConcurrency: 1``); the activator
+    wakes a revision at zero at once."""
+
+    name = "knative"
+    tick = 2.0
+    stable, panic, grace = 60.0, 6.0, 30.0
+    window = stable
+    target = 1 * 0.7
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.panicking_until: dict[str, float] = {}
 
     def _act(self, world: World, ep: Endpoint, samples: deque[tuple[float, int]]) -> None:
         now, live = world.now, len(ep.live)
@@ -335,35 +352,19 @@ class Knative:
         _resize(world, ep, want)
 
 
-class Ray:
-    """Ray Serve's defaults: 2 ongoing requests per replica, 30 s up, 600 s down."""
+class Ray(_Baseline):
+    """Ray Serve's defaults: 2 ongoing requests per replica, 30 s up, 600 s down; from zero,
+    one replica at once."""
 
     name = "ray"
     tick = 10.0  # metrics push interval
     target, up_delay, down_delay, look_back = 2.0, 30.0, 600.0, 30.0
+    window = look_back
 
     def __init__(self) -> None:
-        self.samples: dict[str, deque[tuple[float, int]]] = {}
+        super().__init__()
         self.above_since: dict[str, float] = {}
         self.below_since: dict[str, float] = {}
-
-    async def run(self, world: World) -> None:
-        def wake(name: str) -> None:  # from zero: at once
-            if not world.endpoints[name].live:
-                world.start(name)
-
-        world.on_arrival = wake
-        ticks = 0
-        while True:
-            await asyncio.sleep(1.0)
-            ticks += 1
-            for ep in world.busy_endpoints():
-                samples = self.samples.setdefault(ep.spec.name, deque())
-                samples.append((world.now, ep.demand))
-                while samples[0][0] < world.now - self.look_back:
-                    samples.popleft()
-                if ticks % self.tick == 0:
-                    self._act(world, ep, samples)
 
     def _act(self, world: World, ep: Endpoint, samples: deque[tuple[float, int]]) -> None:
         name, now, live = ep.spec.name, world.now, len(ep.live)
