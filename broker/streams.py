@@ -18,13 +18,15 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
 from broker.connection import Broker
 from shared import names
+from shared.errors import TooManyEndpoints
 from shared.messages import EndpointSpec
 
 __all__ = [
+    "MAX_ENDPOINTS",
     "Backlog",
     "backlog",
     "delete_endpoint_consumer",
@@ -37,6 +39,10 @@ __all__ = [
 # How many times one request is handed to a replica before it is failed for good.
 MAX_DELIVER = 5
 DUPLICATE_WINDOW = 120.0
+# Endpoints a deployment can have: one consumer each on the requests stream. Set on
+# the stream because nats-server (2.15 on) otherwise caps every stream at 1,000.
+MAX_ENDPOINTS = 100_000
+JS_MAX_CONSUMERS = 10026  # JetStream's error code: maximum consumers limit reached
 
 
 async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
@@ -50,6 +56,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
             max_msg_size=-1,
+            max_consumers=MAX_ENDPOINTS,
         ),
     )
     await ensure_stream(
@@ -120,7 +127,15 @@ async def ensure_endpoint_consumer(
         max_ack_pending=max(1, spec.max_replicas * spec.concurrency_per_replica),
         max_waiting=4096,
     )
-    await broker.js.add_consumer(names.REQUESTS_STREAM, config)
+    try:
+        await broker.js.add_consumer(names.REQUESTS_STREAM, config)
+    except BadRequestError as exc:
+        if exc.err_code != JS_MAX_CONSUMERS:
+            raise
+        raise TooManyEndpoints(
+            f"no room for endpoint {spec.name!r}: the requests stream holds at most "
+            f"{MAX_ENDPOINTS} endpoints' queues; delete unused endpoints"
+        ) from exc
 
 
 async def delete_endpoint_consumer(broker: Broker, endpoint: str) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "NotFound",
     "QueueFull",
     "ReplicaFailed",
+    "TooManyEndpoints",
     "UpstreamTimeout",
 ]
 
@@ -71,6 +72,10 @@ class NotFound(BerthError):
 class Conflict(BerthError):
     status_code = 409
     code = "conflict"
+
+
+class TooManyEndpoints(Conflict):
+    code = "too_many_endpoints"
 
 
 class BodyTooLarge(BerthError):

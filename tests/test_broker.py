@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,13 +19,14 @@ from broker.publish import NUDGE_EVERY, Requester
 from broker.pull import Puller, fail_queued
 from broker.streams import (
     MAX_DELIVER,
+    MAX_ENDPOINTS,
     backlog,
     delete_endpoint_consumer,
     ensure_endpoint_consumer,
     ensure_layout,
 )
 from shared import names
-from shared.errors import BrokerUnavailable
+from shared.errors import BrokerUnavailable, TooManyEndpoints
 from shared.messages import EndpointSpec
 from tests.conftest import NatsServer
 
@@ -52,6 +54,36 @@ async def test_layout_is_idempotent(broker: Broker) -> None:
     info = await broker.js.stream_info(names.REQUESTS_STREAM)
     assert str(getattr(info.config.retention, "value", info.config.retention)) == "workqueue"
     assert info.config.duplicate_window == 120.0
+
+
+async def test_more_than_a_thousand_endpoints_have_a_queue(broker: Broker) -> None:
+    """nats-server caps a stream at 1,000 consumers unless the stream says otherwise:
+    the requests stream does, so endpoint 1,001 gets its consumer."""
+    info = await broker.js.stream_info(names.REQUESTS_STREAM)
+    assert info.config.max_consumers == MAX_ENDPOINTS
+    made = [spec() for _ in range(1001 - info.state.consumer_count)]
+    try:
+        await asyncio.gather(*(ensure_endpoint_consumer(broker, s) for s in made))
+        info = await broker.js.stream_info(names.REQUESTS_STREAM)
+        assert info.state.consumer_count >= 1001
+    finally:
+        for s in made:
+            await broker.js.delete_consumer(names.REQUESTS_STREAM, names.consumer_name(s.name))
+
+
+async def test_a_full_requests_stream_is_a_clear_error(broker: Broker) -> None:
+    info = await broker.js.stream_info(names.REQUESTS_STREAM)
+    full = dataclasses.replace(info.config, max_consumers=max(1, info.state.consumer_count))
+    await broker.js.update_stream(full)
+    try:
+        if info.state.consumer_count == 0:
+            await ensure_endpoint_consumer(broker, first := spec())
+        with pytest.raises(TooManyEndpoints, match="at most"):
+            await ensure_endpoint_consumer(broker, spec())
+    finally:
+        await ensure_layout(broker)  # the limit back
+        if info.state.consumer_count == 0:
+            await delete_endpoint_consumer(broker, first.name)
 
 
 async def test_consumer_limits_follow_the_spec(broker: Broker) -> None:

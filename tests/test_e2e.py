@@ -6,6 +6,7 @@ Real nats-server, real API/scaler/agent processes, real replica processes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -14,6 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from berth.local import LocalNats
+from broker.connection import connect
+from broker.streams import ensure_layout
+from shared import names
 from tests.conftest import Stack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -216,6 +221,39 @@ def test_bad_requests_get_clear_4xx(stack: Stack, name: str) -> None:
             assert resp.headers["x-user-request-id"]
         wrong = anon.get("/v1/endpoints", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
+
+
+def test_creating_past_the_endpoint_limit_is_a_clear_409(
+    stack: Stack, nats_server: LocalNats, name: str
+) -> None:
+    """At the requests stream's consumer limit, a new endpoint is refused with a 409 naming
+    the limit, and is not left half made (a row without a queue)."""
+
+    async def set_limit(full: bool) -> None:
+        broker = await connect(nats_server.url, "test-limit")
+        try:
+            if full:
+                info = await broker.js.stream_info(names.REQUESTS_STREAM)
+                limit = max(1, info.state.consumer_count)
+                await broker.js.update_stream(dataclasses.replace(info.config, max_consumers=limit))
+            else:
+                await ensure_layout(broker)
+        finally:
+            await broker.close()
+
+    stack.deploy(name + "-a", "echo")  # at least one consumer, so the limit can be reached
+    asyncio.run(set_limit(True))
+    try:
+        with stack.client() as c:
+            resp = c.post("/v1/endpoint", json={"name": name, "image_url": "example.com/e:1"})
+            assert resp.status_code == 409, resp.text
+            assert resp.json()["error"]["code"] == "too_many_endpoints"
+            assert c.get(f"/v1/endpoint/{name}").status_code == 404
+    finally:
+        asyncio.run(set_limit(False))
+        with stack.client() as c:
+            c.delete(f"/v1/endpoint/{name}-a")
+    assert stack.deploy(name, "echo")["name"] == name  # room again
 
 
 def test_body_over_limit_is_413(stack: Stack, name: str) -> None:

@@ -17,7 +17,7 @@ from broker.events import publish_event
 from broker.registry import delete_key, put_model
 from broker.streams import Backlog, backlog, delete_endpoint_consumer, ensure_endpoint_consumer
 from shared import names
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound, TooManyEndpoints
 from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
 from shared.models import (
     Endpoint,
@@ -161,7 +161,12 @@ async def create_endpoint(
     session.add(ep)
     await session.commit()
     await session.refresh(ep)
-    await publish_spec(ctx, ep)
+    try:
+        await publish_spec(ctx, ep)
+    except TooManyEndpoints:
+        await session.delete(ep)  # it never existed for the data plane: nor for the API
+        await session.commit()
+        raise
     await publish_event(ctx.broker, "endpoint", ep.name, "endpoint_created")
     return to_public(ctx, ep)
 
