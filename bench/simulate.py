@@ -102,9 +102,15 @@ class Endpoint:
 class World:
     """Endpoints, their queues and replicas, on the running (virtual-time) loop."""
 
-    def __init__(self, specs: list[EndpointSpec], seed: int):
+    def __init__(
+        self,
+        specs: list[EndpointSpec],
+        seed: int,
+        service: Callable[[random.Random], float] = service,
+    ):
         self.loop = asyncio.get_running_loop()
         self.rng = random.Random(seed)
+        self.service = service
         self.endpoints = {s.name: Endpoint(s) for s in specs}
         # The replicas bucket as the agents keep it: one record per live replica.
         self.records: dict[str, ReplicaRecord] = {}
@@ -181,7 +187,7 @@ class World:
             ep.delivered += 1
             replica.busy = True
             self.records[names.replica_key(ep.spec.name, replica.rid)].in_flight = 1
-            self.loop.call_later(service(self.rng), self._done, replica, self.now)
+            self.loop.call_later(self.service(self.rng), self._done, replica, self.now)
 
     def _done(self, replica: Replica, began: float) -> None:
         ep = self.endpoints[replica.endpoint]

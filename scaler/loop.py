@@ -70,13 +70,19 @@ class Traffic:
         self._busy_s = 0.0  # serving seconds counted since the first pass
         self._seen: dict[str, float] = {}  # each replica's busy_s when last counted
         self._blind_until = 0.0  # no load known before this (a replica did not count)
+        self._delivered = 0
+        self._moved_at: float | None = None  # when the queue last moved, or was empty
         # Per window: (time, arrived, busy seconds) since one at or before its start.
         self._windows = {
             BURST_WINDOW: deque[tuple[float, int, float]](),
             STABLE_WINDOW: deque(),
         }
 
-    def add(self, now: float, arrived: int, replicas: list[ReplicaRecord]) -> None:
+    def add(self, now: float, backlog: Backlog, replicas: list[ReplicaRecord]) -> None:
+        arrived = backlog.delivered + backlog.queued
+        if backlog.queued == 0 or backlog.delivered != self._delivered:
+            self._moved_at = now  # nothing waits, or the queue moved
+        self._delivered = backlog.delivered
         seen = {r.replica_id: r.busy_s for r in replicas if r.busy_s is not None}
         if len(seen) < len(replicas):  # an agent that does not count: the load is unknown
             self._blind_until = now + STABLE_WINDOW
@@ -88,6 +94,10 @@ class Traffic:
             samples.append((now, arrived, self._busy_s))
             while len(samples) > 1 and samples[1][0] <= now - span:
                 samples.popleft()
+
+    def stalled(self, now: float) -> float:
+        """Seconds requests have waited without the queue moving (0 while it moves)."""
+        return 0.0 if self._moved_at is None else now - self._moved_at
 
     def _span(self, span: float) -> tuple[float, int, float] | None:
         samples = self._windows[span]
@@ -427,7 +437,7 @@ class Scaler:
         traffic = self._traffic.get(endpoint)
         if traffic is None:
             traffic = self._traffic[endpoint] = Traffic()
-        traffic.add(now, bl.delivered + bl.queued, records)
+        traffic.add(now, bl, records)
         return Observation(
             spec=spec,
             queued=bl.queued,
@@ -443,6 +453,7 @@ class Scaler:
             now=now,
             backoff_until=failure.until if failure else 0.0,
             arrival_rate=traffic.rate(BURST_WINDOW),
+            stalled_s=traffic.stalled(now),
             mean_in_flight=traffic.busy(STABLE_WINDOW),
             service_s=self._service_s.get(endpoint),
             cold_start_s=self._cold_start_s.get(endpoint),

@@ -6,7 +6,8 @@ Two rules size an endpoint, both in replicas of ``concurrency_per_replica``:
   worth a new replica only if the live ones could not clear the queue within a
   cold start: ``(rate × service + queued × service / cold_start)``. Until the
   endpoint has served a request and started a replica (no service or cold-start
-  time known yet), one replica per request waiting.
+  time known yet), or when the queue has not moved for a cold start (the
+  estimates are wrong for this work), one replica per request waiting.
 - **steady**: the load of the last ``STABLE_WINDOW`` seconds (requests in
   flight, time-averaged) at a utilisation target (``BERTH_TARGET_UTILISATION``, 0.5 by default).
 
@@ -71,6 +72,8 @@ class Observation:
     # the replicas report); None until one has served, or started.
     service_s: float | None = None
     cold_start_s: float | None = None
+    # Seconds requests have been queued without any being delivered to a replica.
+    stalled_s: float = 0.0
     # How busy replicas may be on average (ScalerSettings.target_utilisation).
     utilisation: float = TARGET_UTILISATION
 
@@ -134,6 +137,15 @@ def _burst(obs: Observation, per: int) -> tuple[int, str]:
         return (
             math.ceil(demand / per),
             f"{obs.queued} queued + {obs.in_flight} in flight",
+        )
+    if obs.queued and obs.stalled_s >= cold:
+        # The estimates are wrong for this work (say, requests far longer than the
+        # replicas' average): the queue has not moved for a cold start. Waiting is
+        # the worse bet; one replica per request waiting.
+        return (
+            math.ceil(demand / per),
+            f"{obs.queued} queued without moving for {obs.stalled_s:.1f} s + "
+            f"{obs.in_flight} in flight",
         )
     work = rate * s + obs.queued * s / max(cold, s)
     need = max(math.ceil(work / per - 1e-9), 1 if demand else 0)

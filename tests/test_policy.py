@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from broker.streams import Backlog
 from scaler.placement import place
 from scaler.policy import Decision, Observation, ReplicaView, decide
 from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord, ReplicaState
@@ -27,6 +28,7 @@ def obs(
     service: float | None = None,
     cold: float | None = None,
     utilisation: float = 0.5,
+    stalled: float = 0.0,
     **spec: object,
 ) -> Observation:
     base = {
@@ -53,6 +55,7 @@ def obs(
         service_s=service,
         cold_start_s=cold,
         utilisation=utilisation,
+        stalled_s=stalled,
     )
 
 
@@ -318,6 +321,18 @@ KNOWN = {"service": 0.5, "cold": 5.0}  # a replica serves in 0.5 s and starts in
             6,
         ),
         ("the burst rule is clamped to max", obs(queued=100, rate=50.0, **KNOWN), 4),
+        # The replicas average 0.5 s, but these requests take far longer: nothing has left
+        # the queue for a cold start, so the estimates give way to one per request.
+        (
+            "a queue that does not move for a cold start",
+            obs(replicas=(("a", R, 1),), in_flight=1, queued=3, rate=0.5, stalled=5.0, **KNOWN),
+            3,
+        ),
+        (
+            "a queue that moves",
+            obs(replicas=(("a", R, 1),), in_flight=1, queued=3, rate=0.5, stalled=1.0, **KNOWN),
+            0,
+        ),
         ("from zero, known: one for one request", obs(queued=1, rate=0.01, **KNOWN), 1),
         (
             "concurrency divides the work",
@@ -401,6 +416,26 @@ def _record(rid: str, busy_s: float) -> ReplicaRecord:
     )
 
 
+def _bl(arrived: int, queued: int = 0) -> Backlog:
+    return Backlog(queued=queued, in_flight=0, delivered=arrived - queued)
+
+
+def test_a_stalled_queue_is_timed_from_its_last_move() -> None:
+    from scaler.loop import Traffic
+
+    traffic = Traffic()
+    traffic.add(0.0, _bl(5), [])
+    traffic.add(1.0, _bl(8, queued=2), [])  # 6 delivered: it moved
+    traffic.add(4.0, _bl(9, queued=3), [])  # still 6 delivered
+    assert traffic.stalled(4.0) == 3.0
+    traffic.add(5.0, _bl(9, queued=2), [])  # one more delivered
+    assert traffic.stalled(5.0) == 0.0
+    traffic.add(6.0, _bl(9), [])  # the queue empty: nothing is stalled
+    assert traffic.stalled(6.0) == 0.0
+    traffic.add(8.0, _bl(10, queued=1), [])  # a request waits: timed from the empty queue
+    assert traffic.stalled(8.0) == 2.0
+
+
 def test_traffic_rates_and_load_over_their_windows() -> None:
     """Arrivals per second from the running count, load from the replicas' busy seconds;
     nothing until a window has been watched; a replica's busy time counts from when it
@@ -409,27 +444,27 @@ def test_traffic_rates_and_load_over_their_windows() -> None:
     from scaler.policy import BURST_WINDOW, STABLE_WINDOW
 
     traffic = Traffic()
-    traffic.add(0.0, 0, [])
+    traffic.add(0.0, _bl(0), [])
     assert traffic.rate(BURST_WINDOW) is None and traffic.busy(STABLE_WINDOW) is None
     # Two requests a second; two replicas, each busy half of every second.
     for t in range(1, 61):
-        traffic.add(float(t), 2 * t, [_record("r1", 100 + t / 2), _record("r2", t / 2)])
+        traffic.add(float(t), _bl(2 * t), [_record("r1", 100 + t / 2), _record("r2", t / 2)])
     assert traffic.rate(BURST_WINDOW) == pytest.approx(2.0)
     assert traffic.rate(STABLE_WINDOW) == pytest.approx(2.0)
     assert traffic.busy(STABLE_WINDOW) == pytest.approx(59 / 60)  # r1's first 100.5 s: before
     # r2 stops; r1 goes on alone, busy all the time, and arrivals quicken.
     for t in range(61, 121):
-        traffic.add(float(t), 120 + 5 * (t - 60), [_record("r1", 130 + (t - 60))])
+        traffic.add(float(t), _bl(120 + 5 * (t - 60)), [_record("r1", 130 + (t - 60))])
     assert traffic.busy(STABLE_WINDOW) == pytest.approx(1.0)
     assert traffic.rate(BURST_WINDOW) == pytest.approx(5.0)
     # The endpoint's queue was re-created: its count starts again from zero.
-    traffic.add(121.0, 3, [])
+    traffic.add(121.0, _bl(3), [])
     assert traffic.rate(BURST_WINDOW) is None
     # A replica whose agent does not count busy time: no load is claimed for a window.
     older = ReplicaRecord(endpoint="ep", replica_id="old", agent_id="b", state=R, started_at=0.0)
     for t in range(122, 200):
-        traffic.add(float(t), 3 + t, [_record("r1", t), older])
+        traffic.add(float(t), _bl(3 + t), [_record("r1", t), older])
     assert traffic.busy(STABLE_WINDOW) is None
     for t in range(200, 262):
-        traffic.add(float(t), 3 + t, [_record("r1", t)])
+        traffic.add(float(t), _bl(3 + t), [_record("r1", t)])
     assert traffic.busy(STABLE_WINDOW) == pytest.approx(1.0)

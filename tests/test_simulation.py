@@ -21,13 +21,14 @@ def simulate(
     times: list[float],
     until: float,
     watch: Callable[[World], Coroutine[Any, Any, None]] | None = None,
+    service: Callable[[random.Random], float] | None = None,
 ) -> World:
     """Requests of ``spec`` arriving at ``times`` through the real scaler, for ``until``
     virtual seconds; ``watch`` runs beside it."""
     loop = VirtualTimeLoop()
 
     async def main() -> World:
-        world = World([spec], seed=7)
+        world = World([spec], seed=7) if service is None else World([spec], 7, service)
         for t in times:
             loop.call_at(t, world.arrive, spec.name)
         tasks = [asyncio.create_task(Berth().run(world))]
@@ -105,3 +106,23 @@ def test_after_a_burst_surplus_replicas_go_then_the_last_after_scale_to_zero() -
     assert set(timeline[after:340]) == {1}
     assert timeline[340 + SPEC.scale_to_zero - 5] == 1
     assert timeline[340 + SPEC.scale_to_zero + 5 :] == [0] * (700 - 345 - SPEC.scale_to_zero)
+
+
+def test_long_requests_behind_short_estimates_still_get_replicas() -> None:
+    """The replicas' average says a request takes 10 ms; then come requests of 20 s. By
+    the estimates one replica clears the queue in no time, but the queue does not move:
+    after a cold start of that, a replica starts per request waiting, long before the
+    first long request ends."""
+    served = [0]
+
+    def service(_: random.Random) -> float:
+        served[0] += 1
+        return 0.01 if served[0] <= 75 else 20.0
+
+    fast = [1.0 + i for i in range(75)]  # one a second: the estimates settle
+    slow = [80.0 + i * 0.1 for i in range(3)]
+    timeline: list[int] = []
+    simulate(SPEC, fast + slow, until=98.0, watch=every_second(timeline), service=service)
+    assert timeline[78] == 1  # the fast ones need one replica (the cold start's extras gone)
+    # The first long request runs from 80 s to 100 s; the other two would wait for it.
+    assert max(timeline[80:98]) == 3
