@@ -228,7 +228,6 @@ class _SimActions:
 
     def __init__(self, world: World):
         self.world = world
-        self.decisions = 0
 
     async def backlog(self, endpoint: str) -> Backlog | None:
         ep = self.world.endpoints[endpoint]
@@ -250,7 +249,7 @@ class _SimActions:
         level: Literal["normal", "warning"] = "normal",
         **details: Any,
     ) -> None:
-        self.decisions += type_ == "scale_decision"
+        pass  # decisions are not reported by the simulation
 
     async def fail_queued(self, endpoint: str, reply: Reply, *, before: float) -> int:
         return 0  # starts never fail here

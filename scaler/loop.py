@@ -15,7 +15,7 @@ import secrets
 import socket
 import time
 import zlib
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +30,7 @@ from scaler.actions import Actions, NatsActions
 from scaler.lease import Lease
 from scaler.placement import place
 from scaler.policy import BURST_WINDOW, STABLE_WINDOW, Decision, Observation, ReplicaView, decide
+from scaler.traffic import Traffic
 from shared import names
 from shared.instance_types import parse_instance_type
 from shared.messages import (
@@ -59,68 +60,6 @@ class PendingStart:
     issued_at: float
     gpu_type: str | None = None
     gpus: int = 0
-
-
-class Traffic:
-    """An endpoint's recent traffic, from what the loop sees at each pass: requests per
-    second arriving (its running count of delivered + queued) and replicas kept busy
-    (seconds its replicas spent serving, per second), over the burst and stable windows."""
-
-    def __init__(self) -> None:
-        self._busy_s = 0.0  # serving seconds counted since the first pass
-        self._seen: dict[str, float] = {}  # each replica's busy_s when last counted
-        self._blind_until = 0.0  # no load known before this (a replica did not count)
-        self._delivered = 0
-        self._moved_at: float | None = None  # when the queue last moved, or was empty
-        # Per window: (time, arrived, busy seconds) since one at or before its start.
-        self._windows = {
-            BURST_WINDOW: deque[tuple[float, int, float]](),
-            STABLE_WINDOW: deque(),
-        }
-
-    def add(self, now: float, backlog: Backlog, replicas: list[ReplicaRecord]) -> None:
-        arrived = backlog.delivered + backlog.queued
-        if backlog.queued == 0 or backlog.delivered != self._delivered:
-            self._moved_at = now  # nothing waits, or the queue moved
-        self._delivered = backlog.delivered
-        seen = {r.replica_id: r.busy_s for r in replicas if r.busy_s is not None}
-        if len(seen) < len(replicas):  # an agent that does not count: the load is unknown
-            self._blind_until = now + STABLE_WINDOW
-        self._busy_s += sum(max(0.0, b - self._seen.get(rid, b)) for rid, b in seen.items())
-        self._seen = seen
-        for span, samples in self._windows.items():
-            if samples and arrived < samples[-1][1]:
-                samples.clear()  # the count went back (a queue re-created): start over
-            samples.append((now, arrived, self._busy_s))
-            while len(samples) > 1 and samples[1][0] <= now - span:
-                samples.popleft()
-
-    def stalled(self, now: float) -> float:
-        """Seconds requests have waited without the queue moving (0 while it moves)."""
-        return 0.0 if self._moved_at is None else now - self._moved_at
-
-    def _span(self, span: float) -> tuple[float, int, float] | None:
-        samples = self._windows[span]
-        (t0, n0, b0), (t1, n1, b1) = samples[0], samples[-1]
-        return (t1 - t0, n1 - n0, b1 - b0) if t1 - t0 >= span else None
-
-    def rate(self, span: float) -> float | None:
-        """Arrivals per second over the last ``span`` seconds; None until watched that long.
-
-        Passes can be sparse (an endpoint at rest is looked at every IDLE_SWEEP seconds):
-        what arrived since the last pass before the window is taken to have arrived
-        within it, so that a burst after a quiet spell is not diluted by the quiet.
-        """
-        seen = self._span(span)
-        return seen[1] / span if seen else None
-
-    def busy(self, span: float) -> float | None:
-        """Replicas' serving seconds per second over the last ``span`` seconds: the
-        requests in flight on average (None: not watched that long)."""
-        seen = self._span(span)
-        if seen is None or self._windows[span][-1][0] < self._blind_until:
-            return None
-        return seen[2] / seen[0]
 
 
 @dataclass(slots=True)
@@ -165,14 +104,14 @@ class Scaler:
         self._started_at = clock()
         self._last_pass: dict[str, float] = {}
         self._deferred: dict[str, float] = {}
-        # Per endpoint: its recent traffic, and the last
-        # service and cold-start times its replicas showed (kept while it is at zero).
+        # Per endpoint: its recent traffic, and the last service and cold-start times its
+        # replicas showed (kept while it is at zero).
         self._traffic: dict[str, Traffic] = {}
         self._service_s: dict[str, float] = {}
         self._cold_start_s: dict[str, float] = {}
         # The replicas bucket's keys by endpoint (with what the policy cares about in each
         # record): a pass reads its own records only, and a heartbeat wakes nothing.
-        self._keys: dict[str, dict[str, tuple[ReplicaState, int, str] | None]] = {}
+        self._keys: dict[str, dict[str, tuple[ReplicaState, int, str]]] = {}
         # Endpoints at rest (nothing waiting or running, nothing to shrink but to zero):
         # until when the timer can leave them to the idle sweep.
         self._resting_until: dict[str, float] = {}
@@ -206,13 +145,13 @@ class Scaler:
     def _replica_changed(self, key: str, record: ReplicaRecord | None) -> None:
         endpoint, _, replica_id = key.partition(".")
         seen = self._keys.setdefault(endpoint, {})
-        now = None if record is None else (record.state, record.in_flight, record.digest)
-        if now == seen.get(key):
+        state = None if record is None else (record.state, record.in_flight, record.digest)
+        if state == seen.get(key):
             return  # a heartbeat: nothing the policy acts on has changed
-        if now is None:
+        if state is None:
             del seen[key]
         else:
-            seen[key] = now
+            seen[key] = state
         # The start is no longer pending once its agent reports the replica, however
         # briefly: a replica that fails at once must not count as starting for ever.
         self.pending.pop(replica_id, None)

@@ -421,7 +421,7 @@ def _bl(arrived: int, queued: int = 0) -> Backlog:
 
 
 def test_a_stalled_queue_is_timed_from_its_last_move() -> None:
-    from scaler.loop import Traffic
+    from scaler.traffic import Traffic
 
     traffic = Traffic()
     traffic.add(0.0, _bl(5), [])
@@ -440,8 +440,8 @@ def test_traffic_rates_and_load_over_their_windows() -> None:
     """Arrivals per second from the running count, load from the replicas' busy seconds;
     nothing until a window has been watched; a replica's busy time counts from when it
     is first seen, and one that goes takes nothing back."""
-    from scaler.loop import Traffic
     from scaler.policy import BURST_WINDOW, STABLE_WINDOW
+    from scaler.traffic import Traffic
 
     traffic = Traffic()
     traffic.add(0.0, _bl(0), [])
