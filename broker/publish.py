@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -17,11 +18,11 @@ from nats.js.errors import NoStreamResponseError
 from broker.bodies import fits, put_body
 from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
-from broker.streams import dequeue
+from broker.streams import dequeue, pin_queue_tail
 from shared import names
 from shared.errors import BrokerUnavailable
 
-__all__ = ["NUDGE_EVERY", "Requester"]
+__all__ = ["NUDGE_EVERY", "PIN_EVERY", "Requester"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 # burst wakes the scaler at once, and the scaler reads the backlog itself, so one
 # nudge per request would only cost the scaler and NATS a message each.
 NUDGE_EVERY = 0.01
+# While requests flow, the queue's tail is pinned again this often (seconds), so a
+# block that filled up and gave way to a new one costs at most this long of churn.
+PIN_EVERY = 1.0
 
 
 class Requester:
@@ -41,6 +45,7 @@ class Requester:
         self._nudged: dict[str, tuple[float, str]] = {}  # endpoint → (loop time, digest)
         self._trailing: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Future[None]] = set()
+        self._pinned_at = -PIN_EVERY
 
     async def start(self) -> None:
         self._sub = await self._broker.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
@@ -110,13 +115,25 @@ class Requester:
             self._trailing[endpoint] = loop.call_later(
                 last[0] + NUDGE_EVERY - now, self._nudge_later, endpoint, digest
             )
+        if now - self._pinned_at >= PIN_EVERY:
+            self._pinned_at = now
+            self._in_background(self._pin())
         return int(ack.seq)
+
+    async def _pin(self) -> None:
+        try:
+            await pin_queue_tail(self._broker)
+        except Exception as exc:  # only a cost if missed: the next pin comes with more traffic
+            log.debug("pinning the queue's tail: %r", exc)
+
+    def _in_background(self, aw: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(aw)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _nudge_later(self, endpoint: str, digest: str) -> None:
         self._trailing.pop(endpoint, None)
         self._nudged[endpoint] = (asyncio.get_running_loop().time(), digest)
-        task = asyncio.ensure_future(
+        self._in_background(
             self._broker.nc.publish(names.demand_subject(endpoint), digest.encode())
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

@@ -34,6 +34,7 @@ __all__ = [
     "ensure_endpoint_consumer",
     "ensure_layout",
     "ensure_stream",
+    "pin_queue_tail",
 ]
 
 # How many times one request is handed to a replica before it is failed for good.
@@ -57,6 +58,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
             duplicate_window=DUPLICATE_WINDOW,
             max_msg_size=-1,
             max_consumers=MAX_ENDPOINTS,
+            allow_rollup_hdrs=True,  # for the tail pin
         ),
     )
     await ensure_stream(
@@ -95,6 +97,21 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
         await js.object_store(names.OBJ_MODELS)
     except (BucketNotFoundError, NotFoundError):
         await js.create_object_store(names.OBJ_MODELS)
+
+
+async def pin_queue_tail(broker: Broker) -> None:
+    """Keep the requests stream's last block from ever being empty.
+
+    With work-queue retention an ack deletes its message, and nats-server deletes a
+    last block that empties and creates a new file in its place: an endpoint whose
+    queue drains after each request (any endpoint under light load) cost a file
+    create and unlink per request, a fifth of nats-server's CPU (docs/performance.md).
+    One message on a subject no endpoint has keeps the tail block non-empty; the
+    rollup header drops the previous pin, so the stream holds one however often
+    this runs. A pin sits in the block it landed in: once that block is full and a
+    new one starts, the next pin holds the new one.
+    """
+    await broker.js.publish(names.TAIL_PIN_SUBJECT, b"", headers={"Nats-Rollup": "sub"})
 
 
 async def ensure_stream(broker: Broker, config: StreamConfig) -> None:

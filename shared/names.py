@@ -10,6 +10,9 @@ import re
 
 REQUESTS_STREAM = "BERTH_REQUESTS"
 REQUEST_SUBJECT_PREFIX = "berth.req."
+# Holds one message, always: the requests stream's tail pin (broker/streams.py). An
+# endpoint name cannot start with "_", so no endpoint's queue is this subject.
+TAIL_PIN_SUBJECT = f"{REQUEST_SUBJECT_PREFIX}_tail"
 EVENTS_STREAM = "BERTH_EVENTS"
 EVENT_SUBJECT_PREFIX = "berth.evt."
 DEMAND_SUBJECT_PREFIX = "berth.demand."

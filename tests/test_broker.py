@@ -6,11 +6,12 @@ import asyncio
 import dataclasses
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from berth.local import LocalNats
 from broker.bodies import ensure_bodies
 from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
@@ -24,6 +25,7 @@ from broker.streams import (
     delete_endpoint_consumer,
     ensure_endpoint_consumer,
     ensure_layout,
+    pin_queue_tail,
 )
 from shared import names
 from shared.errors import BrokerUnavailable, TooManyEndpoints
@@ -130,6 +132,61 @@ async def test_publish_pull_reply_round_trip(broker: Broker) -> None:
     replies = await asyncio.wait_for(asyncio.gather(*waiters), 5)
     assert [r.body for r in replies] == [b"BODY-0", b"BODY-1", b"BODY-2"]
     assert (await backlog(broker, s.name)).queued == 0  # type: ignore[union-attr]
+
+
+async def until(done: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await done():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_queue_that_drains_after_each_request_keeps_its_block_file(
+    own_nats: LocalNats,
+) -> None:
+    """nats-server replaces an emptied last block with a new file; the tail pin prevents it."""
+    b = await connect(own_nats.url, "test")
+    try:
+        await ensure_layout(b)
+        s = spec()
+        await ensure_endpoint_consumer(b, s)
+        requester = Requester(b)
+        await requester.start()
+        puller = Puller(b, s.name)
+        await puller.open()
+        stream_dir = own_nats.store_dir / "jetstream" / "$G" / "streams" / names.REQUESTS_STREAM
+        blocks: set[str] = set()
+
+        async def stored() -> int:
+            return int((await b.js.stream_info(names.REQUESTS_STREAM)).state.messages)
+
+        async def pinned() -> bool:
+            return await stored() >= 2
+
+        async def acked() -> bool:
+            now = await backlog(b, s.name)
+            return now is not None and (now.queued, now.in_flight) == (0, 0)
+
+        for i in range(10):
+            rid = f"t{i}"
+            waiter = requester.expect(rid)
+            await requester.publish(s.name, envelope(requester, rid), b"{}")
+            if i == 0:  # the first publish pins the tail, in the background
+                await until(pinned)
+            delivery = await puller.next(2.0)
+            assert delivery is not None
+            await puller.reply(delivery, Reply(status=200, body=b"ok"))
+            await asyncio.wait_for(waiter, 5)
+            await until(acked)  # the ack has removed the request
+            blocks |= {p.name for p in (stream_dir / "msgs").glob("*.blk")}
+        assert len(blocks) == 1, blocks
+        # However often it is renewed, the pin is one message, and it is all that is left.
+        for _ in range(3):
+            await pin_queue_tail(b)
+        assert await stored() == 1
+        await puller.close()
+    finally:
+        await b.close()
 
 
 async def test_nak_redelivers_and_attempts_are_counted(broker: Broker) -> None:
