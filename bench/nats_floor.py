@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ async def run(url: str, requests: int) -> None:
                 round_trip.append((t2 - t0) * 1000)
                 publish.append((t1 - t0) * 1000)
         server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
         await puller.close()
     print(
         f"NATS round trip: p50 {percentile(round_trip, 0.5):.3f} ms, p99 {percentile(round_trip, 0.99):.3f} ms; "

@@ -3,6 +3,12 @@
 A pull asks for at most as many messages as there are free slots; a message is
 acked only after its reply was handed to NATS, and kept alive with in-progress
 acks while the replica works on it.
+
+The pull is JetStream's own protocol, spoken directly: a next-message request to
+the consumer with this puller's inbox as its reply subject, and the delivery (or a
+status: 408 when the request expired) handed to the waiting slot by the
+subscription's callback. nats-py's ``fetch`` does the same through two extra tasks
+and a uuid per call, which showed in the agent's profile at concurrency 1.
 """
 
 from __future__ import annotations
@@ -11,13 +17,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import orjson
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.client import JetStreamContext
-from nats.js.errors import APIError
+from nats.aio.subscription import Subscription
 
 from broker.bodies import drop_body, fits, get_body, put_body
 from broker.connection import Broker
@@ -31,6 +37,12 @@ from shared.messages import JobStatus
 __all__ = ["Delivery", "Puller", "fail_queued"]
 
 log = logging.getLogger(__name__)
+
+# A pull's own expiry comes as a 408 from the server; this much later, the puller
+# stops waiting for it (the server restarted, or the connection dropped meanwhile).
+EXPIRY_GRACE = 1.0
+# Statuses that end a pull with nothing, normally: it expired, or found nothing.
+_NOTHING = frozenset({"404", "408"})
 
 
 @dataclass(slots=True)
@@ -51,12 +63,17 @@ class Puller:
     def __init__(self, broker: Broker, endpoint: str):
         self._broker = broker
         self.endpoint = endpoint
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._next_subject = (
+            f"$JS.API.CONSUMER.MSG.NEXT.{names.REQUESTS_STREAM}.{names.consumer_name(endpoint)}"
+        )
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._arrived: deque[Msg] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     async def open(self) -> None:
-        self._sub = await self._broker.js.pull_subscribe_bind(
-            durable=names.consumer_name(self.endpoint), stream=names.REQUESTS_STREAM
-        )
+        self._inbox = self._broker.nc.new_inbox()
+        self._sub = await self._broker.nc.subscribe(self._inbox, cb=self._on_msg)
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -64,20 +81,51 @@ class Puller:
                 await self._sub.unsubscribe()
             self._sub = None
 
+    async def _on_msg(self, msg: Msg) -> None:
+        self._arrived.append(msg)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _pull(self, expires: float) -> Msg | None:
+        """One request from the consumer, or None once ``expires`` seconds passed without."""
+        while self._arrived:  # left from an earlier pull: a late delivery, or a stale status
+            msg = self._arrived.popleft()
+            if _status(msg) is None:
+                return msg
+        request = orjson.dumps({"batch": 1, "expires": int(expires * 1e9)})
+        await self._broker.nc.publish(self._next_subject, request, reply=self._inbox)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + expires + EXPIRY_GRACE
+        while True:
+            if not self._arrived:
+                self._waiter = loop.create_future()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._waiter
+                except TimeoutError:
+                    return None
+                finally:
+                    self._waiter = None
+            msg = self._arrived.popleft()
+            status = _status(msg)
+            if status is None:
+                return msg
+            if status in _NOTHING:
+                return None
+            if status != "100":  # not a heartbeat: the pull failed
+                # The consumer was deleted (its endpoint is going away), or JetStream is
+                # briefly unavailable (a restart, a cluster election): nothing this time.
+                why = (msg.headers or {}).get("Description", "")
+                log.info("pull from %s: %s %s", self.endpoint, status, why)
+                await asyncio.sleep(min(expires, 0.5))
+                return None
+
     async def next(self, expires: float) -> Delivery | None:
         """Wait up to ``expires`` seconds for one request; None if none came."""
         assert self._sub is not None, "open() first"
-        try:
-            msgs = await self._sub.fetch(1, timeout=expires)
-        except (TimeoutError, NatsTimeout):
+        msg = await self._pull(expires)
+        if msg is None:
             return None
-        except APIError as exc:
-            # The consumer was deleted (its endpoint is going away) or JetStream is
-            # briefly unavailable (a restart, a cluster election): nothing this time.
-            log.info("pull from %s: %s", self.endpoint, exc.description or type(exc).__name__)
-            await asyncio.sleep(min(expires, 0.5))
-            return None
-        msg = msgs[0]
         envelope = RequestEnvelope.from_headers(msg.headers or {})
         delivery = Delivery(
             msg=msg, envelope=envelope, body=msg.data, attempt=msg.metadata.num_delivered
@@ -113,6 +161,9 @@ class Puller:
         elif reply_to:
             await self._broker.nc.publish(reply_to, reply.body, headers=reply.to_headers())
         await self._done(delivery)
+        # Let NATS's flusher send them now: the caller is waiting, and the slot's next
+        # pull would otherwise go first (50 µs at concurrency 1, docs/performance.md).
+        await asyncio.sleep(0)
 
     async def started(self, delivery: Delivery, replica_id: str, ready_at: float) -> bool:
         """An async job becomes ``running``; False if it must not run (cancelled, expired, done).
@@ -192,6 +243,13 @@ class Puller:
             yield
         finally:
             handle.cancel()
+
+
+def _status(msg: Msg) -> str | None:
+    """A status message's code (JetStream's answers to a pull carry no payload), or None."""
+    if msg.data or not msg.headers:
+        return None
+    return msg.headers.get("Status")
 
 
 def _settle(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
