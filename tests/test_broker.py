@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from nats.js.api import DiscardPolicy
 
 from berth.local import LocalNats
 from broker.bodies import ensure_bodies
@@ -185,6 +186,32 @@ async def test_a_queue_that_drains_after_each_request_keeps_its_block_file(
             await pin_queue_tail(b)
         assert await stored() == 1
         await puller.close()
+    finally:
+        await b.close()
+
+
+async def test_a_request_the_queue_cannot_take_is_a_clear_error(own_nats: LocalNats) -> None:
+    """JetStream's refusal (a full stream) and its absence (no stream) are told, not waited out."""
+    b = await connect(own_nats.url, "test")
+    try:
+        await ensure_layout(b)
+        s = spec()
+        await ensure_endpoint_consumer(b, s)
+        requester = Requester(b)
+        await requester.start()
+        info = await b.js.stream_info(names.REQUESTS_STREAM)
+        full = dataclasses.replace(
+            info.config, max_msgs=info.state.messages + 1, discard=DiscardPolicy.NEW
+        )
+        await b.js.update_stream(full)
+        assert await requester.publish(s.name, envelope(requester, "fits"), b"{}") > 0
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="refused"):
+            await requester.publish(s.name, envelope(requester, "over"), b"{}")
+        await b.js.delete_stream(names.REQUESTS_STREAM)
+        with pytest.raises(BrokerUnavailable, match="503"):
+            await requester.publish(s.name, envelope(requester, "nowhere"), b"{}")
+        assert time.monotonic() - started < b.timeout  # answered, not timed out
     finally:
         await b.close()
 
