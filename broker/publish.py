@@ -14,14 +14,13 @@ import asyncio
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable
 
 import orjson
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from broker.bodies import fits, put_body
-from broker.connection import Broker
+from broker.connection import Broker, in_background
 from broker.envelope import Reply, RequestEnvelope
 from broker.streams import dequeue, pin_queue_tail
 from shared import names
@@ -151,30 +150,16 @@ class Requester:
                 last[0] + NUDGE_EVERY - now, self._nudge_later, endpoint, digest
             )
         if now - self._pinned_at >= PIN_EVERY:
+            # A missed pin only costs churn until the next one, with more traffic.
             self._pinned_at = now
-            self._in_background(self._pin())
+            in_background(self._background, pin_queue_tail(self._broker), "pinning the queue")
         return seq
-
-    async def _pin(self) -> None:
-        try:
-            await pin_queue_tail(self._broker)
-        except Exception as exc:  # only a cost if missed: the next pin comes with more traffic
-            log.debug("pinning the queue's tail: %r", exc)
-
-    def _in_background(self, aw: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(aw)
-        self._background.add(task)
-        task.add_done_callback(self._settled)
-
-    def _settled(self, task: asyncio.Future[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # A lost nudge only waits for the scaler's own look at the backlog.
-            log.debug("background publish failed: %r", task.exception())
 
     def _nudge_later(self, endpoint: str, digest: str) -> None:
         self._trailing.pop(endpoint, None)
         self._nudged[endpoint] = (asyncio.get_running_loop().time(), digest)
-        self._in_background(
-            self._broker.nc.publish(names.demand_subject(endpoint), digest.encode())
+        in_background(
+            self._background,
+            self._broker.nc.publish(names.demand_subject(endpoint), digest.encode()),
+            "a demand nudge",
         )

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from broker.bodies import drop_body, fits, get_body, put_body
-from broker.connection import Broker
+from broker.connection import Broker, in_background
 from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import EXPIRED_IN_QUEUE, LIVE, finish, is_job, job_id, store_response, transition
 from broker.streams import MAX_DELIVER
@@ -229,13 +229,12 @@ class Puller:
         """
         loop = asyncio.get_running_loop()
         handle: asyncio.TimerHandle | None = None
-        beats: set[asyncio.Task[None]] = set()
+        beats: set[asyncio.Future[None]] = set()
 
         def beat() -> None:
             nonlocal handle
-            task = loop.create_task(delivery.msg.in_progress())
-            beats.add(task)
-            task.add_done_callback(_settle(beats))
+            # A failed in-progress ack only shortens the grace.
+            in_background(beats, delivery.msg.in_progress(), "in-progress ack")
             handle = loop.call_later(every, beat)
 
         handle = loop.call_later(every, beat)
@@ -250,15 +249,6 @@ def _status(msg: Msg) -> str | None:
     if msg.data or not msg.headers:
         return None
     return msg.headers.get("Status")
-
-
-def _settle(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-    def done(task: asyncio.Task[None]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # a failed in-progress ack only shortens the grace; never raise
-
-    return done
 
 
 async def fail_queued(
