@@ -66,9 +66,11 @@ class LocalNats:
         log: Path | None = None,
         host: str = "127.0.0.1",
         max_payload: int = MAX_PAYLOAD,
+        config: str = "",
     ):
         self.store_dir = store_dir
         self.max_payload = max_payload
+        self.config = config  # more of nats-server's configuration (auth, TLS)
         self.host = host
         self.port = port or free_port()
         self.url = f"nats://{host}:{self.port}"
@@ -80,7 +82,7 @@ class LocalNats:
         # Room for OctoAI's documented 10 MB request bodies in one message (NATS's default is
         # 1 MB; larger bodies would take the object store, which works but costs round trips).
         config = self.store_dir / "nats-server.conf"
-        config.write_text(f"max_payload: {self.max_payload}\n")
+        config.write_text(f"max_payload: {self.max_payload}\n{self.config}\n")
         popen.setdefault("preexec_fn", die_with_parent)  # no orphan if our process dies
         self.proc = subprocess.Popen(
             [

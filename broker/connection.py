@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from broker.wire import Wire
 from shared.errors import BrokerUnavailable
 
 __all__ = ["Broker", "connect", "connected", "in_background"]
@@ -38,12 +39,31 @@ def in_background(tasks: set[asyncio.Future[None]], aw: Awaitable[None], what: s
 
 @dataclass(slots=True)
 class Broker:
-    """An open NATS connection and its JetStream context."""
+    """An open NATS connection and its JetStream context.
+
+    The data path (requests, pulls, replies, acks) has a second, lean connection of
+    its own (:mod:`broker.wire`), opened on first use.
+    """
 
     nc: Client
     js: JetStreamContext
     timeout: float
+    url: str = ""
+    name: str = ""
     _kv: dict[str, KeyValue] = field(default_factory=dict)
+    _wire: asyncio.Task[Wire] | None = None
+
+    async def wire(self) -> Wire:
+        """The data path's connection, shared by every requester and puller of this broker."""
+        if self._wire is None:
+            self._wire = asyncio.ensure_future(
+                Wire.connect(self.url, f"{self.name}-data", timeout=self.timeout)
+            )
+        try:
+            return await asyncio.shield(self._wire)
+        except BrokerUnavailable:
+            self._wire = None  # the next caller tries again
+            raise
 
     async def kv(self, bucket: str) -> KeyValue:
         """The bucket's handle, looked up once per connection."""
@@ -57,6 +77,12 @@ class Broker:
         return int(self.nc.max_payload)
 
     async def close(self) -> None:
+        if self._wire is not None:
+            wire, self._wire = self._wire, None
+            if wire.done() and not wire.cancelled() and wire.exception() is None:
+                await wire.result().close()
+            else:
+                wire.cancel()
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -96,7 +122,7 @@ async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
             )
     except Exception as exc:
         raise BrokerUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
-    return Broker(nc=nc, js=nc.jetstream(timeout=timeout), timeout=timeout)
+    return Broker(nc=nc, js=nc.jetstream(timeout=timeout), timeout=timeout, url=url, name=name)
 
 
 @contextlib.asynccontextmanager

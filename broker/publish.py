@@ -1,28 +1,28 @@
 """The API side of the data path: publish a request, wait for its reply.
 
-One wildcard subscription per API instance receives every reply on core NATS;
-a dict of futures keyed by request id routes each to its waiting caller. A
-second one receives JetStream's acks of the publishes: the request goes out as
-a plain publish whose reply subject is this instance's, which spares each
-request nats-py's request machinery (a random token read from the OS, a
-response map, a timer task), a few per cent of the API's CPU under load.
+One wildcard subscription per API instance receives every reply; a dict of
+futures keyed by request id routes each to its waiting caller. A second one
+receives JetStream's acks of the publishes: the request goes out as a plain
+publish whose reply subject is this instance's. Both ride the broker's lean
+data-path connection (:mod:`broker.wire`), whose subscribers run straight from
+the socket's read, and whose publishes leave in one write per turn of the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
 
 import orjson
-from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 
 from broker.bodies import fits, put_body
 from broker.connection import Broker, in_background
 from broker.envelope import Reply, RequestEnvelope
 from broker.streams import dequeue, pin_queue_tail
+from broker.wire import Message, Wire
 from shared import names
 from shared.errors import BrokerUnavailable
 
@@ -44,25 +44,24 @@ class Requester:
         self._broker = broker
         self._prefix = f"_INBOX.berth.{instance_id or secrets.token_hex(8)}"
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
-        self._streams: dict[str, asyncio.Queue[Msg]] = {}
-        self._sub: object | None = None
+        self._streams: dict[str, asyncio.Queue[Message]] = {}
+        self._wire: Wire | None = None
         self._nudged: dict[str, tuple[float, str]] = {}  # endpoint → (loop time, digest)
         self._trailing: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._pinned_at = -PIN_EVERY
         self._acks: dict[str, asyncio.Future[int]] = {}
         self._ack_tokens = itertools.count()
-        self._ack_sub: object | None = None
 
     async def start(self) -> None:
-        nc = self._broker.nc
-        self._sub = await nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
-        self._ack_sub = await nc.subscribe(f"{self._prefix}.ack.*", cb=self._on_ack)
+        self._wire = wire = await self._broker.wire()
+        wire.subscribe(f"{self._prefix}.*", self._on_reply)
+        wire.subscribe(f"{self._prefix}.ack.*", self._on_ack)
 
     def reply_subject(self, request_id: str) -> str:
         return f"{self._prefix}.{request_id}"
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Message) -> None:
         request_id = msg.subject.rsplit(".", 1)[-1]
         queue = self._streams.get(request_id)
         if queue is not None:
@@ -72,7 +71,7 @@ class Requester:
         if fut is not None and not fut.done():
             fut.set_result(Reply.from_message(msg.headers, msg.data))
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Message) -> None:
         fut = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
         if fut is None or fut.done():
             return  # its publisher gave up waiting
@@ -96,9 +95,9 @@ class Requester:
         self._waiting[request_id] = fut
         return fut
 
-    def expect_stream(self, request_id: str) -> asyncio.Queue[Msg]:
+    def expect_stream(self, request_id: str) -> asyncio.Queue[Message]:
         """Every message sent to the request's inbox, in order (a streamed reply has many)."""
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        queue: asyncio.Queue[Message] = asyncio.Queue()
         self._streams[request_id] = queue
         return queue
 
@@ -119,11 +118,13 @@ class Requester:
         if not fits(self._broker, len(body)):
             envelope.body_ref = await put_body(self._broker, f"req-{envelope.request_id}", body)
             body = b""
+        assert self._wire is not None, "start() first"
+        wire = self._wire
         token = str(next(self._ack_tokens))
         acked: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._acks[token] = acked
         try:
-            await self._broker.nc.publish(
+            wire.publish(
                 names.request_subject(endpoint),
                 body,
                 reply=f"{self._prefix}.ack.{token}",
@@ -131,8 +132,10 @@ class Requester:
             )
             async with asyncio.timeout(self._broker.timeout):
                 seq = await acked
-        except (TimeoutError, NatsError) as exc:
-            raise BrokerUnavailable(f"request queue unavailable: {exc!r}") from exc
+        except TimeoutError as exc:
+            raise BrokerUnavailable(
+                f"request queue unavailable: no ack in {self._broker.timeout} s"
+            ) from exc
         finally:
             self._acks.pop(token, None)
         # Core NATS, fire and forget: the scaler reacts at once to demand on an
@@ -143,7 +146,7 @@ class Requester:
         last = self._nudged.get(endpoint)
         if last is None or now - last[0] >= NUDGE_EVERY or last[1] != digest:
             self._nudged[endpoint] = (now, digest)
-            await self._broker.nc.publish(names.demand_subject(endpoint), digest.encode())
+            wire.publish(names.demand_subject(endpoint), digest.encode())
         elif endpoint not in self._trailing:
             # One more at the window's end, so the scaler always sees the latest request.
             self._trailing[endpoint] = loop.call_later(
@@ -158,8 +161,8 @@ class Requester:
     def _nudge_later(self, endpoint: str, digest: str) -> None:
         self._trailing.pop(endpoint, None)
         self._nudged[endpoint] = (asyncio.get_running_loop().time(), digest)
-        in_background(
-            self._background,
-            self._broker.nc.publish(names.demand_subject(endpoint), digest.encode()),
-            "a demand nudge",
-        )
+        assert self._wire is not None
+        with contextlib.suppress(
+            BrokerUnavailable
+        ):  # closed meanwhile: the scaler's look covers it
+            self._wire.publish(names.demand_subject(endpoint), digest.encode())

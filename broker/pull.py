@@ -8,7 +8,9 @@ The pull is JetStream's own protocol, spoken directly: a next-message request to
 the consumer with this puller's inbox as its reply subject, and the delivery (or a
 status: 408 when the request expired) handed to the waiting slot by the
 subscription's callback. nats-py's ``fetch`` does the same through two extra tasks
-and a uuid per call, which showed in the agent's profile at concurrency 1.
+and a uuid per call, which showed in the agent's profile at concurrency 1. Pulls,
+deliveries, replies and acks all ride the broker's lean data-path connection
+(:mod:`broker.wire`).
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from broker.bodies import drop_body, fits, get_body, put_body
-from broker.connection import Broker, in_background
+from broker.connection import Broker
 from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import EXPIRED_IN_QUEUE, LIVE, finish, is_job, job_id, store_response, transition
 from broker.streams import MAX_DELIVER
+from broker.wire import Message, Wire
 from shared import names
-from shared.errors import BerthError
+from shared.errors import BerthError, BrokerUnavailable
 from shared.messages import JobStatus
 
 __all__ = ["Delivery", "Puller", "fail_queued"]
@@ -49,7 +51,7 @@ _NOTHING = frozenset({"404", "408"})
 class Delivery:
     """One request taken from the queue; answer it with :meth:`Puller.reply`."""
 
-    msg: Msg
+    msg: Message
     envelope: RequestEnvelope
     body: bytes
     attempt: int
@@ -66,34 +68,38 @@ class Puller:
         self._next_subject = (
             f"$JS.API.CONSUMER.MSG.NEXT.{names.REQUESTS_STREAM}.{names.consumer_name(endpoint)}"
         )
-        self._inbox = ""
-        self._sub: Subscription | None = None
-        self._arrived: deque[Msg] = deque()
+        self._inbox = f"_INBOX.{secrets.token_hex(11)}"
+        self._wire: Wire | None = None
+        self._sid = 0
+        self._arrived: deque[Message] = deque()
         self._waiter: asyncio.Future[None] | None = None
 
     async def open(self) -> None:
-        self._inbox = self._broker.nc.new_inbox()
-        self._sub = await self._broker.nc.subscribe(self._inbox, cb=self._on_msg)
+        self._wire = await self._broker.wire()
+        self._sid = self._wire.subscribe(self._inbox, self._on_msg)
 
     async def close(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        if self._wire is not None:
+            self._wire.unsubscribe(self._sid)
 
-    async def _on_msg(self, msg: Msg) -> None:
+    @property
+    def wire(self) -> Wire:
+        assert self._wire is not None, "open() first"
+        return self._wire
+
+    def _on_msg(self, msg: Message) -> None:
         self._arrived.append(msg)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _pull(self, expires: float) -> Msg | None:
+    async def _pull(self, expires: float) -> Message | None:
         """One request from the consumer, or None once ``expires`` seconds passed without."""
         while self._arrived:  # left from an earlier pull: a late delivery, or a stale status
             msg = self._arrived.popleft()
             if _status(msg) is None:
                 return msg
         request = orjson.dumps({"batch": 1, "expires": int(expires * 1e9)})
-        await self._broker.nc.publish(self._next_subject, request, reply=self._inbox)
+        self.wire.publish(self._next_subject, request, reply=self._inbox)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + expires + EXPIRY_GRACE
         while True:
@@ -122,14 +128,11 @@ class Puller:
 
     async def next(self, expires: float) -> Delivery | None:
         """Wait up to ``expires`` seconds for one request; None if none came."""
-        assert self._sub is not None, "open() first"
         msg = await self._pull(expires)
         if msg is None:
             return None
         envelope = RequestEnvelope.from_headers(msg.headers or {})
-        delivery = Delivery(
-            msg=msg, envelope=envelope, body=msg.data, attempt=msg.metadata.num_delivered
-        )
+        delivery = Delivery(msg=msg, envelope=envelope, body=msg.data, attempt=attempt(msg.reply))
         if envelope.body_ref:
             try:
                 delivery.body = await get_body(self._broker, envelope.body_ref)
@@ -140,7 +143,7 @@ class Puller:
 
     async def _done(self, delivery: Delivery) -> None:
         """The request is answered: ack it, and drop its claim-checked body."""
-        await delivery.msg.ack()
+        self.wire.publish(delivery.msg.reply, b"+ACK")
         if delivery.envelope.body_ref:
             await drop_body(self._broker, delivery.envelope.body_ref)
 
@@ -159,11 +162,11 @@ class Puller:
         if is_job(reply_to):  # async: kept with a JetStream ack before the request is acked
             await store_response(self._broker, reply_to, reply, reply.replica_id or "")
         elif reply_to:
-            await self._broker.nc.publish(reply_to, reply.body, headers=reply.to_headers())
+            self.wire.publish(reply_to, reply.body, headers=reply.to_headers())
         await self._done(delivery)
-        # Let NATS's flusher send them now: the caller is waiting, and the slot's next
-        # pull would otherwise go first (50 µs at concurrency 1, docs/performance.md).
-        await asyncio.sleep(0)
+        # Out now, in one write: the caller is waiting, and the slot's next pull would
+        # otherwise be built first (50 µs at concurrency 1, docs/performance.md).
+        self.wire.flush()
 
     async def started(self, delivery: Delivery, replica_id: str, ready_at: float) -> bool:
         """An async job becomes ``running``; False if it must not run (cancelled, expired, done).
@@ -210,7 +213,7 @@ class Puller:
         """One part of a streamed reply ("head", "chunk" or "end"), on core NATS, in order."""
         headers = head.to_headers() if head is not None else {}
         headers[H.PART] = part
-        await self._broker.nc.publish(delivery.envelope.reply_to, body, headers=headers)
+        self.wire.publish(delivery.envelope.reply_to, body, headers=headers)
 
     async def discard(self, delivery: Delivery) -> None:
         """Done, with no (more) answer: cancelled, or a stream that ended."""
@@ -218,7 +221,8 @@ class Puller:
 
     async def retry(self, delivery: Delivery, delay: float | None = None) -> None:
         """Give the request back to the queue for another replica."""
-        await delivery.msg.nak(delay=delay)
+        nak = b"-NAK" + (b' {"delay":%d}' % int(delay * 1e9) if delay else b"")
+        self.wire.publish(delivery.msg.reply, nak)
 
     @contextlib.contextmanager
     def keepalive(self, delivery: Delivery, every: float) -> Iterator[None]:
@@ -229,12 +233,11 @@ class Puller:
         """
         loop = asyncio.get_running_loop()
         handle: asyncio.TimerHandle | None = None
-        beats: set[asyncio.Future[None]] = set()
 
         def beat() -> None:
             nonlocal handle
-            # A failed in-progress ack only shortens the grace.
-            in_background(beats, delivery.msg.in_progress(), "in-progress ack")
+            with contextlib.suppress(BrokerUnavailable):  # a lost one only shortens the grace
+                self.wire.publish(delivery.msg.reply, b"+WPI")
             handle = loop.call_later(every, beat)
 
         handle = loop.call_later(every, beat)
@@ -244,11 +247,34 @@ class Puller:
             handle.cancel()
 
 
-def _status(msg: Msg) -> str | None:
+def _status(msg: Message) -> str | None:
     """A status message's code (JetStream's answers to a pull carry no payload), or None."""
     if msg.data or not msg.headers:
         return None
     return msg.headers.get("Status")
+
+
+def _ack_fields(reply: str) -> tuple[int, int]:
+    """(times delivered, when stored in ns) from a JetStream delivery's reply subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or the
+    longer form with a domain and an account hash after ``$JS.ACK``.
+    """
+    tokens = reply.split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        raise ValueError(f"not a JetStream delivery: {reply!r}")
+    at = 2 if len(tokens) == 9 else 4
+    return int(tokens[at + 2]), int(tokens[at + 5])
+
+
+def attempt(reply: str) -> int:
+    """How many times this request has been delivered, this time included."""
+    return _ack_fields(reply)[0]
+
+
+def queued_at(reply: str) -> float:
+    """When the request entered the queue (unix time)."""
+    return _ack_fields(reply)[1] / 1e9
 
 
 async def fail_queued(
@@ -267,7 +293,7 @@ async def fail_queued(
             delivery = await puller.next(0.05)
             if delivery is None:
                 break
-            if delivery.msg.metadata.timestamp.timestamp() > before:
+            if queued_at(delivery.msg.reply) > before:
                 await puller.retry(delivery)
                 break
             await puller.reply(delivery, reply)

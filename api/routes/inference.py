@@ -29,7 +29,6 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import orjson
-from nats.aio.msg import Msg
 from starlette.types import Message, Receive, Scope, Send
 
 from api.callbacks import check_callback_url
@@ -45,6 +44,7 @@ from broker.jobs import (
     watch_result,
 )
 from broker.streams import backlog
+from broker.wire import Message as NatsMessage
 from shared import names
 from shared.errors import (
     BerthError,
@@ -366,7 +366,7 @@ async def _stream(
         try:
             async with asyncio.timeout(envelope.deadline - time.time()):
                 while True:
-                    msg: Msg | None = await parts.get()
+                    msg: NatsMessage | None = await parts.get()
                     if msg is None:  # the caller hung up
                         await requester.cancel(spec.name, request_id, seq)
                         return

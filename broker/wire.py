@@ -1,0 +1,423 @@
+"""A lean core-NATS connection for the data path: requests, pulls, replies and acks.
+
+nats-py serves everything else (JetStream's API, KV, the object store). On the
+path every request takes, its general machinery costs more than the protocol:
+each publish wakes a flusher task through a queue, each message received wakes
+a read-loop task and then the subscription's own task through another queue.
+Here one ``asyncio.Protocol`` parses what arrives and calls the subscriber at
+once; what is published in one turn of the loop goes out in one write at the
+end of that turn. Measured in docs/performance.md (session 6).
+
+What it speaks: the client side of the NATS protocol (INFO, CONNECT, PING/PONG,
+SUB/UNSUB, PUB/HPUB in; MSG/HMSG, +OK, -ERR out), with user and password or a
+token from the URL, TLS for ``tls://`` URLs or servers that require it, and
+reconnection: a lost connection is retried every ``RECONNECT_WAIT`` seconds
+until closed, subscriptions are made again, and publishes made meanwhile (up to
+``PENDING_LIMIT`` bytes) are sent once it is back, as nats-py does.
+
+Subscribers are plain functions called from the protocol's ``data_received``:
+they must not block (set a future, append to a queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from shared.errors import BrokerUnavailable
+
+__all__ = ["Message", "Wire", "parse_headers"]
+
+log = logging.getLogger(__name__)
+
+RECONNECT_WAIT = 0.5
+# Publishes held while the connection is down, in bytes; beyond it a publish fails.
+PENDING_LIMIT = 8 * 1024 * 1024
+# A PING every this many seconds; this many unanswered ones and the connection is dead.
+PING_INTERVAL = 20.0
+MAX_PINGS_OUT = 3
+
+_CRLF = b"\r\n"
+_HEADER_LINE = "NATS/1.0\r\n"
+
+
+def parse_headers(raw: bytes) -> dict[str, str]:
+    """A header block (``NATS/1.0[ status[ description]]`` and ``Name: value`` lines).
+
+    A status line becomes ``Status`` and ``Description`` entries, as nats-py has them.
+    """
+    head, _, rest = raw.partition(_CRLF)
+    headers: dict[str, str] = {}
+    if len(head) > 8:
+        status, _, description = head[8:].strip().partition(b" ")
+        if status.isdigit():
+            headers["Status"] = status.decode()
+        if description:
+            headers["Description"] = description.decode(errors="replace")
+    for line in rest.split(_CRLF):
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers[name.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
+    return headers
+
+
+class Message:
+    """One message received: its headers are parsed when first read."""
+
+    __slots__ = ("_headers", "_raw_headers", "data", "reply", "subject")
+
+    def __init__(self, subject: str, reply: str, raw_headers: bytes, data: bytes):
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self._raw_headers = raw_headers
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        if self._headers is None and self._raw_headers:
+            self._headers = parse_headers(self._raw_headers)
+        return self._headers
+
+    def __repr__(self) -> str:
+        return f"<Message {self.subject} {len(self.data)} bytes>"
+
+
+Callback = Callable[[Message], None]
+
+
+def _header_block(headers: dict[str, str]) -> bytes:
+    block = _HEADER_LINE + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n"
+    if block.count("\n") != len(headers) + 2:  # a line break inside a name or value
+        raise ValueError(f"a NATS header may not contain a line break: {headers!r}")
+    return block.encode()
+
+
+class _Link(asyncio.Protocol):
+    """One TCP (or TLS) connection to the server; the Wire outlives it."""
+
+    def __init__(self, wire: Wire):
+        self._wire = wire
+        self.transport: asyncio.Transport | None = None
+        self.info: asyncio.Future[dict[str, Any]] = wire.loop.create_future()
+        self.pong: asyncio.Future[None] | None = None
+        self._buf = bytearray()
+        self._need = 0  # bytes the buffered message needs before it can be parsed
+        self.pings_out = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in (self.info, self.pong):
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectionError(f"connection lost: {exc}"))
+        self._wire._lost(self, exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return
+            data = bytes(self._buf)
+            self._buf.clear()
+        try:
+            pos = self._parse(data)
+        except Exception as exc:  # a protocol error: drop the connection, reconnect
+            log.warning("nats wire: cannot parse what the server sent: %r", exc)
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        if pos < len(data):
+            self._buf += data[pos:]
+
+    def _parse(self, buf: bytes) -> int:
+        """Handle every complete operation in ``buf``; where the first incomplete one starts."""
+        pos, end = 0, len(buf)
+        subs = self._wire._subs
+        while pos < end:
+            eol = buf.find(_CRLF, pos)
+            if eol < 0:
+                self._need = 0
+                return pos
+            op = buf[pos : pos + 4]
+            if op == b"HMSG" or op == b"MSG ":
+                args = buf[pos + 4 : eol].split()
+                if op == b"HMSG":
+                    hlen, tlen = int(args[-2]), int(args[-1])
+                    reply = args[2] if len(args) == 5 else b""
+                else:
+                    hlen, tlen = 0, int(args[-1])
+                    reply = args[2] if len(args) == 4 else b""
+                start = eol + 2
+                stop = start + tlen
+                if stop + 2 > end:
+                    self._need = stop + 2 - pos
+                    return pos
+                cb = subs.get(int(args[1]))
+                pos = stop + 2
+                if cb is None:
+                    continue  # unsubscribed meanwhile
+                msg = Message(
+                    args[0].decode(),
+                    reply.decode(),
+                    buf[start : start + hlen],
+                    buf[start + hlen : stop],
+                )
+                try:
+                    cb(msg)
+                except Exception:
+                    log.exception("nats wire: subscriber of %s failed", msg.subject)
+                continue
+            line = buf[pos:eol]
+            pos = eol + 2
+            if op == b"PING":
+                self.write(b"PONG\r\n")
+            elif op == b"PONG":
+                self.pings_out = 0
+                if self.pong is not None and not self.pong.done():
+                    self.pong.set_result(None)
+            elif op == b"INFO":
+                info = orjson.loads(line[5:])
+                if not self.info.done():
+                    self.info.set_result(info)
+            elif op == b"-ERR":
+                self._wire._server_error(self, line[5:].strip(b" '").decode(errors="replace"))
+            # +OK: not asked for (verbose is off)
+        self._need = 0
+        return pos
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Wire:
+    """A core-NATS connection that stays up: subscribe, publish, close."""
+
+    def __init__(self, url: str, name: str, *, timeout: float = 5.0):
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        self._scheme = parts.scheme
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 4222
+        self._user = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        self._name = name
+        self._timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.max_payload = 1024 * 1024
+        self._subs: dict[int, Callback] = {}
+        self._subjects: dict[int, str] = {}
+        self._next_sid = 0
+        self._link: _Link | None = None
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flushing = False
+        self._closed = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._pinger: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def connect(cls, url: str, name: str, *, timeout: float = 5.0) -> Wire:
+        wire = cls(url, name, timeout=timeout)
+        try:
+            await wire._open()
+        except (OSError, ConnectionError, TimeoutError, BrokerUnavailable) as exc:
+            raise BrokerUnavailable(f"cannot connect to NATS at {wire._where}: {exc}") from exc
+        wire._schedule_ping()
+        return wire
+
+    @property
+    def _where(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    @property
+    def is_connected(self) -> bool:
+        return self._link is not None
+
+    # -- the connection ----------------------------------------------------------------
+    async def _open(self) -> None:
+        """Connect, introduce ourselves, and make every subscription again."""
+        async with asyncio.timeout(self._timeout):
+            _, link = await self.loop.create_connection(lambda: _Link(self), self._host, self._port)
+            try:
+                info = await link.info
+                tls = self._scheme == "tls" or bool(info.get("tls_required"))
+                if tls:
+                    assert link.transport is not None
+                    transport = await self.loop.start_tls(
+                        link.transport,
+                        link,
+                        ssl.create_default_context(),
+                        server_hostname=self._host,
+                    )
+                    link.transport = transport
+                self.max_payload = int(info.get("max_payload", self.max_payload))
+                link.write(self._connect_command(info, tls) + b"PING\r\n")
+                link.pong = self.loop.create_future()
+                await link.pong
+            except BaseException:
+                if link.transport is not None:
+                    link.transport.abort()
+                raise
+        link.pong = None
+        self._link = link
+        resubscribe = [b"SUB %s %d\r\n" % (s.encode(), sid) for sid, s in self._subjects.items()]
+        if resubscribe:
+            link.write(b"".join(resubscribe))
+        self.flush()
+
+    def _connect_command(self, info: dict[str, Any], tls: bool) -> bytes:
+        options: dict[str, Any] = {
+            "verbose": False,
+            "pedantic": False,
+            "tls_required": tls,
+            "name": self._name,
+            "lang": "python3",
+            "version": "berth-wire",
+            "protocol": 1,
+            "headers": True,
+            "no_responders": True,
+        }
+        if self._user is not None and self._password is not None:
+            options["user"], options["pass"] = self._user, self._password
+        elif self._user is not None:
+            options["auth_token"] = self._user
+        return b"CONNECT " + orjson.dumps(options) + _CRLF
+
+    def _server_error(self, link: _Link, error: str) -> None:
+        if link.pong is not None and not link.pong.done():  # refused at connect: auth, say
+            link.pong.set_exception(BrokerUnavailable(f"NATS refused the connection: {error}"))
+        else:
+            log.warning("nats wire: server error: %s", error)
+
+    def _lost(self, link: _Link, exc: Exception | None) -> None:
+        if link is not self._link:
+            return  # a connection that never finished opening
+        self._link = None
+        if self._closed:
+            return
+        log.warning("nats wire: disconnected from %s%s", self._where, f": {exc}" if exc else "")
+        self._reconnecting = self.loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(RECONNECT_WAIT)
+            try:
+                await self._open()
+            except (OSError, ConnectionError, TimeoutError, BrokerUnavailable) as exc:
+                log.debug("nats wire: reconnecting to %s: %r", self._where, exc)
+                continue
+            log.info("nats wire: reconnected to %s", self._where)
+            return
+
+    def _schedule_ping(self) -> None:
+        self._pinger = self.loop.call_later(PING_INTERVAL, self._ping)
+
+    def _ping(self) -> None:
+        link = self._link
+        if link is not None:
+            if link.pings_out >= MAX_PINGS_OUT:
+                log.warning("nats wire: %s stopped answering pings", self._where)
+                assert link.transport is not None
+                link.transport.abort()  # connection_lost starts the reconnect
+            else:
+                link.pings_out += 1
+                link.write(b"PING\r\n")
+        if not self._closed:
+            self._schedule_ping()
+
+    async def close(self) -> None:
+        """Send what is pending and close; subscriptions end with it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pinger is not None:
+            self._pinger.cancel()
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+        self.flush()
+        link, self._link = self._link, None
+        self._subs.clear()
+        if link is not None and link.transport is not None:
+            link.transport.close()  # sends what the transport still holds first
+
+    # -- subscribing and publishing ----------------------------------------------------
+    def subscribe(self, subject: str, cb: Callback) -> int:
+        """Call ``cb`` with each message on ``subject`` (wildcards allowed); a subscription id."""
+        self._next_sid += 1
+        sid = self._next_sid
+        self._subs[sid] = cb
+        self._subjects[sid] = subject
+        if self._link is not None:  # else made when the connection is back
+            self._link.write(b"SUB %s %d\r\n" % (subject.encode(), sid))
+        return sid
+
+    def unsubscribe(self, sid: int) -> None:
+        self._subs.pop(sid, None)
+        if self._subjects.pop(sid, None) is not None and self._link is not None:
+            self._link.write(b"UNSUB %d\r\n" % sid)
+
+    def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Queue a message; it goes out with the rest of this turn's at the end of the turn.
+
+        Raises BrokerUnavailable when closed, or when the connection has been down
+        long enough that ``PENDING_LIMIT`` bytes wait for it.
+        """
+        if self._closed:
+            raise BrokerUnavailable("the NATS connection is closed")
+        if len(payload) > self.max_payload:
+            raise BrokerUnavailable(
+                f"message of {len(payload)} bytes exceeds NATS's max_payload ({self.max_payload})"
+            )
+        if headers:
+            block = _header_block(headers)
+            total = len(block) + len(payload)
+            command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                len(block),
+                total,
+                block,
+                payload,
+            )
+        else:
+            command = b"PUB %s %s %d\r\n%s\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                len(payload),
+                payload,
+            )
+        if self._link is None:
+            if self._out_size + len(command) > PENDING_LIMIT:
+                raise BrokerUnavailable(f"NATS at {self._where} is unreachable")
+            self._out_size += len(command)
+        self._out.append(command)
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send what is queued now, not at the end of the turn."""
+        self._flushing = False
+        link = self._link
+        if link is None or not self._out:
+            return
+        out, self._out, self._out_size = self._out, [], 0
+        link.write(out[0] if len(out) == 1 else b"".join(out))
