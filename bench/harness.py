@@ -489,6 +489,9 @@ def main() -> None:
     p.add_argument("--container", action="store_true", help="also the container cold start")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
+    chosen = {s.strip() for s in args.systems.split(",") if s.strip()}
+    if not chosen or chosen - {"uvicorn", "berth", "ray"}:
+        p.error(f"--systems takes a subset of uvicorn, berth, ray; got {args.systems!r}")
     if shutil.which("wrk") is None:
         sys.exit("the harness drives load with wrk: apt-get install wrk")
 
@@ -500,15 +503,19 @@ def main() -> None:
         "systems": {},
     }
     systems = result["systems"]
-    systems["uvicorn"] = bench_uvicorn(args.duration, args.repeat)
-    print(
-        "uvicorn:", {c: v["rps"] for c, v in systems["uvicorn"]["throughput"].items()}, flush=True
-    )
-    with tempfile.TemporaryDirectory(prefix="berth-harness-") as tmp:
-        systems["berth"] = bench_berth(args, Path(tmp))
-    if args.skip_ray:
+    if "uvicorn" in chosen:
+        systems["uvicorn"] = bench_uvicorn(args.duration, args.repeat)
+        print(
+            "uvicorn:",
+            {c: v["rps"] for c, v in systems["uvicorn"]["throughput"].items()},
+            flush=True,
+        )
+    if "berth" in chosen:
+        with tempfile.TemporaryDirectory(prefix="berth-harness-") as tmp:
+            systems["berth"] = bench_berth(args, Path(tmp))
+    if "ray" in chosen and args.skip_ray:
         systems["ray-default"] = {"skipped": "--skip-ray"}
-    else:
+    elif "ray" in chosen:
         python, why = ray_python(args.ray_venv)
         for key, ongoing in (("ray-default", None), ("ray-tuned", 64)):
             if python is None:
