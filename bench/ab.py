@@ -1,0 +1,202 @@
+"""Two (or more) revisions of Berth measured against each other, alternating, in one run.
+
+    python -m bench.ab HEAD~1 .  [--rounds 6] [--requests 1000] [--seconds 8]
+
+This machine's speed drifts by tens of per cent within minutes, more than most
+changes are worth; runs of one tree after the other measure the drift. Here
+every revision runs its own nats-server, API, scaler, agent and echo replicas
+(2 × concurrency 8) side by side, idle but for the one being measured, and the
+rounds alternate between them (the order flips each round), so drift hits all
+alike. Each round measures:
+
+* c=1: ``--requests`` sequential requests through Berth, alternating with calls
+  straight to a replica; the added latency is the difference of percentiles;
+* c=64: wrk for ``--seconds``, with the CPU time of Berth's processes (API,
+  agent, scaler, nats-server) per request.
+
+A revision is a git revision (checked out into a temporary worktree) or ``.``
+for the working tree as it is. Every tree runs with this interpreter, so their
+dependencies must match, and must have bench.harness and bench.overhead (this
+script itself need not be there). Loopback only; the stacks stop when the run
+ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def serve(replicas: int, per: int) -> None:
+    """One tree's stack; a round per command on stdin, its result as a JSON line.
+
+    Run as a script from the tree's root: everything below is imported from that
+    tree (its Berth, and its bench helpers, which a revision must have).
+    """
+    sys.path[0] = os.getcwd()
+    import asyncio
+
+    from bench import FAST
+    from bench.harness import cpu_seconds, wrk
+    from bench.overhead import ECHO, Conn, overhead_round, replica_url
+    from berth.local import LocalNats, LocalStack, wait_until
+
+    with tempfile.TemporaryDirectory(prefix="berth-ab-") as tmp:
+        nats = LocalNats(Path(tmp) / "nats").start()
+        env = {**FAST, "BERTH_LOG_LEVEL": "WARNING", "BERTH_DOCKER_HOST": "none"}
+        stack = LocalStack(Path(tmp) / "berth", nats.url, env=env)
+        try:
+            stack.start()
+            stack.deploy(
+                "ab", ECHO, min_replicas=replicas, max_replicas=replicas,
+                concurrency_per_replica=per,
+            )  # fmt: skip
+            wait_until(
+                lambda: (
+                    len([r for r in stack.replicas("ab") if r["status"] == "running"]) == replicas
+                ),
+                60,
+                "the replicas",
+            )
+            direct_url = asyncio.run(replica_url(nats.url, "ab"))
+            assert nats.proc is not None
+            pids = [p.pid for p in stack.procs.values()] + [nats.proc.pid]
+            print(json.dumps({"ready": True}), flush=True)
+            for line in sys.stdin:
+                kind, arg = line.split()
+                result: dict[str, Any]
+                if kind == "c1":
+                    # New connections each round: an idle keep-alive one may have been closed.
+                    direct = Conn(direct_url, "/infer")
+                    berth = Conn(stack.url, "/e/ab/infer", stack.token)
+                    for _ in range(100):
+                        direct.post()
+                        berth.post()
+                    result = overhead_round(direct, berth, int(arg))
+                else:
+                    url = f"{stack.url}/e/ab/infer"
+                    wrk(url, 64, 2, stack.token)  # warm the connections
+                    before = sum(cpu_seconds(pid) for pid in pids)
+                    result = wrk(url, 64, float(arg), stack.token)
+                    used = sum(cpu_seconds(pid) for pid in pids) - before
+                    result["cpu_us"] = used / max(1, result["requests"]) * 1e6
+                print(json.dumps(result), flush=True)
+        finally:
+            stack.close()
+            nats.stop()
+
+
+def spread(values: list[float]) -> str:
+    def fmt(v: float) -> str:
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+    return f"{fmt(statistics.median(values))} [{fmt(min(values))}–{fmt(max(values))}]"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("revisions", nargs="*", default=["HEAD", "."])
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--requests", type=int, default=1000, help="c=1 requests per round")
+    p.add_argument("--seconds", type=float, default=8.0, help="c=64 load per round")
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=8, help="per replica")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(args.replicas, args.concurrency)
+        return
+    if len(args.revisions) < 2:
+        p.error("give at least two revisions")
+    if shutil.which("wrk") is None:
+        sys.exit("c=64 rounds drive load with wrk: apt-get install wrk")
+
+    with tempfile.TemporaryDirectory(prefix="berth-ab-trees-") as tmp:
+        trees: dict[str, Path] = {}
+        for i, rev in enumerate(args.revisions):
+            if rev == ".":
+                trees[rev] = ROOT
+                continue
+            tree = Path(tmp) / f"t{i}"
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(tree), rev],
+                cwd=ROOT, check=True, capture_output=True,
+            )  # fmt: skip
+            trees[rev] = tree
+        servers: dict[str, subprocess.Popen[str]] = {}
+        try:
+            for rev, tree in trees.items():
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+                cmd += ["--replicas", str(args.replicas), "--concurrency", str(args.concurrency)]
+                proc = subprocess.Popen(
+                    cmd, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                )
+                servers[rev] = proc
+                assert proc.stdout is not None
+                if "ready" not in proc.stdout.readline():
+                    sys.exit(f"{rev}: its stack did not start")
+            results: dict[str, dict[str, list[dict[str, Any]]]] = {
+                rev: {"c1": [], "c64": []} for rev in trees
+            }
+
+            def ask(rev: str, command: str) -> dict[str, Any]:
+                proc = servers[rev]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(command + "\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                if not line:
+                    sys.exit(f"{rev}: its stack stopped")
+                return dict(json.loads(line))
+
+            revs = list(trees)
+            for r in range(args.rounds):
+                for rev in revs if r % 2 == 0 else revs[::-1]:
+                    c1 = ask(rev, f"c1 {args.requests}")
+                    c64 = ask(rev, f"c64 {args.seconds}")
+                    results[rev]["c1"].append(c1)
+                    results[rev]["c64"].append(c64)
+                    print(
+                        f"round {r + 1} {rev}: added p50 {c1['added_ms']['p50']:.3f} ms, "
+                        f"p99 {c1['added_ms']['p99']:.3f} ms; c=64 {c64['rps']:,.0f} req/s, "
+                        f"{c64['cpu_us']:,.0f} µs CPU per request",
+                        flush=True,
+                    )
+        finally:
+            for proc in servers.values():
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            for proc in servers.values():
+                proc.wait(60)
+            for tree in trees.values():
+                if tree != ROOT:
+                    subprocess.run(
+                        ["git", "worktree", "remove", "--force", str(tree)],
+                        cwd=ROOT, check=False, capture_output=True,
+                    )  # fmt: skip
+
+    print(f"\n{args.rounds} alternating rounds; median [min–max]\n")
+    print(
+        "| revision | added p50, c=1 (ms) | added p99, c=1 (ms) | c=64 req/s | CPU µs/request, c=64 |"
+    )
+    print("|---|---|---|---|---|")
+    for rev, res in results.items():
+        p50 = [r["added_ms"]["p50"] for r in res["c1"]]
+        p99 = [r["added_ms"]["p99"] for r in res["c1"]]
+        rps = [float(r["rps"]) for r in res["c64"]]
+        cpu = [r["cpu_us"] for r in res["c64"]]
+        print(f"| {rev} | {spread(p50)} | {spread(p99)} | {spread(rps)} | {spread(cpu)} |")
+
+
+if __name__ == "__main__":
+    main()
