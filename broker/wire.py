@@ -16,7 +16,9 @@ until closed, subscriptions are made again, and publishes made meanwhile (up to
 ``PENDING_LIMIT`` bytes) are sent once it is back, as nats-py does.
 
 Subscribers are plain functions called from the protocol's ``data_received``:
-they must not block (set a future, append to a queue).
+they must not block (set a future, append to a queue). Writes have no flow
+control of their own: what the data path sends is bounded by the requests in
+flight, each at most ``max_payload``.
 """
 
 from __future__ import annotations
