@@ -1,10 +1,11 @@
 """The floor under Berth's data path: NATS alone, with no HTTP at either end.
 
-    python -m bench.nats_floor [--requests 3000]
+    python -m bench.nats_floor [--requests 3000] [--body BYTES]
 
 One process, two connections (an "API" and an "agent"), one real nats-server on
 127.0.0.1: JetStream publish and its ack, delivery to a waiting pull, a reply on
 core NATS. What Berth adds beyond this is HTTP handling in the API and the agent.
+``--body`` sets the request's size (the reply echoes it), up to NATS's max payload.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def percentile(values: list[float], q: float) -> float:
     return sorted(values)[int((len(values) - 1) * q)]
 
 
-async def run(url: str, requests: int) -> None:
+async def run(url: str, requests: int, body: bytes) -> None:
     async with connected(url, "floor-api") as api, connected(url, "floor-agent") as agent:
         await ensure_endpoint_consumer(api, EndpointSpec(name="floor"))
         requester = Requester(api)
@@ -56,7 +57,7 @@ async def run(url: str, requests: int) -> None:
             )
             waiter = requester.expect(rid)
             t0 = time.perf_counter()
-            await requester.publish("floor", env, b'{"prompt":"x"}')
+            await requester.publish("floor", env, body)
             t1 = time.perf_counter()
             await waiter
             t2 = time.perf_counter()
@@ -70,18 +71,21 @@ async def run(url: str, requests: int) -> None:
         await puller.close()
     print(
         f"NATS round trip: p50 {percentile(round_trip, 0.5):.3f} ms, p99 {percentile(round_trip, 0.99):.3f} ms; "
-        f"publish + JetStream ack: p50 {percentile(publish, 0.5):.3f} ms ({requests} requests)"
+        f"publish + JetStream ack: p50 {percentile(publish, 0.5):.3f} ms "
+        f"({requests} requests of {len(body):,} bytes)"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--body", type=int, default=0, help="request size in bytes")
     args = parser.parse_args()
+    body = b'{"prompt":"x"}' if not args.body else b"x" * args.body
     with tempfile.TemporaryDirectory(prefix="berth-floor-") as tmp:
         nats = LocalNats(Path(tmp)).start()
         try:
-            uvloop.run(run(nats.url, args.requests))
+            uvloop.run(run(nats.url, args.requests, body))
         finally:
             nats.stop()
 

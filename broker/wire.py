@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 RECONNECT_WAIT = 0.5
 # Publishes held while the connection is down, in bytes; beyond it a publish fails.
 PENDING_LIMIT = 8 * 1024 * 1024
+# A payload larger than this is written from its own buffer instead of being copied
+# into the command around it.
+COPY_LIMIT = 64 * 1024
 # A PING every this many seconds; this many unanswered ones and the connection is dead.
 PING_INTERVAL = 20.0
 MAX_PINGS_OUT = 3
@@ -110,8 +113,11 @@ class _Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.info: asyncio.Future[dict[str, Any]] = wire.loop.create_future()
         self.pong: asyncio.Future[None] | None = None
-        self._buf = bytearray()
-        self._need = 0  # bytes the buffered message needs before it can be parsed
+        # What arrived of an incomplete operation, joined once it is all there: a large
+        # message comes in many reads, and joining per read would copy it each time.
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._need = 0  # bytes the buffered operation needs before it can be parsed
         self.pings_out = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,12 +130,13 @@ class _Link(asyncio.Protocol):
         self._wire._lost(self, exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._buf:
-            self._buf += data
-            if len(self._buf) < self._need:
+        if self._chunks:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            if self._buffered < self._need:
                 return
-            data = bytes(self._buf)
-            self._buf.clear()
+            data = b"".join(self._chunks)
+            self._chunks.clear()
         try:
             pos = self._parse(data)
         except Exception as exc:  # a protocol error: drop the connection, reconnect
@@ -138,7 +145,9 @@ class _Link(asyncio.Protocol):
             self.transport.abort()
             return
         if pos < len(data):
-            self._buf += data[pos:]
+            rest = data[pos:] if pos else data
+            self._chunks.append(rest)
+            self._buffered = len(rest)
 
     def _parse(self, buf: bytes) -> int:
         """Handle every complete operation in ``buf``; where the first incomplete one starts."""
@@ -221,6 +230,7 @@ class Wire:
         self._link: _Link | None = None
         self._out: list[bytes] = []
         self._out_size = 0
+        self._scattered = False  # _out holds a large payload apart from its command
         self._flushing = False
         self._closed = False
         self._reconnecting: asyncio.Task[None] | None = None
@@ -390,27 +400,25 @@ class Wire:
             )
         if headers:
             block = _header_block(headers)
-            total = len(block) + len(payload)
-            command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+            head = b"HPUB %s %s %d %d\r\n%s" % (
                 subject.encode(),
                 reply.encode(),
                 len(block),
-                total,
+                len(block) + len(payload),
                 block,
-                payload,
             )
         else:
-            command = b"PUB %s %s %d\r\n%s\r\n" % (
-                subject.encode(),
-                reply.encode(),
-                len(payload),
-                payload,
-            )
+            head = b"PUB %s %s %d\r\n" % (subject.encode(), reply.encode(), len(payload))
+        size = len(head) + len(payload) + 2
         if self._link is None:
-            if self._out_size + len(command) > PENDING_LIMIT:
+            if self._out_size + size > PENDING_LIMIT:
                 raise BrokerUnavailable(f"NATS at {self._where} is unreachable")
-            self._out_size += len(command)
-        self._out.append(command)
+            self._out_size += size
+        if len(payload) > COPY_LIMIT:  # sent from where it lies, not copied into a command
+            self._out += (head, payload, _CRLF)
+            self._scattered = True
+        else:
+            self._out.append(head + payload + _CRLF)
         if not self._flushing:
             self._flushing = True
             self.loop.call_soon(self.flush)
@@ -422,4 +430,11 @@ class Wire:
         if link is None or not self._out:
             return
         out, self._out, self._out_size = self._out, [], 0
-        link.write(out[0] if len(out) == 1 else b"".join(out))
+        if len(out) == 1:
+            link.write(out[0])
+        elif self._scattered:  # one writev, without copying the large payloads
+            self._scattered = False
+            assert link.transport is not None
+            link.transport.writelines(out)
+        else:
+            link.write(b"".join(out))

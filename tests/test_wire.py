@@ -67,9 +67,11 @@ async def test_payloads_split_over_many_reads_and_many_in_one_read_arrive_whole(
     wire.publish("wire.t2", big, headers={"Size": str(len(big))})
     for payload in small:
         wire.publish("wire.t2", payload)
-    got = await inbox.wait(501)
+    wire.publish("wire.t2", big[:300_000])  # large, and no headers
+    got = await inbox.wait(502)
     assert got[0].data == big and got[0].headers == {"Size": str(len(big))}
-    assert [m.data for m in got[1:]] == small
+    assert [m.data for m in got[1:501]] == small
+    assert got[501].data == big[:300_000] and got[501].headers is None
 
 
 async def test_an_unsubscribed_subject_gets_nothing_more(wire: Wire) -> None:
