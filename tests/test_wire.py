@@ -226,3 +226,46 @@ async def test_tls_urls_connect_over_tls_and_check_the_certificate(
         await wire.close()
     finally:
         server.stop()
+
+
+class _Recorder:
+    """Stands in for a socket: what the protocol writes back (PONGs)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+async def test_the_parser_gives_the_same_messages_however_the_stream_is_cut() -> None:
+    """Every way of cutting the server's bytes into two or three reads parses alike."""
+    header = b"NATS/1.0\r\nA: 1\r\n\r\n"
+    stream = (
+        b"MSG wire.p 1 5\r\nhello\r\n"
+        b"PING\r\n"
+        b"HMSG wire.p 1 wire.r %d %d\r\n%sbody\r\n"
+        % (len(header), len(header) + 4, header)
+        + b"MSG wire.p 1 wire.r 0\r\n\r\n"
+        b"HMSG wire.p 1 16 16\r\nNATS/1.0 408\r\n\r\n\r\n"
+    )
+    expected = [
+        ("wire.p", "", b"hello", None),
+        ("wire.p", "wire.r", b"body", {"A": "1"}),
+        ("wire.p", "wire.r", b"", None),
+        ("wire.p", "", b"", {"Status": "408"}),
+    ]
+    wire = Wire("nats://127.0.0.1:1", "test")
+    got: list[Message] = []
+    wire.subscribe("wire.p", got.append)
+    cuts = [(i, j) for i in range(1, len(stream)) for j in range(i, len(stream) + 1)]
+    for i, j in cuts:
+        got.clear()
+        link = broker.wire._Link(wire)
+        recorder = _Recorder()
+        link.transport = recorder  # type: ignore[assignment]
+        for part in (stream[:i], stream[i:j], stream[j:]):
+            if part:
+                link.data_received(part)
+        assert [(m.subject, m.reply, m.data, m.headers) for m in got] == expected, (i, j)
+        assert recorder.written == [b"PONG\r\n"], (i, j)
