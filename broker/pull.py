@@ -98,6 +98,15 @@ class Puller:
             msg = self._arrived.popleft()
             if _status(msg) is None:
                 return msg
+        if not self.wire.is_connected:
+            # A pull made now would wait in the connection's buffer and reach the server
+            # after this slot gave up on it: one stale pull per `expires` of the outage,
+            # each able to hand the slot a request it no longer waits for, which then
+            # sits unacknowledged until it is redelivered elsewhere.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(expires):
+                    await self.wire.wait_connected()
+            return None
         request = orjson.dumps({"batch": 1, "expires": int(expires * 1e9)})
         self.wire.publish(self._next_subject, request, reply=self._inbox)
         loop = asyncio.get_running_loop()

@@ -234,6 +234,7 @@ class Wire:
         self._flushing = False
         self._closed = False
         self._reconnecting: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()
         self._pinger: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -253,6 +254,10 @@ class Wire:
     @property
     def is_connected(self) -> bool:
         return self._link is not None
+
+    async def wait_connected(self) -> None:
+        """Until the connection is up (at once if it is)."""
+        await self._up.wait()
 
     # -- the connection ----------------------------------------------------------------
     async def _open(self) -> None:
@@ -281,6 +286,7 @@ class Wire:
                 raise
         link.pong = None
         self._link = link
+        self._up.set()
         resubscribe = [b"SUB %s %d\r\n" % (s.encode(), sid) for sid, s in self._subjects.items()]
         if resubscribe:
             link.write(b"".join(resubscribe))
@@ -314,6 +320,7 @@ class Wire:
         if link is not self._link:
             return  # a connection that never finished opening
         self._link = None
+        self._up.clear()
         if self._closed:
             return
         log.warning("nats wire: disconnected from %s%s", self._where, f": {exc}" if exc else "")

@@ -19,7 +19,7 @@ from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
 from broker.events import publish_event, read_events
 from broker.publish import NUDGE_EVERY, Requester
-from broker.pull import Puller, fail_queued
+from broker.pull import Delivery, Puller, fail_queued
 from broker.streams import (
     MAX_DELIVER,
     MAX_ENDPOINTS,
@@ -207,6 +207,56 @@ async def test_a_queue_that_drains_after_each_request_keeps_its_block_file(
         await pin_queue_tail(b)
     assert await stored() == 1
     await puller.close()
+
+
+async def test_a_slot_makes_no_pulls_while_nats_is_away(
+    own_nats: LocalNats, own_broker: Broker
+) -> None:
+    """Pulls made in an outage would reach the server together once it is back, each able
+    to hand the slot a request it no longer waits for; so none are made, and the slot
+    pulls again once the connection is back."""
+    b, s = own_broker, spec()
+    requester = await requester_for(b, s)
+    puller = Puller(b, s.name)
+    await puller.open()
+    wire = await b.wire()
+    rounds = 0
+    got: list[Delivery] = []
+
+    async def slot() -> None:
+        nonlocal rounds
+        while True:
+            delivery = await puller.next(0.2)
+            rounds += 1
+            if delivery is not None:
+                got.append(delivery)
+                await puller.reply(delivery, Reply(status=200, body=b"ok"))
+
+    task = asyncio.create_task(slot())
+    try:
+        assert own_nats.proc is not None
+        own_nats.proc.kill()
+        own_nats.proc.wait(10)
+
+        async def went_round(times: int) -> bool:
+            return not wire.is_connected and rounds >= times
+
+        await until(lambda: went_round(0))
+        start = rounds
+        await until(lambda: went_round(start + 4), timeout=10)
+        assert not any(b"MSG.NEXT" in part for part in wire._out), "pulls were held for later"
+
+        own_nats.start()
+        await until(lambda: asyncio.sleep(0, wire.is_connected))
+        await until(lambda: asyncio.sleep(0, b.nc.is_connected), timeout=10)
+        waiter = requester.expect("after")
+        await requester.publish(s.name, envelope(requester, "after"), b"x")
+        assert (await asyncio.wait_for(waiter, 10)).body == b"ok"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await puller.close()
 
 
 async def test_a_request_the_queue_cannot_take_is_a_clear_error(own_broker: Broker) -> None:
