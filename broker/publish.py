@@ -162,7 +162,6 @@ class Requester:
         self._trailing.pop(endpoint, None)
         self._nudged[endpoint] = (asyncio.get_running_loop().time(), digest)
         assert self._wire is not None
-        with contextlib.suppress(
-            BrokerUnavailable
-        ):  # closed meanwhile: the scaler's look covers it
+        # Closed meanwhile: the scaler's own look at the backlog covers a lost nudge.
+        with contextlib.suppress(BrokerUnavailable):
             self._wire.publish(names.demand_subject(endpoint), digest.encode())

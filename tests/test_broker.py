@@ -19,7 +19,7 @@ from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
 from broker.events import publish_event, read_events
 from broker.publish import NUDGE_EVERY, Requester
-from broker.pull import Delivery, Puller, fail_queued
+from broker.pull import Delivery, Puller, attempt, fail_queued, queued_at
 from broker.streams import (
     MAX_DELIVER,
     MAX_ENDPOINTS,
@@ -424,3 +424,13 @@ async def test_a_claim_checked_body_that_is_gone_is_answered_not_looped(broker: 
     finally:
         await puller.close()
     assert reply.status == 502 and reply.error == "body_lost"
+
+
+def test_a_deliverys_attempt_and_queue_time_are_read_from_its_ack_subject() -> None:
+    """Both forms JetStream uses: without, and with a domain and an account hash."""
+    v1 = "$JS.ACK.BERTH_REQUESTS.ep-x.3.41.40.1764288000123456789.7"
+    v2 = "$JS.ACK.hub.ACCHASH.BERTH_REQUESTS.ep-x.2.41.40.1764288000123456789.7.rnd"
+    assert (attempt(v1), attempt(v2)) == (3, 2)
+    assert queued_at(v1) == queued_at(v2) == pytest.approx(1764288000.123456789)
+    with pytest.raises(ValueError, match="not a JetStream delivery"):
+        attempt("_INBOX.abc")
