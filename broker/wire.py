@@ -12,7 +12,8 @@ What it speaks: the client side of the NATS protocol (INFO, CONNECT, PING/PONG,
 SUB/UNSUB, PUB/HPUB in; MSG/HMSG, +OK, -ERR out), with user and password or a
 token from the URL, TLS for ``tls://`` URLs or servers that require it, and
 reconnection: a lost connection is retried every ``RECONNECT_WAIT`` seconds
-until closed, subscriptions are made again, and publishes made meanwhile (up to
+until closed, in turn with the cluster's other servers that the server told of,
+subscriptions are made again, and publishes made meanwhile (up to
 ``PENDING_LIMIT`` bytes) are sent once it is back, as nats-py does.
 
 Subscribers are plain functions called from the protocol's ``data_received``:
@@ -199,6 +200,8 @@ class _Link(asyncio.Protocol):
                 info = orjson.loads(line[5:])
                 if not self.info.done():
                     self.info.set_result(info)
+                else:  # the cluster changed
+                    self._wire._learn(info)
             elif op == b"-ERR":
                 self._wire._server_error(self, line[5:].strip(b" '").decode(errors="replace"))
             # +OK: not asked for (verbose is off)
@@ -216,8 +219,11 @@ class Wire:
     def __init__(self, url: str, name: str, *, timeout: float = 5.0):
         parts = urlsplit(url if "://" in url else f"nats://{url}")
         self._scheme = parts.scheme
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 4222
+        # The server in the URL first, then those the cluster tells of (INFO's
+        # connect_urls): a reconnect tries the next one in turn, as nats-py does.
+        self._servers: list[tuple[str, int]] = [(parts.hostname or "127.0.0.1", parts.port or 4222)]
+        self._turn = 0  # where in _servers the next attempt starts
+        self._current = self._servers[0]
         self._user = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self._name = name
@@ -249,7 +255,16 @@ class Wire:
 
     @property
     def _where(self) -> str:
-        return f"{self._host}:{self._port}"
+        host, port = self._current
+        return f"{host}:{port}"
+
+    def _learn(self, info: dict[str, Any]) -> None:
+        """Servers of the cluster, from an INFO (at connect, or sent later as it changes)."""
+        for url in info.get("connect_urls") or ():
+            host, _, port = str(url).rpartition(":")
+            server = (host.strip("[]"), int(port))
+            if server not in self._servers:
+                self._servers.append(server)
 
     @property
     def is_connected(self) -> bool:
@@ -263,9 +278,12 @@ class Wire:
     async def _open(self) -> None:
         """Connect, introduce ourselves, and make every subscription again."""
         async with asyncio.timeout(self._timeout):
-            _, link = await self.loop.create_connection(lambda: _Link(self), self._host, self._port)
+            host, port = self._current = self._servers[self._turn % len(self._servers)]
+            self._turn += 1
+            _, link = await self.loop.create_connection(lambda: _Link(self), host, port)
             try:
                 info = await link.info
+                self._learn(info)
                 tls = self._scheme == "tls" or bool(info.get("tls_required"))
                 if tls:
                     assert link.transport is not None
@@ -273,7 +291,7 @@ class Wire:
                         link.transport,
                         link,
                         ssl.create_default_context(),
-                        server_hostname=self._host,
+                        server_hostname=host,
                     )
                     link.transport = transport
                 self.max_payload = int(info.get("max_payload", self.max_payload))
