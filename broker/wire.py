@@ -218,6 +218,8 @@ class Wire:
 
     def __init__(self, url: str, name: str, *, timeout: float = 5.0):
         parts = urlsplit(url if "://" in url else f"nats://{url}")
+        if parts.scheme not in ("nats", "tls"):
+            raise BrokerUnavailable(f"the data path speaks nats:// and tls:// only, not {url!r}")
         self._scheme = parts.scheme
         # The server in the URL first, then those the cluster tells of (INFO's
         # connect_urls): a reconnect tries the next one in turn, as nats-py does.

@@ -112,6 +112,8 @@ async def test_bad_publishes_are_refused_before_they_reach_the_server(wire: Wire
     await wire.close()
     with pytest.raises(BrokerUnavailable, match="closed"):
         wire.publish("wire.t5", b"late")
+    with pytest.raises(BrokerUnavailable, match="nats:// and tls:// only"):
+        await Wire.connect("ws://127.0.0.1:80", "test")
 
 
 async def test_it_reconnects_resubscribes_and_sends_what_was_published_meanwhile(
