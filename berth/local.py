@@ -67,10 +67,12 @@ class LocalNats:
         host: str = "127.0.0.1",
         max_payload: int = MAX_PAYLOAD,
         config: str = "",
+        name: str = "berth-local",
     ):
         self.store_dir = store_dir
         self.max_payload = max_payload
-        self.config = config  # more of nats-server's configuration (auth, TLS)
+        self.config = config  # more of nats-server's configuration (auth, TLS, a cluster)
+        self.name = name  # unique within a cluster
         self.host = host
         self.port = port or free_port()
         self.url = f"nats://{host}:{self.port}"
@@ -97,7 +99,7 @@ class LocalNats:
                 "-sd",
                 str(self.store_dir),
                 "--server_name",
-                "berth-local",
+                self.name,
                 "-l",
                 str(self.log),
             ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -15,26 +15,9 @@ from nats.js.kv import KeyValue
 from broker.wire import Wire
 from shared.errors import BrokerUnavailable
 
-__all__ = ["Broker", "connect", "connected", "in_background"]
+__all__ = ["Broker", "connect", "connected"]
 
 log = logging.getLogger(__name__)
-
-
-def in_background(tasks: set[asyncio.Future[None]], aw: Awaitable[None], what: str) -> None:
-    """Send without waiting: ``aw`` runs as a task kept in ``tasks`` until it ends.
-
-    For messages whose loss only costs time (a nudge, a pin, an in-progress ack): a
-    failure is logged at debug, never raised, and never left unread.
-    """
-    task = asyncio.ensure_future(aw)
-    tasks.add(task)
-
-    def done(task: asyncio.Future[None]) -> None:
-        tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("%s failed: %r", what, task.exception())
-
-    task.add_done_callback(done)
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ import secrets
 import orjson
 
 from broker.bodies import fits, put_body
-from broker.connection import Broker, in_background
+from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
 from broker.streams import dequeue, pin_queue_tail
 from broker.wire import Message, Wire
@@ -153,10 +153,22 @@ class Requester:
                 last[0] + NUDGE_EVERY - now, self._nudge_later, endpoint, digest
             )
         if now - self._pinned_at >= PIN_EVERY:
-            # A missed pin only costs churn until the next one, with more traffic.
             self._pinned_at = now
-            in_background(self._background, pin_queue_tail(self._broker), "pinning the queue")
+            self._pin_in_background()
         return seq
+
+    def _pin_in_background(self) -> None:
+        """Pin the queue's tail without waiting; a failure is logged, never raised or left
+        unread (a missed pin only costs churn until the next one, with more traffic)."""
+        task = asyncio.ensure_future(pin_queue_tail(self._broker))
+        self._background.add(task)
+
+        def done(task: asyncio.Future[None]) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("pinning the queue failed: %r", task.exception())
+
+        task.add_done_callback(done)
 
     def _nudge_later(self, endpoint: str, digest: str) -> None:
         self._trailing.pop(endpoint, None)

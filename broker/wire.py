@@ -297,7 +297,7 @@ class Wire:
                     )
                     link.transport = transport
                 self.max_payload = int(info.get("max_payload", self.max_payload))
-                link.write(self._connect_command(info, tls) + b"PING\r\n")
+                link.write(self._connect_command(tls) + b"PING\r\n")
                 link.pong = self.loop.create_future()
                 await link.pong
             except BaseException:
@@ -312,7 +312,7 @@ class Wire:
             link.write(b"".join(resubscribe))
         self.flush()
 
-    def _connect_command(self, info: dict[str, Any], tls: bool) -> bytes:
+    def _connect_command(self, tls: bool) -> bytes:
         options: dict[str, Any] = {
             "verbose": False,
             "pedantic": False,

@@ -19,7 +19,7 @@ from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
 from broker.events import publish_event, read_events
 from broker.publish import NUDGE_EVERY, Requester
-from broker.pull import Delivery, Puller, attempt, fail_queued, queued_at
+from broker.pull import Puller, attempt, fail_queued, queued_at
 from broker.streams import (
     MAX_DELIVER,
     MAX_ENDPOINTS,
@@ -221,7 +221,6 @@ async def test_a_slot_makes_no_pulls_while_nats_is_away(
     await puller.open()
     wire = await b.wire()
     rounds = 0
-    got: list[Delivery] = []
 
     async def slot() -> None:
         nonlocal rounds
@@ -229,7 +228,6 @@ async def test_a_slot_makes_no_pulls_while_nats_is_away(
             delivery = await puller.next(0.2)
             rounds += 1
             if delivery is not None:
-                got.append(delivery)
                 await puller.reply(delivery, Reply(status=200, body=b"ok"))
 
     task = asyncio.create_task(slot())

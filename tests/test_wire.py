@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import broker.wire
-from berth.local import LocalNats, die_with_parent, nats_server_binary, stop_process
+from berth.local import LocalNats
 from broker.wire import Message, Wire, parse_headers
 from shared.errors import BrokerUnavailable
-from tests.conftest import NatsServer, free_port, wait_for
+from tests.conftest import NatsServer, free_port
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -171,28 +170,13 @@ async def test_it_gives_up_on_a_server_that_stops_answering_pings(
         await server.wait_closed()
 
 
-def _cluster_node(
-    tmp_path: Path, name: str, port: int, route: int, peer: int
-) -> subprocess.Popen[bytes]:
-    """A core-NATS server (no JetStream) in a cluster of two on 127.0.0.1."""
-    proc = subprocess.Popen(
-        [
-            nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-n", name,
-            "--cluster_name", "wire-test", "--cluster", f"nats://127.0.0.1:{route}",
-            "--routes", f"nats://127.0.0.1:{peer}", "-l", str(tmp_path / f"{name}.log"),
-        ],
-        preexec_fn=die_with_parent,
-    )  # fmt: skip
-    wait_for(lambda: _answers(port), 15, f"nats-server {name}")
-    return proc
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            return s.recv(4) == b"INFO"
-    except OSError:
-        return False
+def _cluster_node(tmp_path: Path, name: str, port: int, route: int, peer: int) -> LocalNats:
+    """One of a cluster of two nats-servers on 127.0.0.1."""
+    cluster = (
+        f'cluster {{ name: wire-test, listen: "127.0.0.1:{route}", '
+        f'routes: ["nats://127.0.0.1:{peer}"] }}'
+    )
+    return LocalNats(tmp_path / name, port=port, config=cluster, name=name).start()
 
 
 async def test_it_fails_over_to_a_server_the_cluster_told_of(tmp_path: Path) -> None:
@@ -214,15 +198,15 @@ async def test_it_fails_over_to_a_server_the_cluster_told_of(tmp_path: Path) -> 
                     await asyncio.sleep(0.05)
 
         await reached(1)  # the route is up, so a has told the wire of b
-        stop_process(a, 10)
+        a.stop()
         await until(lambda: not wire.is_connected)
         await reached(len(inbox.messages) + 1)  # through b, the one server left
         assert wire.is_connected
     finally:
         await wire.close()
         await other.close()
-        stop_process(a, 10)
-        stop_process(b, 10)
+        a.stop()
+        b.stop()
 
 
 @pytest.mark.parametrize(
