@@ -25,6 +25,7 @@ from broker.streams import dequeue, pin_queue_tail
 from broker.wire import Message, Wire
 from shared import names
 from shared.errors import BrokerUnavailable
+from shared.waiting import wait_by
 
 __all__ = ["NUDGE_EVERY", "PIN_EVERY", "Requester"]
 
@@ -130,8 +131,7 @@ class Requester:
                 reply=f"{self._prefix}.ack.{token}",
                 headers=envelope.to_headers(),
             )
-            async with asyncio.timeout(self._broker.timeout):
-                seq = await acked
+            seq = await wait_by(acked, asyncio.get_running_loop().time() + self._broker.timeout)
         except TimeoutError as exc:
             raise BrokerUnavailable(
                 f"request queue unavailable: no ack in {self._broker.timeout} s"

@@ -35,6 +35,7 @@ from broker.wire import Message, Wire
 from shared import names
 from shared.errors import BerthError, BrokerUnavailable
 from shared.messages import JobStatus
+from shared.waiting import wait_by
 
 __all__ = ["Delivery", "Puller", "fail_queued"]
 
@@ -115,8 +116,7 @@ class Puller:
             if not self._arrived:
                 self._waiter = loop.create_future()
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        await self._waiter
+                    await wait_by(self._waiter, deadline)
                 except TimeoutError:
                     return None
                 finally:

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 
 import httptools
 
+from shared.waiting import wait_by
+
 __all__ = ["ReplicaClient", "Response"]
 
 Headers = list[tuple[str, str]]
@@ -141,18 +143,23 @@ class ReplicaClient:
     ) -> Response:
         """Send one request; ConnectionError if the replica is unreachable, TimeoutError after ``timeout``."""
         head = self._head(method, target, headers, len(body))
-        async with asyncio.timeout(timeout):
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.closed:
-                    continue
-                try:
-                    return self._release(conn, await conn.send(head, body, method == "HEAD"))
-                except ConnectionError:
-                    conn.close()
-                    if conn.got_bytes:  # the replica failed mid-answer: not a stale connection
-                        raise
-                    # A kept-alive connection the replica had closed: retry on a fresh one.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.closed:
+                continue
+            try:
+                answer = await wait_by(conn.send(head, body, method == "HEAD"), deadline)
+            except ConnectionError:
+                conn.close()
+                if conn.got_bytes:  # the replica failed mid-answer: not a stale connection
+                    raise
+                continue  # a kept-alive connection the replica had closed: try another
+            except BaseException:  # timed out or cancelled mid-request: never reused
+                conn.close()
+                raise
+            return self._release(conn, answer)
+        async with asyncio.timeout_at(deadline):
             try:
                 conn = await self._connect()
             except OSError as exc:

@@ -58,6 +58,7 @@ from shared.errors import (
 )
 from shared.messages import CallbackLog, EndpointSpec, JobRecord
 from shared.names import ENDPOINT_NAME_RE
+from shared.waiting import wait_by
 
 __all__ = ["NOT_RETURNED", "DataPlane"]
 
@@ -328,8 +329,8 @@ async def _sync(
         seq = await requester.publish(spec.name, envelope, body, spec.replica_digest())
         hangup = _Hangup(receive, hung_up)
         try:
-            async with asyncio.timeout(envelope.deadline - time.time()):
-                reply = await waiter
+            left = envelope.deadline - time.time()
+            reply = await wait_by(waiter, asyncio.get_running_loop().time() + left)
         except TimeoutError:
             await requester.cancel(spec.name, request_id, seq)  # nobody waits for it now
             raise _no_answer(spec) from None
