@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from api.app import create_app
+from api.http import GatheringHttpProtocol
 from shared.runner import configure_logging
 from shared.settings import ApiSettings
 
@@ -17,7 +18,7 @@ def main(settings: ApiSettings | None = None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GatheringHttpProtocol,
         access_log=False,
         log_level="warning",
         lifespan="on",

@@ -1,0 +1,75 @@
+"""uvicorn's HTTP protocol, with a response's writes gathered into one send per turn.
+
+uvicorn writes a response's head when the app sends ``http.response.start`` and its
+body when it sends ``http.response.body``: two ``send`` syscalls, and two segments
+for the caller, who may wake for the head only to wait again for the body. Both
+happen in one turn of the loop when the body is ready (as it is for every answer
+the data plane gives), so the transport below holds what is written during a turn
+and sends it all at the end of the turn, in one write. A streamed response still
+leaves chunk by chunk: each is written in its own turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["GatheringHttpProtocol"]
+
+
+class _GatheringTransport:
+    """A transport whose writes leave together at the end of the loop's turn.
+
+    Everything but writing, closing and the buffer's size goes to the real transport.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        if self._transport.is_closing():
+            return  # the peer went away meanwhile: nothing to send it
+        self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()  # what was written before the close still goes out
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = []
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class GatheringHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol on a :class:`_GatheringTransport`."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        gathering = _GatheringTransport(transport, self.loop)  # type: ignore[arg-type]
+        super().connection_made(gathering)  # type: ignore[arg-type]
