@@ -9,8 +9,10 @@ every revision runs its own nats-server, API, scaler, agent and echo replicas
 rounds alternate between them (the order flips each round), so drift hits all
 alike. Each round measures:
 
-* c=1: ``--requests`` sequential requests through Berth, alternating with calls
-  straight to a replica; the added latency is the difference of percentiles;
+* c=1: ``--requests`` sequential requests through each revision's Berth, each
+  alternating with a call straight to that revision's replica, and the revisions
+  interleaved request by request; the added latency is the difference of
+  percentiles;
 * c=64: wrk for ``--seconds``, with the CPU time of Berth's processes (API,
   agent, scaler, nats-server) per request.
 
@@ -48,7 +50,7 @@ def serve(replicas: int, per: int) -> None:
 
     from bench import FAST
     from bench.harness import cpu_seconds, wrk
-    from bench.overhead import ECHO, Conn, overhead_round, replica_url
+    from bench.overhead import ECHO, replica_url
     from berth.local import LocalNats, LocalStack, wait_until
 
     with tempfile.TemporaryDirectory(prefix="berth-ab-") as tmp:
@@ -71,29 +73,51 @@ def serve(replicas: int, per: int) -> None:
             direct_url = asyncio.run(replica_url(nats.url, "ab"))
             assert nats.proc is not None
             pids = [p.pid for p in stack.procs.values()] + [nats.proc.pid]
-            print(json.dumps({"ready": True}), flush=True)
-            for line in sys.stdin:
-                kind, arg = line.split()
-                result: dict[str, Any]
-                if kind == "c1":
-                    # New connections each round: an idle keep-alive one may have been closed.
-                    direct = Conn(direct_url, "/infer")
-                    berth = Conn(stack.url, "/e/ab/infer", stack.token)
-                    for _ in range(100):
-                        direct.post()
-                        berth.post()
-                    result = overhead_round(direct, berth, int(arg))
-                else:
-                    url = f"{stack.url}/e/ab/infer"
-                    wrk(url, 64, 2, stack.token)  # warm the connections
-                    before = sum(cpu_seconds(pid) for pid in pids)
-                    result = wrk(url, 64, float(arg), stack.token)
-                    used = sum(cpu_seconds(pid) for pid in pids) - before
-                    result["cpu_us"] = used / max(1, result["requests"]) * 1e6
+            ready = {"ready": True, "berth": stack.url, "token": stack.token, "direct": direct_url}
+            print(json.dumps(ready), flush=True)
+            for line in sys.stdin:  # a c=64 round for each line: its seconds
+                url = f"{stack.url}/e/ab/infer"
+                wrk(url, 64, 2, stack.token)  # warm the connections
+                before = sum(cpu_seconds(pid) for pid in pids)
+                result = wrk(url, 64, float(line), stack.token)
+                used = sum(cpu_seconds(pid) for pid in pids) - before
+                result["cpu_us"] = used / max(1, result["requests"]) * 1e6
                 print(json.dumps(result), flush=True)
         finally:
             stack.close()
             nats.stop()
+
+
+def interleaved(urls: dict[str, dict[str, Any]], requests: int) -> dict[str, Any]:
+    """A c=1 round: each revision's added latency, its requests interleaved with the others'.
+
+    Request by request, every revision's stack is called through Berth and its
+    replica directly, the revisions in turn and the order rotating, so even drift
+    within a round hits them alike.
+    """
+    from bench.overhead import Conn, summary
+
+    # New connections each round: an idle keep-alive one may have been closed.
+    conns = {
+        rev: (Conn(u["direct"], "/infer"), Conn(u["berth"], "/e/ab/infer", u["token"]))
+        for rev, u in urls.items()
+    }
+    times: dict[str, tuple[list[float], list[float]]] = {rev: ([], []) for rev in urls}
+    revs = list(urls)
+    for i in range(100 + requests):  # the first 100 warm up
+        for rev in revs[i % len(revs) :] + revs[: i % len(revs)]:
+            direct, berth = conns[rev]
+            pair = (direct, berth) if i % 2 else (berth, direct)
+            took = [conn.post() for conn in pair]
+            if i >= 100:
+                d_ms, b_ms = times[rev]
+                d_ms.append(took[0] if i % 2 else took[1])
+                b_ms.append(took[1] if i % 2 else took[0])
+    out = {}
+    for rev, (d_ms, b_ms) in times.items():
+        d, b = summary(d_ms), summary(b_ms)
+        out[rev] = {"added_ms": {k: round(b[k] - d[k], 3) for k in d}}
+    return out
 
 
 def spread(values: list[float]) -> str:
@@ -134,6 +158,7 @@ def main() -> None:
             )  # fmt: skip
             trees[rev] = tree
         servers: dict[str, subprocess.Popen[str]] = {}
+        urls: dict[str, dict[str, Any]] = {}
         try:
             for rev, tree in trees.items():
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--serve"]
@@ -143,8 +168,10 @@ def main() -> None:
                 )
                 servers[rev] = proc
                 assert proc.stdout is not None
-                if "ready" not in proc.stdout.readline():
+                line = proc.stdout.readline()
+                if "ready" not in line:
                     sys.exit(f"{rev}: its stack did not start")
+                urls[rev] = json.loads(line)
             results: dict[str, dict[str, list[dict[str, Any]]]] = {
                 rev: {"c1": [], "c64": []} for rev in trees
             }
@@ -161,9 +188,10 @@ def main() -> None:
 
             revs = list(trees)
             for r in range(args.rounds):
+                c1s = interleaved(urls, args.requests)
                 for rev in revs if r % 2 == 0 else revs[::-1]:
-                    c1 = ask(rev, f"c1 {args.requests}")
-                    c64 = ask(rev, f"c64 {args.seconds}")
+                    c1 = c1s[rev]
+                    c64 = ask(rev, str(args.seconds))
                     results[rev]["c1"].append(c1)
                     results[rev]["c64"].append(c64)
                     print(
