@@ -172,6 +172,19 @@ def test_rolling_replacement(
     assert decision.noop or decision.reason
 
 
+def test_a_specs_digest_follows_what_its_replicas_run() -> None:
+    """Rolling replacement hangs on the digest: kept per spec, never stale after a copy."""
+    spec = EndpointSpec(name="e", image_url="registry.test/a:1")
+    digest = spec.replica_digest()
+    assert spec.replica_digest() == digest
+    assert spec.model_copy(update={"max_replicas": 9}).replica_digest() == digest
+    newer = spec.model_copy(update={"image_url": "registry.test/a:2"})
+    assert newer.replica_digest() != digest
+    assert spec.model_copy(update={"image_url": "registry.test/a:1"}).replica_digest() == digest
+    # Kept beside the fields, not among them.
+    assert EndpointSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
 def test_backoff_reason_is_given() -> None:
     assert "held back" in decide(obs(queued=1, backoff=3)).reason
 
