@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol, with a response's writes gathered into one send per turn.
+"""uvicorn's HTTP protocol, with a response's writes gathered into one send per turn,
+and a hook that tells the data plane at once when a caller hangs up.
 
 uvicorn writes a response's head when the app sends ``http.response.start`` and its
 body when it sends ``http.response.body``: two ``send`` syscalls, and two segments
@@ -7,16 +8,26 @@ happen in one turn of the loop when the body is ready (as it is for every answer
 the data plane gives), so the transport below holds what is written during a turn
 and sends it all at the end of the turn, in one write. A streamed response still
 leaves chunk by chunk: each is written in its own turn.
+
+A caller waiting for its answer may hang up; the data plane then takes the request
+out of the queue. ASGI tells of a hang-up through ``receive()``, which costs a task
+per request to wait on it; this protocol offers, in the scope's extensions, a way
+to register a plain callback for the connection's loss instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["GatheringHttpProtocol"]
+__all__ = ["HANGUP", "ApiHttpProtocol"]
+
+# scope["extensions"][HANGUP](callback): ``callback()`` when the connection is lost
+# while the request is served; ``(None)`` stops watching.
+HANGUP = "berth.hangup"
 
 
 class _GatheringTransport:
@@ -67,9 +78,28 @@ class _GatheringTransport:
         return getattr(self._transport, name)
 
 
-class GatheringHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a :class:`_GatheringTransport`."""
+class ApiHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol on a :class:`_GatheringTransport`, with the hang-up hook.
+
+    One request on a connection is served at a time (pipelined ones wait their
+    turn), so one callback per connection is enough.
+    """
+
+    _on_hangup: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         gathering = _GatheringTransport(transport, self.loop)  # type: ignore[arg-type]
         super().connection_made(gathering)  # type: ignore[arg-type]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {HANGUP: self._watch}  # type: ignore[dict-item]
+
+    def _watch(self, callback: Callable[[], None] | None) -> None:
+        self._on_hangup = callback
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        callback, self._on_hangup = self._on_hangup, None
+        super().connection_lost(exc)
+        if callback is not None:
+            callback()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from api.app import create_app
-from api.http import GatheringHttpProtocol
+from api.http import ApiHttpProtocol
 from shared.runner import configure_logging
 from shared.settings import ApiSettings
 
@@ -18,8 +18,10 @@ def main(settings: ApiSettings | None = None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=GatheringHttpProtocol,
+        http=ApiHttpProtocol,
         access_log=False,
+        # Nothing reads the caller's address, so X-Forwarded-For need not be parsed.
+        proxy_headers=False,
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=10,

@@ -7,6 +7,7 @@ HTTP/1.1, so what is checked is what a caller receives.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,18 +15,21 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from api.http import GatheringHttpProtocol
+from api.http import HANGUP, ApiHttpProtocol
+from api.middleware import new_request_id
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 next_chunk = asyncio.Event()
+hung_up = asyncio.Event()
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/echo``: the body back; ``/close``: the same, then Connection: close;
-    ``/stream``: one chunk, a second once the test has seen the first."""
+    ``/stream``: one chunk, a second once the test has seen the first; ``/hangup``:
+    no answer, only the caller's hang-up noted."""
     assert scope["type"] == "http"
     body = b""
     while True:
@@ -34,6 +38,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if not message.get("more_body"):
             break
     path = scope["path"]
+    if path == "/hangup":
+        scope["extensions"][HANGUP](hung_up.set)
+        await hung_up.wait()  # the caller is gone: nobody to answer
+        return
     if path == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"first", "more_body": True})
@@ -47,9 +55,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def protocol() -> GatheringHttpProtocol:
-    config = uvicorn.Config(app, http=GatheringHttpProtocol, lifespan="off", log_level="warning")
-    return GatheringHttpProtocol(config=config, server_state=ServerState(), app_state={})
+def protocol() -> ApiHttpProtocol:
+    config = uvicorn.Config(app, http=ApiHttpProtocol, lifespan="off", log_level="warning")
+    return ApiHttpProtocol(config=config, server_state=ServerState(), app_state={})
 
 
 @pytest.fixture
@@ -122,6 +130,30 @@ async def test_a_streamed_answer_is_not_held_back(
         assert await reader.readuntil(b"0\r\n\r\n") == b"6\r\nsecond\r\n0\r\n\r\n"
 
 
+async def test_a_hang_up_is_told_to_the_request_it_cut_short(
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    _, writer = conn
+    hung_up.clear()
+    writer.write(post("/hangup", b""))
+    await writer.drain()
+    writer.close()
+    async with asyncio.timeout(5):
+        await hung_up.wait()
+
+
+async def test_a_request_that_stopped_watching_is_not_told() -> None:
+    told: list[str] = []
+    proto = protocol()
+    proto.connection_made(Recording())
+    proto.on_message_begin()
+    watch = proto.scope["extensions"][HANGUP]  # type: ignore[typeddict-item]
+    watch(lambda: told.append("first"))
+    watch(None)
+    proto.connection_lost(None)
+    assert told == []
+
+
 class Recording(asyncio.Transport):
     """A transport that keeps what it is asked to send, each write apart."""
 
@@ -169,3 +201,11 @@ async def test_the_head_and_body_leave_in_one_write() -> None:
     head, _, body = transport.writes[0].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and body == b"x" * 100
     proto.connection_lost(None)
+
+
+def test_request_ids_are_random_version_4_uuids() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)

@@ -33,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.callbacks import check_callback_url
 from api.context import AppContext
+from api.http import HANGUP
 from broker.bodies import resolve
 from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import (
@@ -262,9 +263,9 @@ class DataPlane:
         envelope.deadline = min(ask.deadline or now + timeout, now + timeout)
         if ask.stream:
             envelope.stream = True
-            await _stream(ctx, spec, envelope, body, receive, send)
+            await _stream(ctx, spec, envelope, body, scope, receive, send)
             return None
-        return await _sync(ctx, spec, envelope, body, receive)
+        return await _sync(ctx, spec, envelope, body, scope, receive)
 
 
 def _reply_headers(reply: Reply) -> list[tuple[bytes, bytes]]:
@@ -294,11 +295,22 @@ def _no_answer(spec: EndpointSpec) -> UpstreamTimeout:
 
 
 class _Hangup:
-    """Watches for the caller hanging up while it waits, and then calls ``on_hangup`` once."""
+    """Watches for the caller hanging up while it waits, and then calls ``on_hangup`` once.
 
-    __slots__ = ("_task",)
+    Through the API's HTTP protocol when it serves the request (a callback, see
+    api/http.py), else through ``receive()``, as ASGI has it.
+    """
 
-    def __init__(self, receive: Receive, on_hangup: Callable[[], None]):
+    __slots__ = ("_task", "_watch")
+
+    def __init__(self, scope: Scope, receive: Receive, on_hangup: Callable[[], None]):
+        self._watch: Callable[[Callable[[], None] | None], None] | None = None
+        self._task: asyncio.Future[Message] | None = None
+        watch = scope.get("extensions", {}).get(HANGUP)
+        if watch is not None:
+            self._watch = watch
+            watch(on_hangup)
+            return
         self._task = asyncio.ensure_future(receive())
 
         def done(task: asyncio.Future[Message]) -> None:
@@ -310,11 +322,19 @@ class _Hangup:
         self._task.add_done_callback(done)
 
     def close(self) -> None:
-        self._task.cancel()
+        if self._watch is not None:
+            self._watch(None)
+        elif self._task is not None:
+            self._task.cancel()
 
 
 async def _sync(
-    ctx: AppContext, spec: EndpointSpec, envelope: RequestEnvelope, body: bytes, receive: Receive
+    ctx: AppContext,
+    spec: EndpointSpec,
+    envelope: RequestEnvelope,
+    body: bytes,
+    scope: Scope,
+    receive: Receive,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     requester = ctx.requester
     request_id = envelope.request_id
@@ -327,7 +347,7 @@ async def _sync(
 
     try:
         seq = await requester.publish(spec.name, envelope, body, spec.replica_digest())
-        hangup = _Hangup(receive, hung_up)
+        hangup = _Hangup(scope, receive, hung_up)
         try:
             left = envelope.deadline - time.time()
             reply = await wait_by(waiter, asyncio.get_running_loop().time() + left)
@@ -351,6 +371,7 @@ async def _stream(
     spec: EndpointSpec,
     envelope: RequestEnvelope,
     body: bytes,
+    scope: Scope,
     receive: Receive,
     send: Send,
 ) -> None:
@@ -363,7 +384,7 @@ async def _stream(
     started = False
     try:
         seq = await requester.publish(spec.name, envelope, body, spec.replica_digest())
-        hangup = _Hangup(receive, lambda: parts.put_nowait(None))  # type: ignore[arg-type]
+        hangup = _Hangup(scope, receive, lambda: parts.put_nowait(None))  # type: ignore[arg-type]
         try:
             async with asyncio.timeout(envelope.deadline - time.time()):
                 while True:
