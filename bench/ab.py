@@ -9,12 +9,17 @@ every revision runs its own nats-server, API, scaler, agent and echo replicas
 rounds alternate between them (the order flips each round), so drift hits all
 alike. Each round measures:
 
-* c=1: ``--requests`` sequential requests through each revision's Berth, each
-  alternating with a call straight to that revision's replica, and the revisions
-  interleaved request by request; the added latency is the difference of
-  percentiles;
+* c=1: ``--requests`` sequential requests through each revision's Berth and as
+  many straight to that revision's replica, every revision's calls interleaved
+  in a shuffled order; the added latency is the difference of percentiles;
 * c=64: wrk for ``--seconds``, with the CPU time of Berth's processes (API,
   agent, scaler, nats-server) per request.
+
+Every round starts every revision's stack afresh (in turn, the order flipping too):
+two stacks of the *same* tree, each kept for a whole run, differed by 0.17 ms at
+c=1 p50 in every round, more than most changes, so a stack's own luck (where its
+processes landed, its memory layout) must vary from round to round like the
+machine's drift. ``--keep-stacks`` skips that, for quick looks at c=64.
 
 A revision is a git revision (checked out into a temporary worktree) or ``.``
 for the working tree as it is. Every tree runs with this interpreter, so their
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -88,34 +94,36 @@ def serve(replicas: int, per: int) -> None:
             nats.stop()
 
 
-def interleaved(urls: dict[str, dict[str, Any]], requests: int) -> dict[str, Any]:
+def interleaved(urls: dict[str, dict[str, Any]], requests: int, seed: int) -> dict[str, Any]:
     """A c=1 round: each revision's added latency, its requests interleaved with the others'.
 
-    Request by request, every revision's stack is called through Berth and its
-    replica directly, the revisions in turn and the order rotating, so even drift
-    within a round hits them alike.
+    Each step calls every revision's stack once through Berth and once straight to
+    its replica, in an order shuffled afresh each step. A fixed order biases: a
+    request right after one to the same stack finds its processes warm, and
+    a rotation whose parity matched the direct/Berth alternation's gave one of two
+    identical trees that luck every time (0.2 ms at p50).
     """
     from bench.overhead import Conn, summary
 
     # New connections each round: an idle keep-alive one may have been closed.
     conns = {
-        rev: (Conn(u["direct"], "/infer"), Conn(u["berth"], "/e/ab/infer", u["token"]))
+        (rev, path): Conn(u["direct"], "/infer") if path == "direct" else
+        Conn(u["berth"], "/e/ab/infer", u["token"])
         for rev, u in urls.items()
-    }
-    times: dict[str, tuple[list[float], list[float]]] = {rev: ([], []) for rev in urls}
-    revs = list(urls)
+        for path in ("direct", "berth")
+    }  # fmt: skip
+    times: dict[tuple[str, str], list[float]] = {call: [] for call in conns}
+    calls = list(conns)
+    rng = random.Random(seed)
     for i in range(100 + requests):  # the first 100 warm up
-        for rev in revs[i % len(revs) :] + revs[: i % len(revs)]:
-            direct, berth = conns[rev]
-            pair = (direct, berth) if i % 2 else (berth, direct)
-            took = [conn.post() for conn in pair]
+        rng.shuffle(calls)
+        for call in calls:
+            took = conns[call].post()
             if i >= 100:
-                d_ms, b_ms = times[rev]
-                d_ms.append(took[0] if i % 2 else took[1])
-                b_ms.append(took[1] if i % 2 else took[0])
+                times[call].append(took)
     out = {}
-    for rev, (d_ms, b_ms) in times.items():
-        d, b = summary(d_ms), summary(b_ms)
+    for rev in urls:
+        d, b = summary(times[rev, "direct"]), summary(times[rev, "berth"])
         out[rev] = {"added_ms": {k: round(b[k] - d[k], 3) for k in d}}
     return out
 
@@ -135,6 +143,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="c=64 load per round")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=8, help="per replica")
+    p.add_argument(
+        "--keep-stacks",
+        action="store_true",
+        help="one stack per revision for the whole run (faster; see the module's notes)",
+    )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
@@ -159,12 +172,16 @@ def main() -> None:
             trees[rev] = tree
         servers: dict[str, subprocess.Popen[str]] = {}
         urls: dict[str, dict[str, Any]] = {}
-        try:
-            for rev, tree in trees.items():
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {
+            rev: {"c1": [], "c64": []} for rev in trees
+        }
+
+        def start(order: list[str]) -> None:
+            for rev in order:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--serve"]
                 cmd += ["--replicas", str(args.replicas), "--concurrency", str(args.concurrency)]
                 proc = subprocess.Popen(
-                    cmd, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                    cmd, cwd=trees[rev], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
                 )
                 servers[rev] = proc
                 assert proc.stdout is not None
@@ -172,9 +189,16 @@ def main() -> None:
                 if "ready" not in line:
                     sys.exit(f"{rev}: its stack did not start")
                 urls[rev] = json.loads(line)
-            results: dict[str, dict[str, list[dict[str, Any]]]] = {
-                rev: {"c1": [], "c64": []} for rev in trees
-            }
+
+        def stop() -> None:
+            for proc in servers.values():
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            for proc in servers.values():
+                proc.wait(60)
+            servers.clear()
+
+        try:
 
             def ask(rev: str, command: str) -> dict[str, Any]:
                 proc = servers[rev]
@@ -188,8 +212,12 @@ def main() -> None:
 
             revs = list(trees)
             for r in range(args.rounds):
-                c1s = interleaved(urls, args.requests)
-                for rev in revs if r % 2 == 0 else revs[::-1]:
+                order = revs if r % 2 == 0 else revs[::-1]
+                if r == 0 or not args.keep_stacks:
+                    stop()
+                    start(order)
+                c1s = interleaved(urls, args.requests, seed=r)
+                for rev in order:
                     c1 = c1s[rev]
                     c64 = ask(rev, str(args.seconds))
                     results[rev]["c1"].append(c1)
@@ -201,11 +229,7 @@ def main() -> None:
                         flush=True,
                     )
         finally:
-            for proc in servers.values():
-                if proc.stdin is not None:
-                    proc.stdin.close()
-            for proc in servers.values():
-                proc.wait(60)
+            stop()
             for tree in trees.values():
                 if tree != ROOT:
                     subprocess.run(
