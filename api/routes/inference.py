@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 from api.callbacks import check_callback_url
 from api.context import AppContext
 from api.http import HANGUP
+from api.queue_limit import QueueLimit
 from broker.bodies import resolve
 from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import (
@@ -54,7 +55,6 @@ from shared.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
-    QueueFull,
     UpstreamTimeout,
 )
 from shared.messages import CallbackLog, EndpointSpec, JobRecord
@@ -165,6 +165,7 @@ class DataPlane:
 
     def __init__(self, context: Callable[[], AppContext]):
         self._context = context
+        self._queue_limit = QueueLimit()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -224,13 +225,7 @@ class DataPlane:
         if spec.disabled:
             raise EndpointDisabled(f"endpoint {name!r} is disabled")
         if spec.max_queue_length is not None:
-            waiting = await backlog(ctx.broker, name)
-            if waiting is not None and waiting.queued >= spec.max_queue_length:
-                raise QueueFull(
-                    f"endpoint {name!r} has {waiting.queued} requests queued (max_queue_length "
-                    f"{spec.max_queue_length})",
-                    headers={"Retry-After": "1"},
-                )
+            await self._queue_limit.admit(ctx.broker, name, spec.max_queue_length)
 
         if ask.wait is None and not ask.is_async and not ask.stream:
             ask.wait = spec.sync_wait  # the endpoint's own wait budget, if it has one
