@@ -5,9 +5,10 @@ uvicorn writes a response's head when the app sends ``http.response.start`` and 
 body when it sends ``http.response.body``: two ``send`` syscalls, and two segments
 for the caller, who may wake for the head only to wait again for the body. Both
 happen in one turn of the loop when the body is ready (as it is for every answer
-the data plane gives), so the transport below holds what is written during a turn
-and sends it all at the end of the turn, in one write. A streamed response still
-leaves chunk by chunk: each is written in its own turn.
+the data plane gives), so the transport below holds what is written and sends it
+in one write when the response is complete, or at the end of the turn, whichever
+comes first. A streamed response still leaves chunk by chunk: each is written in
+its own turn.
 
 A caller waiting for its answer may hang up; the data plane then takes the request
 out of the queue. ASGI tells of a hang-up through ``receive()``, which costs a task
@@ -90,6 +91,11 @@ class ApiHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         gathering = _GatheringTransport(transport, self.loop)  # type: ignore[arg-type]
         super().connection_made(gathering)  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        # The whole response is written: it leaves now, not at the end of the turn.
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
