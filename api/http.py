@@ -31,18 +31,24 @@ __all__ = ["HANGUP", "ApiHttpProtocol"]
 HANGUP = "berth.hangup"
 
 
+# Held writes up to this size in all are joined into one; larger ones (a big body)
+# leave through one writev, uncopied.
+JOIN_LIMIT = 64 * 1024
+
+
 class _GatheringTransport:
     """A transport whose writes leave together at the end of the loop's turn.
 
     Everything but writing, closing and the buffer's size goes to the real transport.
     """
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_held", "_held_size", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
+        self._held_size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -50,6 +56,7 @@ class _GatheringTransport:
         if not self._held:
             self._loop.call_soon(self.flush)
         self._held.append(bytes(data))
+        self._held_size += len(data)
 
     def writelines(self, lines: Any) -> None:
         for data in lines:
@@ -59,21 +66,26 @@ class _GatheringTransport:
         held = self._held
         if not held:
             return
-        self._held = []
+        size, self._held, self._held_size = self._held_size, [], 0
         if self._transport.is_closing():
             return  # the peer went away meanwhile: nothing to send it
-        self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+        if len(held) == 1:
+            self._transport.write(held[0])
+        elif size <= JOIN_LIMIT:
+            self._transport.write(b"".join(held))
+        else:
+            self._transport.writelines(held)
 
     def close(self) -> None:
         self.flush()  # what was written before the close still goes out
         self._transport.close()
 
     def abort(self) -> None:
-        self._held = []
+        self._held, self._held_size = [], 0
         self._transport.abort()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+        return self._transport.get_write_buffer_size() + self._held_size
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

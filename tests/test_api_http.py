@@ -102,6 +102,17 @@ async def test_kept_alive_requests_get_whole_answers(
         assert body == b"hello %d" % i
 
 
+async def test_a_large_answer_arrives_whole(
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    """Over the size where the head and body are joined, they leave as they lie."""
+    reader, writer = conn
+    body = bytes(range(256)) * 8192  # 2 MiB
+    writer.write(post("/echo", body))
+    head, echoed = await response(reader)
+    assert head.startswith(b"HTTP/1.1 200 ") and echoed == body
+
+
 async def test_an_answer_before_a_close_arrives_whole(
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
 ) -> None:
