@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from shared.errors import BrokerUnavailable
+from shared.waiting import wait_by
 
 __all__ = ["Message", "Wire", "parse_headers"]
 
@@ -244,6 +246,10 @@ class Wire:
         self._reconnecting: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
         self._pinger: asyncio.TimerHandle | None = None
+        # Requests: one wildcard inbox, a future per request keyed by its last token.
+        self._inbox = ""
+        self._answers: dict[str, asyncio.Future[Message]] = {}
+        self._next_request = 0
 
     @classmethod
     async def connect(cls, url: str, name: str, *, timeout: float = 5.0) -> Wire:
@@ -400,6 +406,37 @@ class Wire:
         if self._link is not None:  # else made when the connection is back
             self._link.write(b"SUB %s %d\r\n" % (subject.encode(), sid))
         return sid
+
+    async def request(
+        self, subject: str, payload: bytes = b"", *, timeout: float | None = None
+    ) -> Message:
+        """Publish with a reply subject and wait for the one answer (JetStream's API speaks so).
+
+        BrokerUnavailable when nobody listens on ``subject``, or no answer comes in
+        ``timeout`` seconds (the connection's own timeout by default).
+        """
+        if not self._inbox:
+            self._inbox = f"_INBOX.{secrets.token_hex(11)}"
+            self.subscribe(f"{self._inbox}.*", self._on_answer)
+        self._next_request += 1
+        token = str(self._next_request)
+        answer: asyncio.Future[Message] = self.loop.create_future()
+        self._answers[token] = answer
+        try:
+            self.publish(subject, payload, reply=f"{self._inbox}.{token}")
+            msg = await wait_by(answer, self.loop.time() + (timeout or self._timeout))
+        except TimeoutError:
+            raise BrokerUnavailable(f"no answer from NATS on {subject} in time") from None
+        finally:
+            self._answers.pop(token, None)
+        if not msg.data and (msg.headers or {}).get("Status") == "503":
+            raise BrokerUnavailable(f"nobody answers on {subject} (is JetStream enabled?)")
+        return msg
+
+    def _on_answer(self, msg: Message) -> None:
+        answer = self._answers.get(msg.subject.rsplit(".", 1)[-1])
+        if answer is not None and not answer.done():
+            answer.set_result(msg)
 
     def unsubscribe(self, sid: int) -> None:
         self._subs.pop(sid, None)

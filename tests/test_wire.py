@@ -94,6 +94,20 @@ async def test_a_request_to_no_one_gets_nats_no_responders_status(wire: Wire) ->
     assert msg.data == b"" and msg.headers is not None and msg.headers["Status"] == "503"
 
 
+async def test_requests_get_their_own_answers_or_a_clear_failure(wire: Wire) -> None:
+    def echo(msg: Message) -> None:
+        wire.publish(msg.reply, b"re: " + msg.data)
+
+    wire.subscribe("wire.t5.echo", echo)
+    wire.subscribe("wire.t5.silent", lambda msg: None)
+    answers = await asyncio.gather(*(wire.request("wire.t5.echo", b"%d" % i) for i in range(20)))
+    assert [a.data for a in answers] == [b"re: %d" % i for i in range(20)]
+    with pytest.raises(BrokerUnavailable, match="nobody answers"):
+        await wire.request("wire.t5.nobody")
+    with pytest.raises(BrokerUnavailable, match="in time"):
+        await wire.request("wire.t5.silent", timeout=0.1)
+
+
 def test_status_lines_parse_as_nats_py_has_them() -> None:
     assert parse_headers(b"NATS/1.0 408 Request Timeout\r\n\r\n") == {
         "Status": "408",
