@@ -38,7 +38,7 @@ from nats.js.errors import (
 from broker.bodies import ensure_bodies, resolve
 from broker.connection import Broker
 from broker.envelope import Reply
-from broker.streams import dequeue, ensure_stream
+from broker.streams import WrongLastRevision, dequeue, ensure_stream, kv_write
 from shared import names
 from shared.messages import JobRecord, JobStatus
 
@@ -142,8 +142,8 @@ async def get_job(broker: Broker, response_id: str) -> JobRecord | None:
 
 async def create_job(broker: Broker, job: JobRecord) -> int:
     """Store a new job; its revision (for a first :func:`modify` without a read)."""
-    kv = await broker.kv(names.KV_JOBS)
-    return await kv.create(job.response_id, job.model_dump_json(exclude_none=True).encode())
+    value = job.model_dump_json(exclude_none=True).encode()
+    return await kv_write(broker, names.KV_JOBS, job.response_id, value, last=0)
 
 
 async def modify(
@@ -157,7 +157,6 @@ async def modify(
 
     ``known`` is the job and revision the caller read or wrote last: tried first, without a read.
     """
-    kv = await broker.kv(names.KV_JOBS)
     for _ in range(_CAS_TRIES):
         found = known or await _read(broker, response_id)
         known = None
@@ -167,11 +166,10 @@ async def modify(
         new = change(job)
         if new is None:
             return None
+        value = new.model_dump_json(exclude_none=True).encode()
         try:
-            await kv.update(
-                response_id, new.model_dump_json(exclude_none=True).encode(), last=revision
-            )
-        except KeyWrongLastSequenceError:
+            await kv_write(broker, names.KV_JOBS, response_id, value, last=revision)
+        except WrongLastRevision:
             continue
         return new
     raise RuntimeError(f"job {response_id}: too many concurrent writers")

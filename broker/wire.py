@@ -408,7 +408,12 @@ class Wire:
         return sid
 
     async def request(
-        self, subject: str, payload: bytes = b"", *, timeout: float | None = None
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Message:
         """Publish with a reply subject and wait for the one answer (JetStream's API speaks so).
 
@@ -423,7 +428,7 @@ class Wire:
         answer: asyncio.Future[Message] = self.loop.create_future()
         self._answers[token] = answer
         try:
-            self.publish(subject, payload, reply=f"{self._inbox}.{token}")
+            self.publish(subject, payload, reply=f"{self._inbox}.{token}", headers=headers)
             msg = await wait_by(answer, self.loop.time() + (timeout or self._timeout))
         except TimeoutError:
             raise BrokerUnavailable(f"no answer from NATS on {subject} in time") from None

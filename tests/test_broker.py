@@ -18,20 +18,23 @@ from broker.bodies import ensure_bodies
 from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
 from broker.events import publish_event, read_events
+from broker.jobs import create_job, ensure_results, get_job, modify
 from broker.publish import NUDGE_EVERY, Requester
 from broker.pull import Puller, attempt, fail_queued, queued_at
 from broker.streams import (
     MAX_DELIVER,
     MAX_ENDPOINTS,
+    WrongLastRevision,
     backlog,
     delete_endpoint_consumer,
     ensure_endpoint_consumer,
     ensure_layout,
+    kv_write,
     pin_queue_tail,
 )
 from shared import names
 from shared.errors import BrokerUnavailable, TooManyEndpoints
-from shared.messages import EndpointSpec
+from shared.messages import EndpointSpec, JobRecord
 from tests.conftest import NatsServer
 
 
@@ -432,3 +435,26 @@ def test_a_deliverys_attempt_and_queue_time_are_read_from_its_ack_subject() -> N
     assert queued_at(v1) == queued_at(v2) == pytest.approx(1764288000.123456789)
     with pytest.raises(ValueError, match="not a JetStream delivery"):
         attempt("_INBOX.abc")
+
+
+async def test_kv_writes_compare_and_set_and_concurrent_changes_all_land(broker: Broker) -> None:
+    await ensure_results(broker, 3600)
+    key = f"kv-{secrets.token_hex(4)}"
+    first = await kv_write(broker, names.KV_JOBS, key, b"one", last=0)
+    with pytest.raises(WrongLastRevision):
+        await kv_write(broker, names.KV_JOBS, key, b"again", last=0)  # it exists now
+    second = await kv_write(broker, names.KV_JOBS, key, b"two", last=first)
+    with pytest.raises(WrongLastRevision):
+        await kv_write(broker, names.KV_JOBS, key, b"stale", last=first)
+    entry = await (await broker.kv(names.KV_JOBS)).get(key)
+    assert (entry.value, entry.revision) == (b"two", second)
+
+    job = JobRecord(response_id=f"job-{secrets.token_hex(4)}", endpoint="e", created_at=time.time())
+    revision = await create_job(broker, job)
+
+    def one_more(current: JobRecord) -> JobRecord:
+        return current.model_copy(update={"queued_ahead": (current.queued_ahead or 0) + 1})
+
+    await asyncio.gather(*(modify(broker, job.response_id, one_more) for _ in range(10)))
+    assert (await get_job(broker, job.response_id)).queued_ahead == 10  # type: ignore[union-attr]
+    assert revision < (await (await broker.kv(names.KV_JOBS)).get(job.response_id)).revision
