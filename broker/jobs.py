@@ -30,7 +30,6 @@ from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import (
     BucketNotFoundError,
-    KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
 )
@@ -38,7 +37,14 @@ from nats.js.errors import (
 from broker.bodies import ensure_bodies, resolve
 from broker.connection import Broker
 from broker.envelope import Reply
-from broker.streams import WrongLastRevision, dequeue, ensure_stream, kv_write
+from broker.streams import (
+    WrongLastRevision,
+    dequeue,
+    ensure_stream,
+    js_publish,
+    kv_read,
+    kv_write,
+)
 from shared import names
 from shared.messages import JobRecord, JobStatus
 
@@ -125,14 +131,10 @@ async def release_idempotency(broker: Broker, key: str) -> None:
 
 
 async def _read(broker: Broker, response_id: str) -> tuple[JobRecord, int] | None:
-    kv = await broker.kv(names.KV_JOBS)
-    try:
-        entry = await kv.get(response_id)
-    except KeyNotFoundError:
+    found = await kv_read(broker, names.KV_JOBS, response_id)
+    if found is None or not found[0]:
         return None
-    if not entry.value or entry.revision is None:
-        return None
-    return JobRecord.model_validate_json(entry.value), entry.revision
+    return JobRecord.model_validate_json(found[0]), found[1]
 
 
 async def get_job(broker: Broker, response_id: str) -> JobRecord | None:
@@ -235,7 +237,7 @@ async def store_response(broker: Broker, subject: str, reply: Reply, replica_id:
 
     A job cancelled or expired meanwhile keeps that state, and the response is purged.
     """
-    await broker.js.publish(subject, reply.body, headers=reply.to_headers())
+    await js_publish(broker, subject, reply.body, reply.to_headers())
     done = await finish_with(broker, job_id(subject), reply)
     if done is None:
         job = await get_job(broker, job_id(subject))

@@ -7,6 +7,7 @@ endpoint's limits change.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
 from broker.connection import Broker
+from broker.wire import parse_headers
 from shared import names
 from shared.errors import BrokerUnavailable, TooManyEndpoints
 from shared.messages import EndpointSpec
@@ -36,6 +38,8 @@ __all__ = [
     "ensure_endpoint_consumer",
     "ensure_layout",
     "ensure_stream",
+    "js_publish",
+    "kv_read",
     "kv_write",
     "pin_queue_tail",
 ]
@@ -212,20 +216,17 @@ class WrongLastRevision(Exception):
     """A key changed since the revision a compare-and-set write named."""
 
 
-async def kv_write(broker: Broker, bucket: str, key: str, value: bytes, last: int) -> int:
-    """Write ``key`` if its latest revision is ``last`` (0: if it does not exist); the new revision.
+async def js_publish(
+    broker: Broker, subject: str, payload: bytes, headers: dict[str, str] | None = None
+) -> int:
+    """A JetStream publish on the data-path connection, acked; the stream sequence.
 
-    What nats-py's ``KeyValue.update`` and ``create`` (for a key never written) do,
-    as one JetStream publish on the data-path connection: about half the time.
-    Raises WrongLastRevision when another write came first.
+    What nats-py's ``js.publish`` does, at about half the time. Raises
+    WrongLastRevision when an expected-last-sequence header did not hold, and
+    BrokerUnavailable for any other refusal.
     """
     wire = await broker.wire()
-    msg = await wire.request(
-        f"$KV.{bucket}.{key}",
-        value,
-        headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
-        timeout=broker.timeout,
-    )
+    msg = await wire.request(subject, payload, headers=headers, timeout=broker.timeout)
     try:
         ack = orjson.loads(msg.data)
     except orjson.JSONDecodeError as exc:
@@ -234,5 +235,41 @@ async def kv_write(broker: Broker, bucket: str, key: str, value: bytes, last: in
     if error is not None:
         if error.get("err_code") in (10071, 10164):  # the subject's last sequence differs
             raise WrongLastRevision(error.get("description", ""))
-        raise BrokerUnavailable(f"JetStream refused a write to {bucket}: {error}")
+        raise BrokerUnavailable(f"JetStream refused a publish on {subject}: {error}")
     return int(ack["seq"])
+
+
+async def kv_write(broker: Broker, bucket: str, key: str, value: bytes, last: int) -> int:
+    """Write ``key`` if its latest revision is ``last`` (0: if it does not exist); the new revision.
+
+    What nats-py's ``KeyValue.update`` and ``create`` (for a key never written) do.
+    Raises WrongLastRevision when another write came first.
+    """
+    headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+    return await js_publish(broker, f"$KV.{bucket}.{key}", value, headers)
+
+
+async def kv_read(broker: Broker, bucket: str, key: str) -> tuple[bytes, int] | None:
+    """``key``'s value and revision, or None if it has none (never written, or deleted).
+
+    What nats-py's ``KeyValue.get`` does for a bucket without direct gets, on the
+    data-path connection.
+    """
+    wire = await broker.wire()
+    request = orjson.dumps({"last_by_subj": f"$KV.{bucket}.{key}"})
+    msg = await wire.request(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", request, timeout=broker.timeout)
+    try:
+        answer = orjson.loads(msg.data)
+    except orjson.JSONDecodeError as exc:
+        raise BrokerUnavailable(f"JetStream sent no message: {msg.data[:200]!r}") from exc
+    error = answer.get("error")
+    if error is not None:
+        if error.get("code") == 404:
+            return None
+        raise BrokerUnavailable(f"JetStream could not read {bucket}: {error}")
+    stored = answer["message"]
+    if stored.get("hdrs"):
+        operation = parse_headers(base64.b64decode(stored["hdrs"])).get("KV-Operation")
+        if operation in ("DEL", "PURGE"):
+            return None
+    return base64.b64decode(stored.get("data") or b""), int(stored["seq"])

@@ -29,6 +29,7 @@ from broker.streams import (
     delete_endpoint_consumer,
     ensure_endpoint_consumer,
     ensure_layout,
+    kv_read,
     kv_write,
     pin_queue_tail,
 )
@@ -437,7 +438,7 @@ def test_a_deliverys_attempt_and_queue_time_are_read_from_its_ack_subject() -> N
         attempt("_INBOX.abc")
 
 
-async def test_kv_writes_compare_and_set_and_concurrent_changes_all_land(broker: Broker) -> None:
+async def test_kv_reads_and_writes_and_concurrent_changes_all_land(broker: Broker) -> None:
     await ensure_results(broker, 3600)
     key = f"kv-{secrets.token_hex(4)}"
     first = await kv_write(broker, names.KV_JOBS, key, b"one", last=0)
@@ -446,8 +447,10 @@ async def test_kv_writes_compare_and_set_and_concurrent_changes_all_land(broker:
     second = await kv_write(broker, names.KV_JOBS, key, b"two", last=first)
     with pytest.raises(WrongLastRevision):
         await kv_write(broker, names.KV_JOBS, key, b"stale", last=first)
-    entry = await (await broker.kv(names.KV_JOBS)).get(key)
-    assert (entry.value, entry.revision) == (b"two", second)
+    assert await kv_read(broker, names.KV_JOBS, key) == (b"two", second)
+    assert await kv_read(broker, names.KV_JOBS, f"{key}-none") is None
+    await (await broker.kv(names.KV_JOBS)).delete(key)
+    assert await kv_read(broker, names.KV_JOBS, key) is None  # a delete marker is no value
 
     job = JobRecord(response_id=f"job-{secrets.token_hex(4)}", endpoint="e", created_at=time.time())
     revision = await create_job(broker, job)
