@@ -191,9 +191,7 @@ async def transition(
 async def request_callback(broker: Broker, job: JobRecord, attempt: int = 0) -> None:
     """Queue the job's callback (deduplicated per job and attempt)."""
     msg_id = job.response_id if not attempt else f"{job.response_id}.{attempt}"
-    await broker.js.publish(
-        names.callback_subject(job.response_id), b"", headers={"Nats-Msg-Id": msg_id}
-    )
+    await js_publish(broker, names.callback_subject(job.response_id), b"", {"Nats-Msg-Id": msg_id})
 
 
 async def finish(
