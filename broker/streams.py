@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from nats.js.api import (
@@ -185,6 +186,23 @@ class Backlog:
     delivered: int = 0
 
 
+async def _ask_jetstream(
+    broker: Broker, subject: str, payload: bytes = b"", headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A JetStream request on the data-path connection: its JSON answer, an error included."""
+    wire = await broker.wire()
+    msg = await wire.request(subject, payload, headers=headers, timeout=broker.timeout)
+    try:
+        answer = orjson.loads(msg.data)
+    except orjson.JSONDecodeError as exc:
+        raise BrokerUnavailable(
+            f"JetStream gave no answer on {subject}: {msg.data[:200]!r}"
+        ) from exc
+    if not isinstance(answer, dict):
+        raise BrokerUnavailable(f"JetStream gave no answer on {subject}: {msg.data[:200]!r}")
+    return answer
+
+
 async def backlog(broker: Broker, endpoint: str) -> Backlog | None:
     """Queued and in-flight requests of an endpoint, or None if it has no consumer.
 
@@ -193,13 +211,8 @@ async def backlog(broker: Broker, endpoint: str) -> Backlog | None:
     path, and a dataclass for every part of the answer). The API asks on every
     async job and every poll of one, the scaler on every pass over an endpoint.
     """
-    wire = await broker.wire()
     stream, consumer = names.REQUESTS_STREAM, names.consumer_name(endpoint)
-    msg = await wire.request(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", timeout=broker.timeout)
-    try:
-        info = orjson.loads(msg.data)
-    except orjson.JSONDecodeError as exc:
-        raise BrokerUnavailable(f"JetStream sent no consumer info: {msg.data[:200]!r}") from exc
+    info = await _ask_jetstream(broker, f"$JS.API.CONSUMER.INFO.{stream}.{consumer}")
     error = info.get("error")
     if error is not None:
         if error.get("code") == 404:  # no such consumer (or stream): no endpoint
@@ -225,12 +238,7 @@ async def js_publish(
     WrongLastRevision when an expected-last-sequence header did not hold, and
     BrokerUnavailable for any other refusal.
     """
-    wire = await broker.wire()
-    msg = await wire.request(subject, payload, headers=headers, timeout=broker.timeout)
-    try:
-        ack = orjson.loads(msg.data)
-    except orjson.JSONDecodeError as exc:
-        raise BrokerUnavailable(f"JetStream sent no ack: {msg.data[:200]!r}") from exc
+    ack = await _ask_jetstream(broker, subject, payload, headers)
     error = ack.get("error")
     if error is not None:
         if error.get("err_code") in (10071, 10164):  # the subject's last sequence differs
@@ -255,13 +263,8 @@ async def kv_read(broker: Broker, bucket: str, key: str) -> tuple[bytes, int] | 
     What nats-py's ``KeyValue.get`` does for a bucket without direct gets, on the
     data-path connection.
     """
-    wire = await broker.wire()
     request = orjson.dumps({"last_by_subj": f"$KV.{bucket}.{key}"})
-    msg = await wire.request(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", request, timeout=broker.timeout)
-    try:
-        answer = orjson.loads(msg.data)
-    except orjson.JSONDecodeError as exc:
-        raise BrokerUnavailable(f"JetStream sent no message: {msg.data[:200]!r}") from exc
+    answer = await _ask_jetstream(broker, f"$JS.API.STREAM.MSG.GET.KV_{bucket}", request)
     error = answer.get("error")
     if error is not None:
         if error.get("code") == 404:
