@@ -99,6 +99,7 @@ class ApiHttpProtocol(HttpToolsProtocol):
     """
 
     _on_hangup: Callable[[], None] | None = None
+    _lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         gathering = _GatheringTransport(transport, self.loop)  # type: ignore[arg-type]
@@ -114,9 +115,13 @@ class ApiHttpProtocol(HttpToolsProtocol):
         self.scope["extensions"] = {HANGUP: self._watch}  # type: ignore[dict-item]
 
     def _watch(self, callback: Callable[[], None] | None) -> None:
+        if callback is not None and self._lost:
+            callback()  # the caller left before anyone watched
+            return
         self._on_hangup = callback
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         callback, self._on_hangup = self._on_hangup, None
         super().connection_lost(exc)
         if callback is not None:

@@ -165,6 +165,16 @@ async def test_a_request_that_stopped_watching_is_not_told() -> None:
     assert told == []
 
 
+async def test_a_request_that_watches_after_the_hang_up_is_told_at_once() -> None:
+    told: list[str] = []
+    proto = protocol()
+    proto.connection_made(Recording())
+    proto.on_message_begin()
+    proto.connection_lost(None)  # while the request was still on its way to the queue
+    proto.scope["extensions"][HANGUP](lambda: told.append("gone"))  # type: ignore[typeddict-item]
+    assert told == ["gone"]
+
+
 class Recording(asyncio.Transport):
     """A transport that keeps what it is asked to send, each write apart."""
 
