@@ -1,31 +1,27 @@
 """The API side of the data path: publish a request, wait for its reply.
 
 One wildcard subscription per API instance receives every reply; a dict of
-futures keyed by request id routes each to its waiting caller. A second one
-receives JetStream's acks of the publishes: the request goes out as a plain
-publish whose reply subject is this instance's. Both ride the broker's lean
-data-path connection (:mod:`broker.wire`), whose subscribers run straight from
-the socket's read, and whose publishes leave in one write per turn of the loop.
+futures keyed by request id routes each to its waiting caller. The request
+itself is a JetStream publish, acked (:func:`broker.streams.js_publish`). Both
+ride the broker's lean data-path connection (:mod:`broker.wire`), whose
+subscribers run straight from the socket's read, and whose publishes leave in
+one write per turn of the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import secrets
-
-import orjson
 
 from broker.bodies import fits, put_body
 from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
-from broker.streams import dequeue, pin_queue_tail
+from broker.streams import dequeue, js_publish, pin_queue_tail
 from broker.wire import Message, Wire
 from shared import names
 from shared.errors import BrokerUnavailable
-from shared.waiting import wait_by
 
 __all__ = ["NUDGE_EVERY", "PIN_EVERY", "Requester"]
 
@@ -51,13 +47,10 @@ class Requester:
         self._trailing: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._pinned_at = -PIN_EVERY
-        self._acks: dict[str, asyncio.Future[int]] = {}
-        self._ack_tokens = itertools.count()
 
     async def start(self) -> None:
         self._wire = wire = await self._broker.wire()
         wire.subscribe(f"{self._prefix}.*", self._on_reply)
-        wire.subscribe(f"{self._prefix}.ack.*", self._on_ack)
 
     def reply_subject(self, request_id: str) -> str:
         return f"{self._prefix}.{request_id}"
@@ -71,24 +64,6 @@ class Requester:
         fut = self._waiting.get(request_id)
         if fut is not None and not fut.done():
             fut.set_result(Reply.from_message(msg.headers, msg.data))
-
-    def _on_ack(self, msg: Message) -> None:
-        fut = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
-        if fut is None or fut.done():
-            return  # its publisher gave up waiting
-        if not msg.data:  # a status, not an ack: 503 when no stream takes the subject
-            status = (msg.headers or {}).get("Status", "?")
-            fut.set_exception(BrokerUnavailable(f"request queue unavailable: status {status}"))
-            return
-        try:
-            ack = orjson.loads(msg.data)
-            if "error" in ack:
-                why = ack["error"].get("description") or ack["error"]
-                fut.set_exception(BrokerUnavailable(f"request queue refused the request: {why}"))
-            else:
-                fut.set_result(int(ack["seq"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            fut.set_exception(BrokerUnavailable(f"request queue sent no ack: {msg.data[:200]!r}"))
 
     def expect(self, request_id: str) -> asyncio.Future[Reply]:
         """Register interest in a reply *before* publishing, so none can be missed."""
@@ -121,23 +96,11 @@ class Requester:
             body = b""
         assert self._wire is not None, "start() first"
         wire = self._wire
-        token = str(next(self._ack_tokens))
-        acked: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._acks[token] = acked
+        subject = names.request_subject(endpoint)
         try:
-            wire.publish(
-                names.request_subject(endpoint),
-                body,
-                reply=f"{self._prefix}.ack.{token}",
-                headers=envelope.to_headers(),
-            )
-            seq = await wait_by(acked, asyncio.get_running_loop().time() + self._broker.timeout)
-        except TimeoutError as exc:
-            raise BrokerUnavailable(
-                f"request queue unavailable: no ack in {self._broker.timeout} s"
-            ) from exc
-        finally:
-            self._acks.pop(token, None)
+            seq = await js_publish(self._broker, subject, body, envelope.to_headers())
+        except BrokerUnavailable as exc:  # no stream takes it, it was refused, or no ack came
+            raise BrokerUnavailable(f"request queue unavailable: {exc.message}") from exc
         # Core NATS, fire and forget: the scaler reacts at once to demand on an
         # endpoint; its periodic look at the backlog covers a lost nudge.
         # The nudge names the config the caller saw, which may be newer than the scaler's view.

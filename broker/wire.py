@@ -435,7 +435,9 @@ class Wire:
         finally:
             self._answers.pop(token, None)
         if not msg.data and (msg.headers or {}).get("Status") == "503":
-            raise BrokerUnavailable(f"nobody answers on {subject} (is JetStream enabled?)")
+            raise BrokerUnavailable(
+                f"nobody answers on {subject} (status 503: no stream or service)"
+            )
         return msg
 
     def _on_answer(self, msg: Message) -> None:
