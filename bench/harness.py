@@ -401,8 +401,9 @@ def bench_berth(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         fourth = [burst(stack, f"bench-burst-{i}") for i in range(args.repeat)]
         last = [r[-1] for r in fourth if len(r) == 4]
         result["scale_up_4th_start_ms"] = spread(last, 1) if last else None
-        result["queue_drain"] = queue_drain(stack, nats.url, args.drain_jobs, replicas)
-        print("drain:", result["queue_drain"], flush=True)
+        if args.drain_jobs > 0:  # 0: skipped, for quick A/B runs
+            result["queue_drain"] = queue_drain(stack, nats.url, args.drain_jobs, replicas)
+            print("drain:", result["queue_drain"], flush=True)
     finally:
         stack.close()
         nats.stop()
@@ -481,13 +482,14 @@ def markdown(result: dict[str, Any]) -> str:
             out.append(
                 f"| burst at zero, max 4: 4th start issued after | {_cell(b['scale_up_4th_start_ms'], ' ms')} |"
             )
-        d = b["queue_drain"]
-        out.append(
-            f"| queue drain, {d['jobs']:,} async jobs, {d['replicas']} | {d['jobs_per_s']:,g} jobs/s ({d['drain_s']} s) |"
-        )
-        out.append(
-            f"| async submissions while no replica may run, 32 connections | {d['submitted_per_s']:,g} jobs/s |"
-        )
+        d = b.get("queue_drain")
+        if d is not None:
+            out.append(
+                f"| queue drain, {d['jobs']:,} async jobs, {d['replicas']} | {d['jobs_per_s']:,g} jobs/s ({d['drain_s']} s) |"
+            )
+            out.append(
+                f"| async submissions while no replica may run, 32 connections | {d['submitted_per_s']:,g} jobs/s |"
+            )
         for n, mib in b["memory_idle_mib"].items():
             out.append(
                 f"| memory, {n}: idle → peak at c=64 | {mib} → {b['memory_peak_mib'][n]} MiB |"
@@ -501,7 +503,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--requests", type=int, default=1000, help="per overhead round")
     p.add_argument("--cold-runs", type=int, default=5)
-    p.add_argument("--drain-jobs", type=int, default=10_000)
+    p.add_argument("--drain-jobs", type=int, default=10_000, help="0 skips the queue drain")
     p.add_argument("--berth-replicas", type=int, default=2)
     p.add_argument("--berth-concurrency", type=int, default=8)
     p.add_argument(
