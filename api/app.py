@@ -58,11 +58,15 @@ class BerthApp:
     """The API's ASGI app: the data plane (``/e/...``) beside the FastAPI control plane.
 
     Request ids and host routing wrap both; lifespan and everything else goes to FastAPI.
+    ``direct`` is the data plane's own entry for the API's HTTP protocol, which serves
+    ``/e/...`` without the ASGI chain (api/http.py); None where host routing may
+    rewrite paths, so that every request goes through it.
     """
 
     def __init__(self, control: FastAPI, settings: ApiSettings):
         self.control = control
         self.data = DataPlane(lambda: control.state.ctx)
+        self.direct = None if settings.endpoint_domain else self.data.answer
         dispatch: ASGIApp = self._dispatch
         if settings.endpoint_domain:
             dispatch = HostRouting(dispatch, settings.endpoint_domain)

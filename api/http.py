@@ -14,17 +14,41 @@ A caller waiting for its answer may hang up; the data plane then takes the reque
 out of the queue. ASGI tells of a hang-up through ``receive()``, which costs a task
 per request to wait on it; this protocol offers, in the scope's extensions, a way
 to register a plain callback for the connection's loss instead.
+
+The data plane's requests (``/e/...``) skip the ASGI chain when the app offers a
+direct entry (``BerthApp.direct``): uvicorn still parses the request, keeps the
+connection (keep-alive, pipelining, flow control, ``Expect: 100-continue``) and
+collects the body; the data plane's whole answer is then written here in one
+piece, without the middleware's wrapped ``send``, two ASGI messages, and uvicorn's
+checks of headers that Berth built itself. A streamed answer still goes through
+uvicorn's ``send``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import orjson
+from starlette.types import Receive, Scope, Send
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-__all__ = ["HANGUP", "ApiHttpProtocol"]
+from api.middleware import with_request_id
+
+__all__ = ["HANGUP", "ApiHttpProtocol", "Direct"]
+
+log = logging.getLogger(__name__)
+
+# The data plane's own entry: its whole answer (status, headers with lower-case
+# names, body), or None when it streamed the answer through ``send`` itself.
+Direct = Callable[
+    [Scope, Receive, Send], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes] | None]
+]
 
 # scope["extensions"][HANGUP](callback): ``callback()`` when the connection is lost
 # while the request is served; ``(None)`` stops watching.
@@ -104,6 +128,17 @@ class ApiHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         gathering = _GatheringTransport(transport, self.loop)  # type: ignore[arg-type]
         super().connection_made(gathering)  # type: ignore[arg-type]
+        self._direct: Direct | None = getattr(self.app, "direct", None)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        direct = self._direct
+        # Not the app (the server is over its concurrency limit): uvicorn's 503.
+        if direct is None or app is not self.app or not cycle.scope["path"].startswith("/e/"):
+            super()._start_asgi_task(cycle, app)
+            return
+        task = self.loop.create_task(serve_direct(cycle, direct))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def on_response_complete(self) -> None:
         # The whole response is written: it leaves now, not at the end of the turn.
@@ -126,3 +161,86 @@ class ApiHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         if callback is not None:
             callback()
+
+
+# What a header may not hold (RFC 9110): a name is a token; a value has no control
+# characters but tab. A replica's headers pass through, so they are checked.
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-zA-Z]")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        reason = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        reason = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+def _bad_header_answer() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    error = {
+        "error": {
+            "code": "bad_gateway",
+            "message": "the replica's answer has a header HTTP does not allow",
+        }
+    }
+    return 502, [(b"content-type", b"application/json")], orjson.dumps(error)
+
+
+async def serve_direct(cycle: RequestResponseCycle, direct: Direct) -> None:
+    """One data-plane request on uvicorn's cycle, without the ASGI chain (see the module)."""
+    id_header, send = with_request_id(cycle.scope, cycle.send)  # type: ignore[arg-type]
+    try:
+        answer = await direct(cycle.scope, cycle.receive, send)  # type: ignore[arg-type]
+        if answer is not None:
+            await _write_whole(cycle, *answer, id_header)
+        elif not cycle.response_complete and not cycle.disconnected:
+            log.error("the data plane returned without completing its streamed answer")
+            cycle.transport.close()
+    except BaseException as exc:
+        log.error("the data plane failed", exc_info=exc)
+        if not cycle.response_started:
+            await cycle.send_500_response()
+        else:
+            cycle.transport.close()
+    finally:
+        cycle.on_response = lambda: None
+
+
+async def _write_whole(
+    cycle: RequestResponseCycle,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    id_header: tuple[bytes, bytes],
+) -> None:
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected:
+        return
+    for name, value in headers:
+        if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+            log.warning("an answer's header is not valid HTTP: %r", name)
+            status, headers, body = _bad_header_answer()
+            break
+    head = [_STATUS_LINES[status]]
+    for name, value in (*cycle.default_headers, *headers, id_header):
+        head += (name, b": ", value, b"\r\n")
+    if cycle.scope["method"] == "HEAD":
+        body = b""  # the length of what a GET would have had stays, as the replica gave it
+    else:
+        head += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    cycle.transport.write(b"".join(head))
+    if body:
+        cycle.transport.write(body)
+    cycle.response_started = cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()

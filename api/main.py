@@ -10,20 +10,27 @@ from shared.runner import configure_logging
 from shared.settings import ApiSettings
 
 
-def main(settings: ApiSettings | None = None) -> None:
-    settings = settings or ApiSettings()
-    configure_logging(settings.log_level, "api")
-    config = uvicorn.Config(
+def server_config(settings: ApiSettings) -> uvicorn.Config:
+    """uvicorn serving the API: uvloop, httptools under Berth's own protocol (api/http.py).
+
+    The app is served unwrapped (no proxy-headers middleware: nothing reads the
+    caller's address), so the protocol finds the data plane's direct entry on it.
+    """
+    return uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http=ApiHttpProtocol,
         access_log=False,
-        # Nothing reads the caller's address, so X-Forwarded-For need not be parsed.
         proxy_headers=False,
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+
+
+def main(settings: ApiSettings | None = None) -> None:
+    settings = settings or ApiSettings()
+    configure_logging(settings.log_level, "api")
+    uvicorn.Server(server_config(settings)).run()

@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.names import ENDPOINT_NAME_RE
 
-__all__ = ["HostRouting", "RequestId", "new_request_id"]
+__all__ = ["HostRouting", "RequestId", "new_request_id", "with_request_id"]
 
 
 def new_request_id() -> str:
@@ -30,16 +30,21 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-user-request-id", request_id.encode())
+        await self.app(scope, receive, with_request_id(scope, send)[1])
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
 
-        await self.app(scope, receive, send_with_id)
+def with_request_id(scope: Scope, send: Send) -> tuple[tuple[bytes, bytes], Send]:
+    """A new request id in ``scope["state"]``: its response header, and ``send`` adding it."""
+    request_id = new_request_id()
+    scope.setdefault("state", {})["request_id"] = request_id
+    header = (b"x-user-request-id", request_id.encode())
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), header]
+        await send(message)
+
+    return header, send_with_id
 
 
 class HostRouting:

@@ -7,8 +7,10 @@ HTTP/1.1, so what is checked is what a caller receives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,9 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from api.http import HANGUP, ApiHttpProtocol
+from api.main import server_config
 from api.middleware import new_request_id
+from shared.settings import ApiSettings
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -55,15 +59,26 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def protocol() -> ApiHttpProtocol:
-    config = uvicorn.Config(app, http=ApiHttpProtocol, lifespan="off", log_level="warning")
+def protocol(served: Any = app) -> ApiHttpProtocol:
+    config = uvicorn.Config(
+        served, http=ApiHttpProtocol, lifespan="off", log_level="warning", proxy_headers=False
+    )
+    config.load()
     return ApiHttpProtocol(config=config, server_state=ServerState(), app_state={})
 
 
 @pytest.fixture
 async def conn() -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    async with connected(protocol) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    factory: Callable[[], ApiHttpProtocol],
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(protocol, "127.0.0.1", 0)
+    server = await loop.create_server(factory, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     yield reader, writer
@@ -230,3 +245,155 @@ def test_request_ids_are_random_version_4_uuids() -> None:
     for text in list(ids)[:50]:
         parsed = uuid.UUID(text)
         assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+
+
+class WithDirect:
+    """An app that offers the data plane's direct entry, as BerthApp does: ``/e/...``
+    is answered by ``direct``; anything else by the ASGI app above."""
+
+    def __init__(self) -> None:
+        self.asgi_calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.asgi_calls += 1
+        await app(scope, receive, send)
+
+    async def direct(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        if path == "/e/fails":
+            raise RuntimeError("a bug")
+        if path == "/e/bad-header":
+            return 200, [(b"x-evil", b"one\x00two")], body
+        if path == "/e/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return None
+        rid = scope["state"]["request_id"].encode()
+        return 201, [(b"content-type", b"text/plain"), (b"x-seen-id", rid)], body
+
+
+@pytest.fixture
+async def direct_app() -> AsyncIterator[
+    tuple[WithDirect, asyncio.StreamReader, asyncio.StreamWriter]
+]:
+    served = WithDirect()
+    async with connected(lambda: protocol(served)) as (reader, writer):
+        yield served, reader, writer
+
+
+def header(head: bytes, name: bytes) -> bytes | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+async def test_the_data_plane_answers_without_the_asgi_chain(
+    direct_app: tuple[WithDirect, asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    """Its whole answer in one response, with a request id it saw too; kept alive."""
+    served, reader, writer = direct_app
+    for i in range(3):
+        writer.write(post("/e/echo/infer", b"hello %d" % i))
+        head, body = await response(reader)
+        assert head.startswith(b"HTTP/1.1 201 Created\r\n")
+        assert body == b"hello %d" % i
+        assert header(head, b"content-type") == b"text/plain"
+        rid = header(head, b"x-user-request-id")
+        assert rid is not None and header(head, b"x-seen-id") == rid
+        assert uuid.UUID(rid.decode()).version == 4
+    writer.write(post("/other", b"asgi"))  # anything else: the ASGI app
+    head, body = await response(reader)
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b"asgi"
+    assert served.asgi_calls == 1
+
+
+async def test_pipelined_data_plane_requests_are_answered_in_order(
+    direct_app: tuple[WithDirect, asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    _, reader, writer = direct_app
+    writer.write(b"".join(post("/e/echo/infer", b"n%d" % i) for i in range(4)))
+    for i in range(4):
+        _, body = await response(reader)
+        assert body == b"n%d" % i
+
+
+async def test_a_header_http_does_not_allow_becomes_a_502(
+    direct_app: tuple[WithDirect, asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    _, reader, writer = direct_app
+    writer.write(post("/e/bad-header", b"x"))
+    head, body = await response(reader)
+    assert head.startswith(b"HTTP/1.1 502 ")
+    assert b"x-evil" not in head
+    assert b"header" in body
+
+
+async def test_a_failing_data_plane_gives_a_500_and_the_connection_goes_on(
+    direct_app: tuple[WithDirect, asyncio.StreamReader, asyncio.StreamWriter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, reader, writer = direct_app
+    writer.write(post("/e/fails", b""))
+    head, _ = await response(reader)
+    assert head.startswith(b"HTTP/1.1 500 ")
+    assert "the data plane failed" in caplog.text
+
+
+async def test_a_head_request_gets_no_body(
+    direct_app: tuple[WithDirect, asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    _, reader, writer = direct_app
+    writer.write(b"HEAD /e/echo/infer HTTP/1.1\r\nhost: t\r\n\r\n")
+    writer.write(post("/e/echo/infer", b"after"))
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 201 ") and header(head, b"content-length") is None
+    _, body = await response(reader)  # the next answer follows at once: no body was sent
+    assert body == b"after"
+
+
+async def test_a_streamed_data_plane_answer_goes_through_send_with_its_id(
+    direct_app: tuple[WithDirect, asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    _, reader, writer = direct_app
+    writer.write(post("/e/stream", b""))
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert header(head, b"x-user-request-id") is not None
+        assert await reader.readuntil(b"0\r\n\r\n") == b"4\r\npart\r\n0\r\n\r\n"
+
+
+async def test_connection_close_is_kept_on_the_direct_path(
+    direct_app: tuple[WithDirect, asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    _, reader, writer = direct_app
+    request = b"POST /e/x HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbye"
+    writer.write(request)
+    head, body = await response(reader)
+    assert header(head, b"connection") == b"close" and body == b"bye"
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+
+
+def test_the_api_server_finds_the_data_planes_direct_entry(tmp_path: Path) -> None:
+    """As served (api/main.py), the app is unwrapped: the protocol finds ``direct`` on it;
+    with host routing, which may rewrite a path, it finds none."""
+    config = server_config(ApiSettings(admin_token=None, data_dir=tmp_path))
+    config.load()
+    assert getattr(config.loaded_app, "direct", None) is not None
+    routed = server_config(
+        ApiSettings(admin_token=None, data_dir=tmp_path, endpoint_domain="berth.test")
+    )
+    routed.load()
+    assert getattr(routed.loaded_app, "direct", "missing") is None

@@ -61,7 +61,7 @@ from shared.messages import CallbackLog, EndpointSpec, JobRecord
 from shared.names import ENDPOINT_NAME_RE
 from shared.waiting import wait_by
 
-__all__ = ["NOT_RETURNED", "DataPlane"]
+__all__ = ["NOT_RETURNED", "Answer", "DataPlane"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ _NOT_FORWARDED = frozenset(
 # The API's own server adds these; the replica's copies would be duplicates.
 NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
 MAX_WAIT = 3600.0
+# A whole answer: status, headers (lower-case names), body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 class _Ask:
@@ -168,16 +170,25 @@ class DataPlane:
         self._queue_limit = QueueLimit()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            answer = await self._serve(self._context(), scope, receive, send)
-        except BerthError as exc:
-            answer = _error(exc)
+        answer = await self.answer(scope, receive, send)
         if answer is not None:  # None: streamed, sent already
             await _send_whole(send, *answer)
 
+    async def answer(self, scope: Scope, receive: Receive, send: Send) -> Answer | None:
+        """The whole answer (status, headers, body) for the caller's server to write;
+        None when it was streamed through ``send`` already. A Berth error is an answer too.
+
+        The API's own HTTP protocol calls this directly (api/http.py); any other
+        ASGI server goes through ``__call__``.
+        """
+        try:
+            return await self._serve(self._context(), scope, receive, send)
+        except BerthError as exc:
+            return _error(exc)
+
     async def _serve(
         self, ctx: AppContext, scope: Scope, receive: Receive, send: Send
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    ) -> Answer | None:
         # /e/<endpoint>[/<path>]
         _, _, rest = scope["path"].partition("/e/")
         name, slash, path = rest.partition("/")
@@ -330,7 +341,7 @@ async def _sync(
     body: bytes,
     scope: Scope,
     receive: Receive,
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+) -> Answer:
     requester = ctx.requester
     request_id = envelope.request_id
     envelope.reply_to = requester.reply_subject(request_id)
@@ -427,7 +438,7 @@ def _idempotency_key(endpoint: str, token_id: str | None, key: str) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _accepted(ctx: AppContext, response_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _accepted(ctx: AppContext, response_id: str) -> Answer:
     poll_url = f"{ctx.settings.base_url()}/v1/requests/{response_id}"
     payload = orjson.dumps({"response_id": response_id, "poll_url": poll_url})
     headers = [(b"content-type", b"application/json"), (b"location", poll_url.encode())]
@@ -441,7 +452,7 @@ async def _job(
     body: bytes,
     ask: _Ask,
     token_id: str | None,
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+) -> Answer:
     """Queue the request as a job: 202 with OctoAI's ``{response_id, poll_url}``.
 
     With ``Prefer: wait=N``, the answer comes inline if the job ends within N s.
@@ -528,7 +539,7 @@ async def _note_place(ctx: AppContext, job: JobRecord, revision: int, seq: int) 
     await modify(ctx.broker, job.response_id, place, known=(job, revision))
 
 
-def _error(exc: BerthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _error(exc: BerthError) -> Answer:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
     headers.append((b"content-type", b"application/json"))
     return exc.status_code, headers, orjson.dumps(exc.to_json())
