@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from berth.local import LocalNats, go_threads
 from tests.conftest import FAST, ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -144,3 +145,16 @@ def test_berth_up_deploy_call_stop_and_restart(tmp_path: Path) -> None:
         assert missing.returncode == 1 and "404" in missing.stderr
     finally:
         assert up.interrupt() == 0
+
+
+def test_the_embedded_nats_server_gets_a_quarter_of_the_cpus(nats_server: LocalNats) -> None:
+    assert nats_server.proc is not None
+    environ = (Path(f"/proc/{nats_server.proc.pid}/environ")).read_bytes().split(b"\0")
+    cpus = len(os.sched_getaffinity(0))
+    assert f"GOMAXPROCS={max(1, cpus // 4)}".encode() in environ
+
+
+def test_an_operators_gomaxprocs_is_kept() -> None:
+    assert go_threads({"GOMAXPROCS": "6", "PATH": "/bin"}, 2)["GOMAXPROCS"] == "6"
+    assert go_threads({"PATH": "/bin"}, 2) == {"PATH": "/bin", "GOMAXPROCS": "1"}
+    assert go_threads({}, 32)["GOMAXPROCS"] == "8"
