@@ -21,7 +21,6 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -37,7 +36,7 @@ from shared.errors import BerthError, BrokerUnavailable
 from shared.messages import JobStatus
 from shared.waiting import wait_by
 
-__all__ = ["Delivery", "Puller", "fail_queued"]
+__all__ = ["Delivery", "KeepAlive", "Puller", "fail_queued"]
 
 log = logging.getLogger(__name__)
 
@@ -234,27 +233,34 @@ class Puller:
         nak = b"-NAK" + (b' {"delay":%d}' % int(delay * 1e9) if delay else b"")
         self.wire.publish(delivery.msg.reply, nak)
 
-    @contextlib.contextmanager
-    def keepalive(self, delivery: Delivery, every: float) -> Iterator[None]:
-        """Send in-progress acks every ``every`` seconds while the ``with`` body runs.
+    def keepalive(self, delivery: Delivery, every: float) -> KeepAlive:
+        """Send in-progress acks every ``every`` seconds until ``cancel()``.
 
         A timer, not a task: most requests end long before the first beat, and
         then this costs one timer handle.
         """
-        loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle | None = None
+        return KeepAlive(self.wire, delivery.msg.reply, every)
 
-        def beat() -> None:
-            nonlocal handle
-            with contextlib.suppress(BrokerUnavailable):  # a lost one only shortens the grace
-                self.wire.publish(delivery.msg.reply, b"+WPI")
-            handle = loop.call_later(every, beat)
 
-        handle = loop.call_later(every, beat)
-        try:
-            yield
-        finally:
-            handle.cancel()
+class KeepAlive:
+    """In-progress acks for one delivery, every ``every`` seconds, until cancelled."""
+
+    __slots__ = ("_every", "_handle", "_loop", "_subject", "_wire")
+
+    def __init__(self, wire: Wire, subject: str, every: float):
+        self._wire = wire
+        self._subject = subject
+        self._every = every
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(every, self._beat)
+
+    def _beat(self) -> None:
+        with contextlib.suppress(BrokerUnavailable):  # a lost one only shortens the grace
+            self._wire.publish(self._subject, b"+WPI")
+        self._handle = self._loop.call_later(self._every, self._beat)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _status(msg: Message) -> str | None:
