@@ -117,6 +117,12 @@ def test_status_lines_parse_as_nats_py_has_them() -> None:
     assert parse_headers(b"NATS/1.0\r\nA: 1\r\nB:2\r\n\r\n") == {"A": "1", "B": "2"}
 
 
+def test_header_values_keep_their_utf8_and_all_but_ascii_spaces() -> None:
+    raw = "NATS/1.0\r\nName: \u00a0caf\u00e9 \t\r\nBad: \xff\r\n\r\n".encode()
+    raw = raw.replace("\xff".encode(), b"\xff")  # a byte that is not UTF-8
+    assert parse_headers(raw) == {"Name": "\u00a0caf\u00e9", "Bad": "\ufffd"}
+
+
 async def test_bad_publishes_are_refused_before_they_reach_the_server(wire: Wire) -> None:
     with pytest.raises(ValueError, match="line break"):
         wire.publish("wire.t5", b"", headers={"Evil": "a\r\nInjected: 1"})
