@@ -9,7 +9,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from berth.local import ROOT, LocalNats, LocalStack, free_port, wait_until
+from broker.connection import Broker, connect
+from broker.streams import ensure_layout
 from shared.db import sync_url
 from tests.dockerenv import DockerEnv, missing_tools
 from tests.openbao import OpenBao, bao_binary
@@ -92,6 +94,17 @@ class Stack(LocalStack):
         return httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kw
         )
+
+
+@pytest.fixture
+async def broker(nats_server: LocalNats) -> AsyncIterator[Broker]:
+    """A connection to the session's nats-server, Berth's layout in place."""
+    b = await connect(nats_server.url, "test")
+    try:
+        await ensure_layout(b)
+        yield b
+    finally:
+        await b.close()
 
 
 @pytest.fixture

@@ -30,17 +30,21 @@ next_chunk = asyncio.Event()
 hung_up = asyncio.Event()
 
 
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    """``/echo``: the body back; ``/close``: the same, then Connection: close;
-    ``/stream``: one chunk, a second once the test has seen the first; ``/hangup``:
-    no answer, only the caller's hang-up noted."""
-    assert scope["type"] == "http"
+async def read_body(receive: Receive) -> bytes:
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/echo``: the body back; ``/close``: the same, then Connection: close;
+    ``/stream``: one chunk, a second once the test has seen the first; ``/hangup``:
+    no answer, only the caller's hang-up noted."""
+    assert scope["type"] == "http"
+    body = await read_body(receive)
     path = scope["path"]
     if path == "/hangup":
         scope["extensions"][HANGUP](hung_up.set)
@@ -261,12 +265,7 @@ class WithDirect:
     async def direct(
         self, scope: Scope, receive: Receive, send: Send
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         path = scope["path"]
         if path == "/e/fails":
             raise RuntimeError("a bug")

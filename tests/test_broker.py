@@ -36,7 +36,6 @@ from broker.streams import (
 from shared import names
 from shared.errors import BrokerUnavailable, TooManyEndpoints
 from shared.messages import EndpointSpec, JobRecord
-from tests.conftest import NatsServer
 
 
 @contextlib.asynccontextmanager
@@ -47,12 +46,6 @@ async def laid_out(url: str) -> AsyncIterator[Broker]:
         yield b
     finally:
         await b.close()
-
-
-@pytest.fixture
-async def broker(nats_server: NatsServer) -> AsyncIterator[Broker]:
-    async with laid_out(nats_server.url) as b:
-        yield b
 
 
 def spec(**kw: object) -> EndpointSpec:

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 
 from api.queue_limit import QueueLimit
-from broker.connection import Broker, connect
+from broker.connection import Broker
 from broker.pull import Puller
-from broker.streams import ensure_endpoint_consumer, ensure_layout
+from broker.streams import ensure_endpoint_consumer
 from shared import names
 from shared.errors import QueueFull
 from shared.messages import EndpointSpec
-from tests.conftest import NatsServer
-
-
-@pytest.fixture
-async def broker(nats_server: NatsServer) -> AsyncIterator[Broker]:
-    b = await connect(nats_server.url, "test")
-    try:
-        await ensure_layout(b)
-        yield b
-    finally:
-        await b.close()
 
 
 async def endpoint(broker: Broker) -> str:

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 
 from broker.artifacts import ModelCache
-from broker.connection import Broker, connect
+from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
 from broker.publish import Requester
 from broker.pull import Puller
-from broker.streams import backlog, ensure_endpoint_consumer, ensure_layout
+from broker.streams import backlog, ensure_endpoint_consumer
 from shared.messages import EndpointSpec, ReplicaRecord
 from shared.settings import AgentSettings
-from tests.conftest import NatsServer
 from workers.http import ReplicaClient
 from workers.runtimes.process import ProcessRuntime
 from workers.supervisor import ReplicaSupervisor
@@ -42,16 +41,6 @@ class SilentReplica:
         await reader.read()  # until the caller closes
         self.closed.set()
         writer.close()
-
-
-@pytest.fixture
-async def broker(nats_server: NatsServer) -> AsyncIterator[Broker]:
-    b = await connect(nats_server.url, "test")
-    try:
-        await ensure_layout(b)
-        yield b
-    finally:
-        await b.close()
 
 
 class Running:
