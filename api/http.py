@@ -230,7 +230,7 @@ async def _write_whole(
     for name, value in (*cycle.default_headers, *headers, id_header):
         head += (name, b": ", value, b"\r\n")
     if cycle.scope["method"] == "HEAD":
-        body = b""  # the length of what a GET would have had stays, as the replica gave it
+        body = b""  # no body, and no length claimed: the replica's own is not passed on
     else:
         head += (b"content-length: ", str(len(body)).encode(), b"\r\n")
     if not cycle.keep_alive:
