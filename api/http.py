@@ -40,15 +40,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from api.middleware import with_request_id
 
-__all__ = ["HANGUP", "ApiHttpProtocol", "Direct"]
+__all__ = ["HANGUP", "Answer", "ApiHttpProtocol", "Direct"]
 
 log = logging.getLogger(__name__)
 
-# The data plane's own entry: its whole answer (status, headers with lower-case
-# names, body), or None when it streamed the answer through ``send`` itself.
-Direct = Callable[
-    [Scope, Receive, Send], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes] | None]
-]
+# A whole answer: status, headers (lower-case names), body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+# The data plane's own entry: its whole answer, or None when it streamed the answer
+# through ``send`` itself.
+Direct = Callable[[Scope, Receive, Send], Awaitable[Answer | None]]
 
 # scope["extensions"][HANGUP](callback): ``callback()`` when the connection is lost
 # while the request is served; ``(None)`` stops watching.
@@ -180,7 +180,7 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 
 
-def _bad_header_answer() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _bad_header_answer() -> Answer:
     error = {
         "error": {
             "code": "bad_gateway",

@@ -33,7 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.callbacks import check_callback_url
 from api.context import AppContext
-from api.http import HANGUP
+from api.http import HANGUP, Answer
 from api.queue_limit import QueueLimit
 from broker.bodies import resolve
 from broker.envelope import H, Reply, RequestEnvelope
@@ -61,7 +61,7 @@ from shared.messages import CallbackLog, EndpointSpec, JobRecord
 from shared.names import ENDPOINT_NAME_RE
 from shared.waiting import wait_by
 
-__all__ = ["NOT_RETURNED", "Answer", "DataPlane"]
+__all__ = ["NOT_RETURNED", "DataPlane"]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,6 @@ _NOT_FORWARDED = frozenset(
 # The API's own server adds these; the replica's copies would be duplicates.
 NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
 MAX_WAIT = 3600.0
-# A whole answer: status, headers (lower-case names), body.
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 class _Ask:
