@@ -28,6 +28,9 @@ __all__ = ["DeadlineTimers", "job_view", "waiting_for"]
 
 log = logging.getLogger(__name__)
 
+# Added to a deadline timer's delay, so that it rarely fires before the deadline
+# (see DeadlineTimers._expire for when it does).
+TIMER_SLACK = 0.005
 # Replica reasons that say a restarted replica fails its health check.
 _HEALTH_WORDS = ("health check",)
 
@@ -46,7 +49,8 @@ class DeadlineTimers:
 
     def schedule(self, response_id: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        loop.call_later(max(0.0, deadline - time.time()), self._fire, response_id)
+        delay = max(0.0, deadline - time.time()) + TIMER_SLACK
+        loop.call_later(delay, self._fire, response_id)
 
     def _fire(self, response_id: str) -> None:
         task = asyncio.ensure_future(self._expire(response_id))
@@ -56,8 +60,16 @@ class DeadlineTimers:
     async def _expire(self, response_id: str) -> None:
         try:
             job = await get_job(self._broker, response_id)
-            if job is not None:
-                await expire_if_due(self._broker, job)
+            if job is None:
+                return
+            if job.status is JobStatus.PENDING and job.deadline and time.time() < job.deadline:
+                # Fired early: uvloop rounds a delay to the millisecond and counts it from
+                # the loop's cached clock, so a timer can go off before the wall-clock
+                # deadline. Expiring then would find the job not yet due, and nothing
+                # else would come back to it.
+                self.schedule(response_id, job.deadline)
+                return
+            await expire_if_due(self._broker, job)
         except Exception as exc:  # NATS away: the pull or the next read expires it
             log.info("deadline of %s: %r", response_id, exc)
 
