@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 
 import orjson
 
-__all__ = ["H", "Reply", "RequestEnvelope"]
+from shared.errors import HeadersTooLarge
+
+__all__ = ["MAX_HEADER_BLOCK", "H", "Reply", "RequestEnvelope"]
+
+# JetStream refuses a message whose header block is 64 KiB or more. A request's
+# envelope gains a reply subject, a deadline and perhaps a claim check after the
+# caller's headers are counted: this much is kept for them.
+MAX_HEADER_BLOCK = 65535
+_ENVELOPE_ROOM = 1024
 
 
 class H:
@@ -87,6 +95,18 @@ class RequestEnvelope:
             stream=H.STREAM in h,
             body_ref=h.get(H.BODY_REF),
         )
+
+    def check_fits(self) -> None:
+        """HeadersTooLarge (431) when the envelope cannot be queued for its headers' size.
+
+        Counted as the header block is written: ``Name: value\\r\\n`` per entry.
+        """
+        size = sum(len(k) + len(v.encode()) + 4 for k, v in self.to_headers().items())
+        if size + _ENVELOPE_ROOM > MAX_HEADER_BLOCK:
+            raise HeadersTooLarge(
+                f"the request's headers take {size} bytes; at most "
+                f"{MAX_HEADER_BLOCK - _ENVELOPE_ROOM} fit in the queue"
+            )
 
     def expired(self, now: float | None = None) -> bool:
         return bool(self.deadline) and (now or time.time()) >= self.deadline

@@ -18,6 +18,7 @@ __all__ = [
     "Conflict",
     "EndpointDisabled",
     "Forbidden",
+    "HeadersTooLarge",
     "InvalidRequest",
     "NotFound",
     "QueueFull",
@@ -81,6 +82,13 @@ class TooManyEndpoints(Conflict):
 class BodyTooLarge(BerthError):
     status_code = 413
     code = "body_too_large"
+
+
+class HeadersTooLarge(BerthError):
+    """The request's headers do not fit the queue's message header block (RFC 6585)."""
+
+    status_code = 431
+    code = "request_headers_too_large"
 
 
 class QueueFull(BerthError):

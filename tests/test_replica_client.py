@@ -40,6 +40,13 @@ class Server:
                     if name.lower() == b"content-length":
                         length = int(value)
                 body = await reader.readexactly(length)
+                if head.startswith(b"POST /interim "):  # 1xx answers before the real one
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n")
+                elif head.startswith(b"POST /switch "):
+                    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n")
+                    await writer.drain()
+                    continue
                 if head.startswith(b"POST /hold "):  # answered when released, or never
                     hangup = asyncio.ensure_future(reader.read(1))
                     released = asyncio.ensure_future(self.release.wait())
@@ -125,3 +132,25 @@ async def test_a_cancelled_request_closes_its_connection(
         await task
     async with asyncio.timeout(5):
         await srv.closed.wait()
+
+
+async def test_interim_answers_are_skipped_for_the_final_one(
+    server: tuple[Server, ReplicaClient],
+) -> None:
+    """1xx answers are interim (RFC 9110): never taken as the replica's answer."""
+    srv, client = server
+    for _ in range(2):  # and the kept-alive connection is still in step afterwards
+        resp = await client.request("POST", "/interim", [], b"real", 5)
+        assert (resp.status, resp.body) == (200, b"real")
+        assert ("link", "</a>; rel=preload") not in resp.headers
+    resp = await client.request("POST", "/", [], b"next", 5)
+    assert (resp.status, resp.body) == (200, b"next")
+    assert srv.connections == 1
+
+
+async def test_switching_protocols_is_not_an_answer(
+    server: tuple[Server, ReplicaClient],
+) -> None:
+    _, client = server
+    with pytest.raises(ConnectionError, match="101"):
+        await client.request("POST", "/switch", [], b"x", 5)

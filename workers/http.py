@@ -42,6 +42,8 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._headers: Headers = []
         self._chunks: list[bytes] = []
+        # An interim (1xx) answer is being parsed: it is skipped, never taken as the answer.
+        self._interim = False
         self.got_bytes = False
         self.keep_alive = True
         # Streaming: body chunks go here as they come (None ends, an exception fails).
@@ -69,6 +71,15 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        if 100 <= self._status < 200:
+            # RFC 9110 §15.2: 1xx answers are interim; the final one follows on the same
+            # connection. 101 would hand the connection to another protocol: refused.
+            if self._status == 101:
+                self._fail(ConnectionError("the replica switched protocols (101), not an answer"))
+                return
+            self._interim = True
+            self._headers = []
+            return
         self.keep_alive = self._parser.should_keep_alive()
         if self._head:  # no body follows, whatever content-length says
             self.keep_alive = False
@@ -77,12 +88,17 @@ class _Connection(asyncio.Protocol):
             self._finish()  # the head now; the body follows through the sink
 
     def on_body(self, body: bytes) -> None:
+        if self._interim:
+            return
         if self.sink is not None:
             self.sink.put_nowait(body)
         else:
             self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         if self.sink is not None:
             self.sink.put_nowait(None)
         else:
@@ -104,6 +120,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = asyncio.get_running_loop().create_future()
         self._head = is_head
         self._status, self._headers, self._chunks = 0, [], []
+        self._interim = False
         self.got_bytes = False
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:

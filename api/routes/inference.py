@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -75,6 +76,9 @@ _NOT_FORWARDED = frozenset(
         b"transfer-encoding",
         b"te",
         b"upgrade",
+        # The API answers a caller's Expect itself (uvicorn sends 100 Continue when the
+        # body is read); the whole body travels in the queue, so a replica has none to await.
+        b"expect",
         b"authorization",
         b"proxy-authorization",
         b"x-octoai-async",
@@ -87,6 +91,9 @@ _NOT_FORWARDED = frozenset(
 # The API's own server adds these; the replica's copies would be duplicates.
 NOT_RETURNED = frozenset({"content-length", "date", "server", "connection", "transfer-encoding"})
 MAX_WAIT = 3600.0
+MAX_IDEMPOTENCY_KEY = 255
+# Headers whose values come to less than this always fit in the queue's header block.
+_HEADERS_CHECKED_OVER = 32 * 1024
 
 
 class _Ask:
@@ -120,6 +127,14 @@ def _parse_prefer(value: str, ask: _Ask) -> None:
             ask.wait = wait
 
 
+def _idempotency_value(raw: bytes) -> str | None:
+    key = raw.decode("latin-1").strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        # Cutting it would make two different keys one job.
+        raise InvalidRequest(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters")
+    return key or None
+
+
 def _parse_deadline(value: str, now: float) -> float:
     """``X-Berth-Deadline``: seconds from now, or an ISO 8601 time with its offset."""
     value = value.strip()
@@ -128,8 +143,8 @@ def _parse_deadline(value: str, now: float) -> float:
     except ValueError:
         seconds = None
     if seconds is not None:
-        if not seconds > 0:
-            raise InvalidRequest("X-Berth-Deadline must be a positive number of seconds")
+        if not 0 < seconds < math.inf:  # also refuses nan
+            raise InvalidRequest("X-Berth-Deadline must be a positive, finite number of seconds")
         deadline = now + seconds
     else:
         try:
@@ -198,7 +213,9 @@ class DataPlane:
         traceparent: str | None = None
         ask = _Ask()
         deadline_header: str | None = None
+        header_bytes = 0
         for key, value in scope["headers"]:
+            header_bytes += len(value)
             if key == b"authorization":
                 scheme, _, credential = value.decode("latin-1").partition(" ")
                 token = credential.strip() if scheme.lower() == "bearer" else None
@@ -215,7 +232,7 @@ class DataPlane:
             elif key == b"prefer":
                 _parse_prefer(value.decode("latin-1"), ask)
             elif key == b"idempotency-key":
-                ask.idempotency_key = value.decode("latin-1").strip()[:255] or None
+                ask.idempotency_key = _idempotency_value(value)
             elif key == b"x-berth-deadline":
                 deadline_header = value.decode("latin-1")
             elif key == b"x-berth-callback-url":
@@ -261,6 +278,8 @@ class DataPlane:
             headers=forwarded,
             traceparent=traceparent,
         )
+        if header_bytes > _HEADERS_CHECKED_OVER:
+            envelope.check_fits()  # 431 before anything is queued or recorded
         if ask.is_async or ask.wait is not None:
             return await _job(ctx, spec, envelope, body, ask, token_id)
         timeout = spec.request_timeout
