@@ -117,8 +117,8 @@ def test_every_control_route_needs_an_admin_token(stack: Stack, name: str) -> No
         if not path.startswith("/v1/"):
             continue
         path = path.replace("matrix-x", name) if "/endpoint/" in path else path
-        # Async jobs are read by whoever may call their endpoint (test_async.py): a valid
-        # token that is not an admin's learns only that no such job exists.
+        # Async jobs are their submitter's (test_jobs.py): a valid token that is not an
+        # admin's learns only that no such job exists.
         job_route = path.startswith(("/v1/requests/", "/v1/responses/"))
         # Any valid token reads and rotates its own webhook signing secret, nothing else.
         own_route = path.startswith("/v1/webhook-secret")

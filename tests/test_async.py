@@ -81,7 +81,7 @@ def test_async_failures_and_access(stack: Stack, name: str) -> None:
         with httpx.Client(base_url=stack.url, timeout=30) as anon:
             assert anon.get(ok["poll_url"]).status_code == 401
             assert anon.get("/v1/requests/no-such-id").status_code == 401
-            assert anon.get(ok["poll_url"], headers=headers).status_code == 403
+            assert anon.get(ok["poll_url"], headers=headers).status_code == 404
             assert anon.get("/v1/requests/no-such-id", headers=headers).status_code == 404
             assert anon.get("/v1/requests/bad%20id", headers=headers).status_code == 404
     finally:

@@ -242,3 +242,58 @@ def test_a_job_behind_a_crash_loop_says_so(stack: Stack, name: str) -> None:
         assert "exit" in waiting["message"] or "connection" in waiting["message"]
         for j in (crasher, job):
             c.delete(j["poll_url"])
+
+
+def test_job_ownership(stack: Stack, name: str) -> None:
+    """A job is its submitter's: another token allowed on the same endpoint gets 404 for
+    reading, cancelling and re-sending it (never 403, which would confirm the id); admin
+    tokens see all; an anonymous job on a public endpoint is reachable by its id alone."""
+    from tests.test_access import call, make_token
+
+    public = name[:-5] + "-pub"
+    stack.deploy(name, max_replicas=1)
+    stack.deploy(public, visibility="public", max_replicas=1)
+    try:
+        alice = make_token(stack, scopes=["inference"], endpoints=[name, public])["token"]
+        mallory = make_token(stack, scopes=["inference"], endpoints=[name, public])["token"]
+        made = httpx.post(
+            f"{stack.url}/e/{name}/infer",
+            json={"prompt": "a", "sleep": 1.0},
+            headers={**ASYNC, "Authorization": f"Bearer {alice}"},
+        )
+        assert made.status_code == 202, made.text
+        rid = made.json()["response_id"]
+        for method, path in (
+            ("GET", f"/v1/requests/{rid}"),
+            ("GET", f"/v1/responses/{rid}"),
+            ("POST", f"/v1/requests/{rid}/callback"),
+            ("DELETE", f"/v1/requests/{rid}"),
+        ):
+            resp = call(stack, method, path, mallory)
+            assert resp.status_code == 404, (method, path, resp.text)
+            assert resp.json()["error"]["code"] == "not_found"
+        assert call(stack, "GET", f"/v1/requests/{rid}", None).status_code == 401
+        assert call(stack, "GET", f"/v1/requests/{rid}", alice).status_code == 200
+        assert call(stack, "GET", f"/v1/requests/{rid}", stack.token).status_code == 200
+        # Still running: mallory's cancel above did nothing.
+        assert call(stack, "GET", f"/v1/requests/{rid}", alice).json()["status"] != "cancelled"
+
+        # On a public endpoint: a job made with a token is still that token's ...
+        mine = httpx.post(
+            f"{stack.url}/e/{public}/infer",
+            json={"prompt": "p"},
+            headers={**ASYNC, "Authorization": f"Bearer {alice}"},
+        ).json()["response_id"]
+        assert call(stack, "GET", f"/v1/requests/{mine}", None).status_code == 401
+        assert call(stack, "GET", f"/v1/requests/{mine}", mallory).status_code == 404
+        assert call(stack, "GET", f"/v1/requests/{mine}", alice).status_code == 200
+        # ... and an anonymous one is reachable by its id alone.
+        anon = httpx.post(f"{stack.url}/e/{public}/infer", json={"prompt": "p"}, headers=ASYNC)
+        assert anon.status_code == 202
+        anon_id = anon.json()["response_id"]
+        assert call(stack, "GET", f"/v1/requests/{anon_id}", None).status_code == 200
+        assert call(stack, "GET", f"/v1/requests/{anon_id}", mallory).status_code == 200
+        assert call(stack, "DELETE", f"/v1/requests/{rid}", alice).status_code == 200
+    finally:
+        with stack.client() as c:
+            c.delete(f"/v1/endpoint/{public}")

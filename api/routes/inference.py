@@ -246,8 +246,6 @@ class DataPlane:
             if not principal.may_infer(name):
                 raise Forbidden(f"this token may not call endpoint {name!r}")
             token_id = principal.token_id
-        elif token is not None and (ask.callback_url or ask.idempotency_key):
-            token_id = (await ctx.auth.authenticate(token)).token_id
         if spec.disabled:
             raise EndpointDisabled(f"endpoint {name!r} is disabled")
         if spec.max_queue_length is not None:
@@ -281,6 +279,9 @@ class DataPlane:
         if header_bytes > _HEADERS_CHECKED_OVER:
             envelope.check_fits()  # 431 before anything is queued or recorded
         if ask.is_async or ask.wait is not None:
+            if token_id is None and token is not None:
+                # A job belongs to the token that made it, on a public endpoint too.
+                token_id = (await ctx.auth.authenticate(token)).token_id
             return await _job(ctx, spec, envelope, body, ask, token_id)
         timeout = spec.request_timeout
         envelope.deadline = min(ask.deadline or now + timeout, now + timeout)

@@ -4,9 +4,11 @@ Berth adds: ``DELETE /v1/requests/{id}`` (cancel), the callback's delivery log
 in the job's state and ``POST /v1/requests/{id}/callback`` (deliver it again),
 and webhook signing secrets per token and per endpoint.
 
-A job can be read by whoever may call its endpoint: any valid token allowed on
-it, or anyone for a public endpoint (the id is a random UUID). Without a valid
-token, an unknown id is a 401, not a 404.
+A job belongs to the token that submitted it: that token and admin tokens may
+read, cancel and re-deliver it; any other token gets 404, as for an id that does
+not exist, so ids are never confirmed. A job submitted without a token (on a
+public endpoint) is reachable by its id alone (a random UUID). Without a valid
+token, any other id is a 401.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from api.context import AppContext, ContextDep
 from api.jobs import job_view
 from api.routes.inference import NOT_RETURNED
 from broker.jobs import LIVE, expire_if_due, finish, get_job, get_response
-from shared.errors import BerthError, Conflict, Forbidden, NotFound
+from shared.errors import BerthError, Conflict, NotFound
 from shared.messages import JobRecord, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["async"])
@@ -34,14 +36,13 @@ _ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 async def _job(request: Request, ctx: AppContext, response_id: str) -> JobRecord:
     token = bearer_token(request.headers.get("authorization", ""))
     job = await get_job(ctx.broker, response_id) if _ID_RE.match(response_id) else None
-    spec = ctx.endpoints.items.get(job.endpoint) if job else None
-    if spec is not None and spec.public:
-        return job  # type: ignore[return-value]
+    if job is not None and job.token_id is None:
+        spec = ctx.endpoints.items.get(job.endpoint)
+        if spec is not None and spec.public:
+            return job  # anonymous, on a public endpoint: the id is the key
     principal = await ctx.auth.authenticate(token)
-    if job is None:
+    if job is None or not (principal.is_admin or job.token_id == principal.token_id):
         raise NotFound(f"no request {response_id!r} (results are kept for a limited time)")
-    if not principal.may_infer(job.endpoint):
-        raise Forbidden(f"this token may not read requests of endpoint {job.endpoint!r}")
     return job
 
 
