@@ -15,8 +15,6 @@ token's (see :class:`WebhookSecrets`).
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import logging
 import time
 from datetime import UTC, datetime
@@ -31,6 +29,7 @@ from api.context import AppContext
 from api.jobs import job_view
 from broker.callbacks import CallbackQueue
 from broker.jobs import get_job, get_response, modify, request_callback
+from shared.egress import BlockedAddress, blocked_reason, guarded_client, literal_address
 from shared.errors import InvalidRequest
 from shared.messages import CallbackAttempt, CallbackState, JobRecord
 from shared.stores import Kind, SecretStore
@@ -63,17 +62,17 @@ def check_callback_url(url: str, *, allow_private: bool) -> str:
     if parts.username is not None or parts.password is not None:
         raise InvalidRequest("callback_url must not carry credentials; use the webhook signature")
     if not allow_private:
-        host = parts.hostname
-        with contextlib.suppress(ValueError):
-            ip = ipaddress.ip_address(host)
-            if not ip.is_global:
-                raise InvalidRequest(
-                    "callback_url points to a private, loopback or link-local address "
-                    "(BERTH_CALLBACK_ALLOW_PRIVATE is off)"
-                )
-        if host == "localhost" or host.endswith(".localhost"):
+        # What a name resolves to is checked again at each delivery (shared/egress.py);
+        # here, what needs no lookup: addresses in any spelling, and localhost's names.
+        host = parts.hostname.rstrip(".")
+        ip = literal_address(host)
+        reason = blocked_reason(ip) if ip is not None else None
+        if reason is None and (host == "localhost" or host.endswith(".localhost")):
+            reason = "localhost"
+        if reason is not None:
             raise InvalidRequest(
-                "callback_url points to localhost (BERTH_CALLBACK_ALLOW_PRIVATE is off)"
+                f"callback_url points to {reason}: callers may not reach it "
+                "(BERTH_CALLBACK_ALLOW_PRIVATE is off)"
             )
     return url
 
@@ -151,9 +150,9 @@ class Dispatcher:
         settings = ctx.settings
         backoff = settings.callback_backoff
         self._wait = wait_exponential(multiplier=backoff, max=3600) + wait_random(0, backoff / 2)
-        self._client = httpx.AsyncClient(
+        self._client = guarded_client(
+            allow_private=settings.callback_allow_private,
             timeout=settings.callback_timeout,
-            follow_redirects=False,
             headers={"user-agent": "Berth-Webhooks/1"},
         )
         self._queue = CallbackQueue(
@@ -196,9 +195,13 @@ class Dispatcher:
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
+        blocked = False
         try:
             resp = await self._client.post(job.callback.url, content=body, headers=headers)
             status = resp.status_code
+        except BlockedAddress as exc:
+            error = f"refused: {exc}"[:500]  # never connected: nothing learnt of the target
+            blocked = True
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         attempt = CallbackAttempt(
@@ -210,7 +213,7 @@ class Dispatcher:
         ok = status is not None and 200 <= status < 300
         attempts = job.callback.attempts + 1
         finished = job.finished_at or time.time()
-        give_up = status in GIVE_UP_STATUS or (
+        give_up = blocked or status in GIVE_UP_STATUS or (
             time.time() - finished > self._ctx.settings.callback_retry_for
         )
         delay = None if ok or give_up else self.delay(attempts)

@@ -63,9 +63,11 @@ class ApiSettings(CommonSettings):
     callback_backoff: float = 5.0
     callback_retry_for: float = 12 * 3600.0
     callback_timeout: float = 10.0
-    # Callback URLs may name loopback, private or link-local addresses: a self-hosted
-    # install's receivers often are. False refuses those literal addresses and localhost.
-    callback_allow_private: bool = True
+    # Whether callback URLs may reach loopback, private, link-local or metadata addresses.
+    # Off: every address a URL's host resolves to is checked at each delivery, and the
+    # connection goes to a checked address (shared/egress.py). `berth up` turns it on
+    # for a one-machine install, and says so.
+    callback_allow_private: bool = False
     # A rotated webhook secret still signs callbacks this long (both signatures are sent).
     webhook_secret_grace: float = 24 * 3600.0
     # How long a verified API token stays cached here: a token deleted through another
@@ -155,3 +157,5 @@ class UpSettings(ApiSettings, AgentSettings, ScalerSettings):
     """``berth up``: everything on one machine, with an embedded nats-server."""
 
     nats_port: int = 0  # 0 = any free port, written to <data_dir>/nats-url
+    # One machine: a receiver on this host is the usual case (printed at start-up).
+    callback_allow_private: bool = True

@@ -42,6 +42,8 @@ FAST = {
     "BERTH_ENDPOINT_DOMAIN": "berth.test",
     "BERTH_LOG_LEVEL": "INFO",
     "BERTH_CALLBACK_BACKOFF": "0.3",
+    # The tests' callback receivers listen on 127.0.0.1 (test_egress.py checks the guard).
+    "BERTH_CALLBACK_ALLOW_PRIVATE": "true",
     # Agents run Python models only, unless a test gives them its Docker engine.
     "BERTH_DOCKER_HOST": "none",
 }
