@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 
 from shared.proc import die_with_parent
 
@@ -82,6 +83,7 @@ class LocalNats:
         max_payload: int = MAX_PAYLOAD,
         config: str = "",
         name: str = "berth-local",
+        token: str | None = None,
     ):
         self.store_dir = store_dir
         self.max_payload = max_payload
@@ -89,7 +91,11 @@ class LocalNats:
         self.name = name  # unique within a cluster
         self.host = host
         self.port = port or free_port()
-        self.url = f"nats://{host}:{self.port}"
+        # With a token, only clients that show it may connect: a model on this host
+        # must not read the queue, the job store or another endpoint's requests.
+        self.token = token
+        self.address = f"nats://{host}:{self.port}"  # for messages: no credential in it
+        self.url = f"nats://{token}@{host}:{self.port}" if token else self.address
         self.log = log or store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -98,7 +104,14 @@ class LocalNats:
         # Room for OctoAI's documented 10 MB request bodies in one message (NATS's default is
         # 1 MB; larger bodies would take the object store, which works but costs round trips).
         config = self.store_dir / "nats-server.conf"
-        config.write_text(f"max_payload: {self.max_payload}\n{self.config}\n")
+        auth = (
+            f"authorization {{ token: {orjson.dumps(self.token).decode()} }}\n"
+            if self.token
+            else ""
+        )
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"max_payload: {self.max_payload}\n{auth}{self.config}\n")
         popen.setdefault("preexec_fn", die_with_parent)  # no orphan if our process dies
         popen["env"] = go_threads(popen.get("env") or os.environ, len(os.sched_getaffinity(0)))
         self.proc = subprocess.Popen(

@@ -15,9 +15,15 @@ from nats.js.kv import KeyValue
 from broker.wire import Wire
 from shared.errors import BrokerUnavailable
 
-__all__ = ["Broker", "connect", "connected"]
+__all__ = ["Broker", "connect", "connected", "redact"]
 
 log = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """A NATS URL fit for a log line: its user, password or token left out."""
+    scheme, sep, rest = url.rpartition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
 @dataclass(slots=True)
@@ -79,7 +85,7 @@ async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
 
     async def on_disconnect() -> None:
         if not nc.is_draining and not nc.is_closed:  # a drop, not our own close
-            log.warning("nats: disconnected from %s", url)
+            log.warning("nats: disconnected from %s", redact(url))
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
@@ -104,7 +110,7 @@ async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
                 reconnected_cb=on_reconnect,
             )
     except Exception as exc:
-        raise BrokerUnavailable(f"cannot connect to NATS at {url}: {exc}") from exc
+        raise BrokerUnavailable(f"cannot connect to NATS at {redact(url)}: {exc}") from exc
     return Broker(nc=nc, js=nc.jetstream(timeout=timeout), timeout=timeout, url=url, name=name)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,11 @@ class CommonSettings(BaseSettings):
     # JetStream hands a request to another replica this long after the last sign of
     # life from the agent working on it; agents send in-progress acks at a third of it.
     ack_wait: float = 30.0
+    # What one model archive may unpack to (checked at upload and again before an agent
+    # unpacks it): bytes in all, members, and unpacked bytes per archive byte.
+    model_max_unpacked: int = 2 * 1024 * 1024 * 1024
+    model_max_members: int = 20_000
+    model_max_ratio: float = 200.0
 
 
 class ApiSettings(CommonSettings):
@@ -134,6 +140,19 @@ class AgentSettings(CommonSettings):
     gpus: str | None = None
     # Replicas this agent runs at once (GPU replicas also need free GPUs of their type).
     slots: int = 8
+    # An unpacked model is removed this long after the last replica using it ended.
+    model_keep: float = 600.0
+    # Process replicas' sandbox (workers/sandbox.py, docs/secrets.md): "auto" applies
+    # Landlock where the kernel has it and warns where it does not; "required" fails a
+    # replica's start without it; "off" runs models with the agent's own file access.
+    sandbox: Literal["auto", "required", "off"] = "auto"
+    # An agent running as root runs process replicas as uid 0 with no capabilities; with
+    # a base set, as uid/gid base + slot instead (Python and Berth must then be readable
+    # by other users).
+    replica_uid_base: int = Field(default=0, ge=0)
+    # Folders every process replica may also write, separated by os.pathsep (a shared
+    # volume, say). Berth's data directory may not be one of them.
+    replica_writable: str = ""
 
 
 # The share of its time a replica should be busy when the scaler sizes an endpoint to its

@@ -42,6 +42,7 @@ FAST = {
     "BERTH_ENDPOINT_DOMAIN": "berth.test",
     "BERTH_LOG_LEVEL": "INFO",
     "BERTH_CALLBACK_BACKOFF": "0.3",
+    "BERTH_MODEL_KEEP": "1",
     # The tests' callback receivers listen on 127.0.0.1 (test_egress.py checks the guard).
     "BERTH_CALLBACK_ALLOW_PRIVATE": "true",
     # Agents run Python models only, unless a test gives them its Docker engine.
@@ -68,6 +69,31 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
         return wait_until(predicate, timeout, what, interval)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _replica_shared() -> Iterator[Path]:
+    """A folder every test replica may write (BERTH_REPLICA_WRITABLE), where tests have
+    models record what they did. Outside pytest's base folder, which holds Berth's
+    data directories that replicas may not touch (the agent refuses to start them then)."""
+    import tests.conftest  # pytest loads this file as `conftest`; tests import it by its path
+
+    folder = Path(tempfile.mkdtemp(prefix="berth-replica-shared-"))
+    fast = {id(FAST): FAST, id(tests.conftest.FAST): tests.conftest.FAST}.values()
+    for each in fast:
+        each["BERTH_REPLICA_WRITABLE"] = str(folder)
+    yield folder
+    for each in fast:
+        each.pop("BERTH_REPLICA_WRITABLE", None)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_tmp(_replica_shared: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh folder for this test that its replicas may write (see _replica_shared)."""
+    folder = Path(tempfile.mkdtemp(prefix="t-", dir=_replica_shared))
+    folder.chmod(0o777)  # replicas may run as a uid of their own
+    return folder
 
 
 @pytest.fixture(scope="session")

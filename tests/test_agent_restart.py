@@ -14,9 +14,11 @@ from tests.conftest import FAST, NatsServer, Stack, process_alive, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def test_agent_killed_mid_request_then_restarted(own_nats: NatsServer, tmp_path: Path) -> None:
+def test_agent_killed_mid_request_then_restarted(
+    own_nats: NatsServer, tmp_path: Path, shared_tmp: Path
+) -> None:
     stack = Stack(tmp_path / "berth", own_nats.url, env=FAST)
-    calls = tmp_path / "calls.log"
+    calls = shared_tmp / "calls.log"
     try:
         stack.start()
         stack.deploy("survive", max_replicas=1)

@@ -89,8 +89,10 @@ def test_async_failures_and_access(stack: Stack, name: str) -> None:
             c.delete(f"/v1/endpoint/{broken}")
 
 
-def test_many_async_requests_complete_in_order(stack: Stack, name: str, tmp_path: Path) -> None:
-    order = tmp_path / "order.log"
+def test_many_async_requests_complete_in_order(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
+    order = shared_tmp / "order.log"
     stack.deploy(name, max_replicas=1)
     with stack.client() as c:
         jobs = [submit(c, name, {"prompt": f"j{i}", "log": str(order)}) for i in range(25)]
@@ -147,9 +149,9 @@ async def job_seqs(url: str, ids: list[str]) -> dict[str, int]:
 
 
 def test_concurrent_async_submissions_run_in_queue_order(
-    stack: Stack, name: str, nats_server: NatsServer, tmp_path: Path
+    stack: Stack, name: str, nats_server: NatsServer, tmp_path: Path, shared_tmp: Path
 ) -> None:
-    order = tmp_path / "order.log"
+    order = shared_tmp / "order.log"
     stack.deploy(name, max_replicas=1)
 
     async def submit_all() -> list[dict[str, Any]]:

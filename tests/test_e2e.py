@@ -69,11 +69,13 @@ def test_min_replicas_start_without_traffic(stack: Stack, name: str) -> None:
     )
 
 
-async def test_queue_is_fifo_beyond_free_slots(stack: Stack, name: str, tmp_path: Path) -> None:
+async def test_queue_is_fifo_beyond_free_slots(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
     """With one replica busy, later requests wait in JetStream and are served in arrival order."""
     stack.deploy(name, max_replicas=1, min_replicas=1)
     wait_for(lambda: stack.replicas(name), 30, "the replica")
-    order = tmp_path / "order.log"
+    order = shared_tmp / "order.log"
     async with stack.aclient() as c:
         first = asyncio.create_task(
             c.post(f"/e/{name}/infer", json={"prompt": "0", "sleep": 1.0, "log": str(order)})
@@ -140,9 +142,11 @@ def test_setup_failure_ends_request_with_the_cause(stack: Stack, name: str) -> N
         assert int(resp.headers["retry-after"]) >= 1
 
 
-def test_killed_replica_mid_request_is_redelivered(stack: Stack, name: str, tmp_path: Path) -> None:
+def test_killed_replica_mid_request_is_redelivered(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
     stack.deploy(name, max_replicas=1)
-    calls = tmp_path / "calls.log"
+    calls = shared_tmp / "calls.log"
     with stack.client() as c:
         pid = c.post(f"/e/{name}/infer", json={"prompt": "warm"}).json()["output"]["pid"]
 
@@ -280,11 +284,11 @@ def test_any_method_path_and_query_are_forwarded(stack: Stack, name: str) -> Non
 
 
 def test_long_request_is_kept_alive_not_redelivered(
-    stack: Stack, name: str, tmp_path: Path
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
 ) -> None:
     """A request running longer than ack_wait (2 s in tests) is delivered once, thanks to in-progress acks."""
     stack.deploy(name, max_replicas=2)
-    calls = tmp_path / "calls.log"
+    calls = shared_tmp / "calls.log"
     with stack.client() as c:
         resp = c.post(f"/e/{name}/infer", json={"prompt": "long", "sleep": 5.0, "log": str(calls)})
     assert resp.status_code == 200, resp.text
@@ -328,10 +332,12 @@ def test_delete_then_recreate_gets_a_fresh_replica(stack: Stack, name: str) -> N
         assert c.post(f"/e/{name}/env", json={"name": "VERSION"}).json()["output"]["value"] == "new"
 
 
-async def test_full_queue_is_429_with_retry_after(stack: Stack, name: str, tmp_path: Path) -> None:
+async def test_full_queue_is_429_with_retry_after(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
     stack.deploy(name, min_replicas=1, max_replicas=1, max_queue_length=1)
     wait_for(lambda: stack.replicas(name), 30, "the replica")
-    started = tmp_path / "started.log"
+    started = shared_tmp / "started.log"
     async with stack.aclient() as c:
         running = asyncio.create_task(
             c.post(f"/e/{name}/infer", json={"prompt": "a", "sleep": 1.5, "log": str(started)})

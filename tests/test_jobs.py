@@ -26,8 +26,10 @@ def busy(c: httpx.Client, name: str, seconds: float, log: Path) -> dict[str, Any
     return job
 
 
-def test_cancel_a_queued_and_a_running_job(stack: Stack, name: str, tmp_path: Path) -> None:
-    log = tmp_path / "ran.log"
+def test_cancel_a_queued_and_a_running_job(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
+    log = shared_tmp / "ran.log"
     stack.deploy(name, max_replicas=1)
     with stack.client() as c:
         running = busy(c, name, 2.0, log)
@@ -55,8 +57,10 @@ def test_cancel_a_queued_and_a_running_job(stack: Stack, name: str, tmp_path: Pa
         assert ended.status_code == 409 and ended.json()["error"]["code"] == "conflict"
 
 
-def test_deadlines_expire_queued_work(stack: Stack, name: str, tmp_path: Path) -> None:
-    log = tmp_path / "ran.log"
+def test_deadlines_expire_queued_work(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
+    log = shared_tmp / "ran.log"
     stack.deploy(name, max_replicas=1)
     with stack.client() as c:
         busy(c, name, 1.5, log)
@@ -86,8 +90,10 @@ def test_deadlines_expire_queued_work(stack: Stack, name: str, tmp_path: Path) -
             assert resp.json()["error"]["code"] == "invalid_request"
 
 
-def test_idempotency_key_returns_the_same_job(stack: Stack, name: str, tmp_path: Path) -> None:
-    log = tmp_path / "ran.log"
+def test_idempotency_key_returns_the_same_job(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
+    log = shared_tmp / "ran.log"
     stack.deploy(name)
     body = {"prompt": "once", "log": str(log)}
     key = {**ASYNC, "Idempotency-Key": "order-42"}
@@ -157,9 +163,9 @@ def test_prefer_wait_answers_inline_or_becomes_a_job(stack: Stack, name: str) ->
 
 
 def test_a_sync_caller_that_hangs_up_cancels_its_queued_request(
-    stack: Stack, name: str, tmp_path: Path
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
 ) -> None:
-    log = tmp_path / "ran.log"
+    log = shared_tmp / "ran.log"
     stack.deploy(name, max_replicas=1)
     with stack.client() as c:
         busy(c, name, 1.5, log)
@@ -175,9 +181,9 @@ def test_a_sync_caller_that_hangs_up_cancels_its_queued_request(
 
 
 def test_queued_jobs_show_position_wait_and_timings(
-    stack: Stack, name: str, tmp_path: Path
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
 ) -> None:
-    log = tmp_path / "ran.log"
+    log = shared_tmp / "ran.log"
     stack.deploy(name, max_replicas=1)
     with stack.client() as c:
         # A request finished first, so the replica knows its service time.

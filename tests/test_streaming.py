@@ -20,8 +20,10 @@ def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def test_chunks_arrive_as_the_replica_yields_them(stack: Stack, name: str, tmp_path: Path) -> None:
-    log = tmp_path / "sent.log"
+def test_chunks_arrive_as_the_replica_yields_them(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
+    log = shared_tmp / "sent.log"
     stack.deploy(name)
     body = {"prompt": "s", "n": 3, "delay": 1.0, "log": str(log)}
     events: list[Any] = []
@@ -57,8 +59,10 @@ def test_a_generator_without_sse_answers_all_chunks_at_once(stack: Stack, name: 
         assert bad.status_code == 422
 
 
-def test_a_caller_that_hangs_up_stops_the_stream(stack: Stack, name: str, tmp_path: Path) -> None:
-    log = tmp_path / "sent.log"
+def test_a_caller_that_hangs_up_stops_the_stream(
+    stack: Stack, name: str, tmp_path: Path, shared_tmp: Path
+) -> None:
+    log = shared_tmp / "sent.log"
     stack.deploy(name, max_replicas=1)
     body = {"prompt": "h", "n": 100, "delay": 0.1, "log": str(log)}
     with stack.client() as c:

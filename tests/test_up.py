@@ -158,3 +158,53 @@ def test_an_operators_gomaxprocs_is_kept() -> None:
     assert go_threads({"GOMAXPROCS": "6", "PATH": "/bin"}, 2)["GOMAXPROCS"] == "6"
     assert go_threads({"PATH": "/bin"}, 2) == {"PATH": "/bin", "GOMAXPROCS": "1"}
     assert go_threads({}, 32)["GOMAXPROCS"] == "8"
+
+
+def _children(pid: int) -> dict[str, int]:
+    """`berth up`'s children by their subcommand (api, scaler, agent)."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat_line.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"berth.cli" in argv:
+            found[argv[argv.index(b"berth.cli") + 1].decode()] = int(entry.name)
+    return found
+
+
+def test_berth_up_restarts_a_crashed_child_and_keeps_serving(tmp_path: Path) -> None:
+    up = Up(tmp_path / "data")
+    up.start()
+    try:
+        assert up.proc is not None
+        deployed = up.cli("deploy", str(ROOT / "examples" / "echo"), "--name", "echo")
+        assert deployed.returncode == 0, deployed.stderr
+        assert up.cli("infer", "echo", '{"prompt": "a"}').returncode == 0
+        for victim in ("agent", "api", "scaler"):
+            before = wait_for(lambda v=victim: _children(up.proc.pid).get(v), 30, victim)
+            os.kill(before, signal.SIGKILL)
+            wait_for(
+                lambda v=victim, b=before: _children(up.proc.pid).get(v) not in (None, b),
+                30,
+                f"{victim} to be started again",
+            )
+            called = up.cli("infer", "echo", '{"prompt": "again"}')
+            assert called.returncode == 0, called.stderr + up.log.read_text()[-3000:]
+            assert json.loads(called.stdout)["output"]["text"] == "again"
+        log = up.log.read_text()
+        assert "agent exited with code -9; starting it again" in log
+        assert up.proc.poll() is None  # berth up itself never stopped
+        # The embedded nats-server lets in only clients with its token.
+        assert stat.S_IMODE((up.data_dir / "nats-token").stat().st_mode) == 0o600
+        with socket.create_connection(("127.0.0.1", up.nats_port), timeout=5) as s:
+            s.recv(4096)  # INFO
+            s.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
+            assert b"Authorization Violation" in s.recv(4096)
+    finally:
+        assert up.interrupt() == 0
+    assert "berth: stopped" in up.log.read_text()

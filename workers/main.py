@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from broker.connection import connected
 from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import AgentSettings
 from workers.agent import Agent
 from workers.runtimes.base import Runtime
-from workers.runtimes.process import ProcessRuntime
+from workers.runtimes.process import ProcessRuntime, SandboxSettings
 
 log = logging.getLogger("workers.main")
 
@@ -44,10 +45,17 @@ def main(settings: AgentSettings | None = None) -> None:
     async def run(on_stop: OnStop) -> None:
         name = f"berth-agent-{settings.agent_id}"
         async with connected(settings.nats_url, name, timeout=settings.nats_timeout) as broker:
+            sandbox = SandboxSettings(
+                mode=settings.sandbox,
+                data_dir=settings.data_dir.resolve(),
+                scratch_dir=settings.data_dir.resolve() / f"agent-{settings.agent_id}" / "scratch",
+                uid_base=settings.replica_uid_base,
+                writable=tuple(p for p in settings.replica_writable.split(os.pathsep) if p),
+            )
             agent = Agent(
                 settings,
                 broker,
-                ProcessRuntime(settings.replica_host),
+                ProcessRuntime(settings.replica_host, sandbox=sandbox),
                 await docker_runtime(settings),
             )
             on_stop(agent.shutdown)

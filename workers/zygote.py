@@ -28,6 +28,7 @@ import uvloop  # noqa: F401
 import workers.replica
 import workers.server
 from shared.proc import die_with_parent
+from workers.sandbox import Policy, SandboxError, apply
 from workers.service import Service
 
 
@@ -62,6 +63,12 @@ def _child(request: dict[str, Any], out_fd: int) -> None:
         os.dup2(log_fd, 2)
         os.environ.clear()
         os.environ.update(request["env"])
+        if request.get("sandbox"):
+            try:
+                apply(Policy.from_json(request["sandbox"]))
+            except (SandboxError, OSError) as exc:
+                print(f"berth: cannot sandbox the replica: {exc}", file=sys.stderr, flush=True)
+                os._exit(3)
         os.chdir(request["model_dir"])
         sys.argv = ["workers.replica", request["model_dir"]]
         workers.replica.main([request["model_dir"]])
