@@ -213,8 +213,10 @@ class Dispatcher:
         ok = status is not None and 200 <= status < 300
         attempts = job.callback.attempts + 1
         finished = job.finished_at or time.time()
-        give_up = blocked or status in GIVE_UP_STATUS or (
-            time.time() - finished > self._ctx.settings.callback_retry_for
+        give_up = (
+            blocked
+            or status in GIVE_UP_STATUS
+            or (time.time() - finished > self._ctx.settings.callback_retry_for)
         )
         delay = None if ok or give_up else self.delay(attempts)
 

@@ -20,7 +20,7 @@ import orjson
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from broker.artifacts import ModelCache
+from broker.artifacts import ArchiveLimits, ModelCache
 from broker.connection import Broker
 from broker.registry import delete_key, put_model
 from shared import names
@@ -56,7 +56,12 @@ class Agent:
         self.docker = docker
         self.id = settings.agent_id
         self.work_dir = Path(settings.data_dir) / f"agent-{self.id}"
-        self.models = ModelCache(broker, self.work_dir / "models")
+        self.models = ModelCache(
+            broker,
+            self.work_dir / "models",
+            keep=settings.model_keep,
+            limits=ArchiveLimits.of(settings),
+        )
         self.replicas: dict[str, ReplicaSupervisor] = {}
         self.gpus = GpuPool([])
         # The host's size does not change while the agent runs: read it once.
@@ -90,6 +95,7 @@ class Agent:
     async def run(self) -> None:
         """Serve until :meth:`shutdown`; then drain every replica and return."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        await self.models.purge()  # left by an earlier run: no replica uses them now
         self.gpus = GpuPool(await asyncio.to_thread(discover, self.settings.gpus))
         await self._forget_previous_life()
         for runtime in (self.runtime, self.docker):
@@ -120,6 +126,7 @@ class Agent:
             await self._drain()
             with contextlib.suppress(Exception):
                 await delete_key(self.broker, names.KV_AGENTS, self.id)
+            self.models.close()
             await self.runtime.close()
             if self.docker is not None:
                 await self.docker.close()

@@ -94,6 +94,7 @@ class ReplicaSupervisor:
         self._settings = settings
         self._work_dir = work_dir
         self._models = models
+        self._held_model: str | None = None
         self._on_change = on_change
         self.gpus = gpus or []
         now = time.time()
@@ -259,6 +260,9 @@ class ReplicaSupervisor:
             if self._replica is not None:
                 with contextlib.suppress(Exception):
                     await self._replica.stop(self._settings.stop_grace)
+            if self._held_model is not None:
+                self._models.release(self._held_model)
+                self._held_model = None
             with contextlib.suppress(Exception):
                 await self._event("replica_stopped")
 
@@ -273,7 +277,7 @@ class ReplicaSupervisor:
         model_dir: Path | None = None
         if spec.model_id:
             try:
-                model_dir = await self._models.get(spec.model_id)
+                model_dir = await self._hold_model(spec.model_id)
             except BerthError as exc:
                 raise StartFailed(exc.message) from exc
         secrets = await self._secrets()
@@ -316,6 +320,14 @@ class ReplicaSupervisor:
             await replica.stop(self._settings.stop_grace)
             raise
         return replica, client
+
+    async def _hold_model(self, model_id: str) -> Path:
+        """The model's folder, held (not removed) until this supervisor ends."""
+        if self._held_model is None:
+            path = await self._models.acquire(model_id)
+            self._held_model = model_id
+            return path
+        return await self._models.get(model_id)
 
     async def _report(self, type_: str, details: dict[str, Any]) -> None:
         await self._event(type_, **details)

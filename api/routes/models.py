@@ -1,4 +1,9 @@
-"""Uploading Python model folders (Berth's addition): ``POST /v1/models`` with a tar.gz body."""
+"""Uploading Python model folders (Berth's addition): ``POST /v1/models`` with a tar.gz body.
+
+The archive is checked before it is stored, off the event loop: members outside the
+folder, links and devices are a 422 naming the member; past the unpacked size,
+member count or compression ratio limits, a 413 (broker/artifacts.py).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from fastapi import APIRouter, Request, status
 
 from api.auth import AdminDep
 from api.context import ContextDep
-from broker.artifacts import MAX_ARCHIVE_BYTES, store_model
+from broker.artifacts import MAX_ARCHIVE_BYTES, ArchiveLimits, store_model
 from shared.errors import BodyTooLarge
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[AdminDep])
@@ -21,5 +26,5 @@ async def upload_model(request: Request, ctx: ContextDep) -> dict[str, object]:
         if size > MAX_ARCHIVE_BYTES:
             raise BodyTooLarge(f"model archive is over {MAX_ARCHIVE_BYTES // (1024 * 1024)} MiB")
         chunks.append(chunk)
-    model_id = await store_model(ctx.broker, b"".join(chunks))
+    model_id = await store_model(ctx.broker, b"".join(chunks), ArchiveLimits.of(ctx.settings))
     return {"model_id": model_id, "size": size}
