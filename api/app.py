@@ -30,7 +30,7 @@ from broker.registry import KvView, delete_key
 from broker.secrets import serve_replica_secrets
 from shared import names
 from shared.db import Database, run_migrations
-from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord
+from shared.messages import AgentRecord, EndpointHealth, EndpointSpec, ReplicaRecord
 from shared.models import ApiToken, Endpoint
 from shared.settings import ApiSettings
 from shared.stores import open_store
@@ -123,6 +123,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     endpoints=KvView(broker, names.KV_ENDPOINTS, EndpointSpec),
                     replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
                     agents=KvView(broker, names.KV_AGENTS, AgentRecord),
+                    health=KvView(broker, names.KV_HEALTH, EndpointHealth),
                     auth=Authenticator(db, settings.static_admin_token(), settings.token_cache_ttl),
                     store=store,
                     webhooks=WebhookSecrets(store),
@@ -131,6 +132,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
                 await ctx.endpoints.start()
                 await ctx.replicas.start()
                 await ctx.agents.start()
+                await ctx.health.start()
                 dispatcher = Dispatcher(ctx)
                 try:
                     await _resync(ctx)
@@ -144,6 +146,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     await ctx.endpoints.stop()
                     await ctx.replicas.stop()
                     await ctx.agents.stop()
+                    await ctx.health.stop()
         finally:
             await db.close()
 

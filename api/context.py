@@ -13,7 +13,7 @@ from broker.connection import Broker
 from broker.publish import Requester
 from broker.registry import KvView
 from shared.db import Database
-from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord
+from shared.messages import AgentRecord, EndpointHealth, EndpointSpec, ReplicaRecord
 from shared.settings import ApiSettings
 from shared.stores import SecretStore
 
@@ -34,6 +34,7 @@ class AppContext:
     endpoints: KvView[EndpointSpec]
     replicas: KvView[ReplicaRecord]
     agents: KvView[AgentRecord]
+    health: KvView[EndpointHealth]
     auth: Authenticator
     store: SecretStore
     webhooks: WebhookSecrets

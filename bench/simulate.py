@@ -52,6 +52,7 @@ from scaler.loop import Scaler
 from shared import names
 from shared.messages import (
     AgentRecord,
+    EndpointHealth,
     EndpointSpec,
     ReplicaRecord,
     ReplicaState,
@@ -253,6 +254,9 @@ class _SimActions:
 
     async def fail_queued(self, endpoint: str, reply: Reply, *, before: float) -> int:
         return 0  # starts never fail here
+
+    async def mark_health(self, endpoint: str, health: EndpointHealth | None) -> None:
+        pass
 
 
 class Berth:

@@ -96,6 +96,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
         (names.KV_REPLICAS, replica_ttl),
         (names.KV_AGENTS, replica_ttl),
         (names.KV_LEASES, names.LEASE_TTL),
+        (names.KV_HEALTH, None),
     ):
         try:
             await js.key_value(bucket)

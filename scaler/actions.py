@@ -16,9 +16,10 @@ from broker.connection import Broker
 from broker.envelope import Reply
 from broker.events import publish_event
 from broker.pull import fail_queued
+from broker.registry import delete_key, put_model
 from broker.streams import Backlog, backlog
 from shared import names
-from shared.messages import StartReplica, StopReplica
+from shared.messages import EndpointHealth, StartReplica, StopReplica
 
 __all__ = ["Actions", "NatsActions"]
 
@@ -46,6 +47,9 @@ class Actions(Protocol):
 
     async def fail_queued(self, endpoint: str, reply: Reply, *, before: float) -> int:
         """Answer every request queued before ``before`` with ``reply``; how many."""
+
+    async def mark_health(self, endpoint: str, health: EndpointHealth | None) -> None:
+        """Mark the endpoint failing (shown on it by the API), or clear the mark (None)."""
 
 
 class NatsActions:
@@ -84,3 +88,9 @@ class NatsActions:
 
     async def fail_queued(self, endpoint: str, reply: Reply, *, before: float) -> int:
         return await fail_queued(self.broker, endpoint, reply, before=before)
+
+    async def mark_health(self, endpoint: str, health: EndpointHealth | None) -> None:
+        if health is None:
+            await delete_key(self.broker, names.KV_HEALTH, endpoint)
+        else:
+            await put_model(self.broker, names.KV_HEALTH, endpoint, health)

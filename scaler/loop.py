@@ -35,6 +35,7 @@ from shared import names
 from shared.instance_types import parse_instance_type
 from shared.messages import (
     AgentRecord,
+    EndpointHealth,
     EndpointSpec,
     ReplicaRecord,
     ReplicaState,
@@ -98,6 +99,8 @@ class Scaler:
         self.activity: dict[str, float] = {}
         self.pending: dict[str, PendingStart] = {}
         self.failures: dict[str, StartFailure] = {}
+        # Endpoints marked failing (EndpointHealth in the health KV bucket).
+        self.failing: dict[str, EndpointHealth] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._shutdown = asyncio.Event()
@@ -325,11 +328,47 @@ class Scaler:
                 retry_in_s=round(delay, 1),
                 failures=count,
             )
+            if count >= self.settings.failing_after:
+                await self._mark_failing(
+                    endpoint, failure, first=count == self.settings.failing_after
+                )
             if not self._live(endpoint, now, exclude=msg_replica(msg)):
                 await self._fail_waiting(endpoint, failure)
         elif type_ == "replica_ready":
-            self.failures.pop(endpoint, None)
+            await self._clear_failure(endpoint, "a replica became ready")
         self._mark(endpoint)
+
+    async def _mark_failing(self, endpoint: str, failure: StartFailure, *, first: bool) -> None:
+        """Past ``failing_after`` failed starts in a row the endpoint is marked failing:
+        shown on the endpoint, said once in its events; starts go on being tried at
+        the back-off's pace, and requests are answered at once with the reason."""
+        previous = self.failing.get(endpoint)
+        since = previous.since if previous else self.clock()
+        health = EndpointHealth(
+            endpoint=endpoint,
+            reason=failure.reason,
+            failures=failure.count,
+            since=since,
+            retry_at=failure.until,
+            digest=failure.digest,
+        )
+        self.failing[endpoint] = health
+        await self.actions.mark_health(endpoint, health)
+        if first or previous is None:
+            await self.actions.event(
+                "scale",
+                endpoint,
+                "endpoint_failing",
+                level="warning",
+                reason=failure.reason,
+                failures=failure.count,
+            )
+
+    async def _clear_failure(self, endpoint: str, why: str) -> None:
+        self.failures.pop(endpoint, None)
+        if self.failing.pop(endpoint, None) is not None and self.leader:
+            await self.actions.mark_health(endpoint, None)
+            await self.actions.event("scale", endpoint, "endpoint_recovered", reason=why)
 
     async def _fail_waiting(self, endpoint: str, failure: StartFailure) -> None:
         message = f"no replica of endpoint {endpoint!r} could start: {failure.reason}"
@@ -406,6 +445,10 @@ class Scaler:
             for r in self.records(endpoint, now):
                 await self._stop(r, "endpoint deleted", only_if_idle=False)
             return Decision()
+        failure = self.failures.get(endpoint)
+        if failure is not None and failure.digest and failure.digest != spec.replica_digest():
+            # A new config is a new chance: the old one's failures do not hold it back.
+            await self._clear_failure(endpoint, "the endpoint's config changed")
         bl = await self.actions.backlog(endpoint) or Backlog(queued=0, in_flight=0)
         obs = self.observe(endpoint, spec, bl, now)
         decision = decide(obs)

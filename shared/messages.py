@@ -10,7 +10,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
@@ -213,6 +213,21 @@ class ReplicaRecord(BaseModel):
 
     def fresh(self, now: float) -> bool:
         return now - self.updated_at < self.ttl
+
+
+class EndpointHealth(BaseModel):
+    """An endpoint whose replicas keep failing to start, as the scaler's leader marks it
+    (the health KV bucket); the key is deleted when a replica becomes ready again."""
+
+    v: int = 1
+    endpoint: str
+    state: Literal["failing"] = "failing"
+    reason: str
+    failures: int
+    since: float
+    retry_at: float
+    # EndpointSpec.replica_digest() of the config that fails.
+    digest: str = ""
 
 
 class GpuInfo(BaseModel):

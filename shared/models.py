@@ -24,6 +24,7 @@ __all__ = [
     "Endpoint",
     "EndpointCreate",
     "EndpointPublic",
+    "FailingPublic",
     "EndpointState",
     "EndpointUpdate",
     "ReplicaPublic",
@@ -168,10 +169,22 @@ class ReplicaPublic(SQLModel):
     age: int = -1
 
 
+class FailingPublic(SQLModel):
+    """Why an endpoint's replicas keep failing to start (Berth's addition)."""
+
+    reason: str
+    failures: int  # failed starts in a row
+    since: float
+    retry_at: float  # when the next start is tried
+
+
 class EndpointPublic(EndpointBase):
     name: str
     endpoint: str
     replicas: list[ReplicaPublic] = Field(default_factory=list)
+    # Set while the endpoint's replicas keep failing to start: requests are then
+    # answered at once with 503 and this reason, and queued jobs end failed with it.
+    failing: FailingPublic | None = None
     # Berth's additions: requests waiting in the endpoint's queue, and being served.
     queued: int = 0
     in_flight: int = 0

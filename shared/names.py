@@ -24,6 +24,8 @@ KV_ENDPOINTS = "berth_endpoints"
 KV_REPLICAS = "berth_replicas"
 KV_AGENTS = "berth_agents"
 KV_LEASES = "berth_leases"
+# endpoint name → EndpointHealth, while its replicas keep failing to start.
+KV_HEALTH = "berth_health"
 # A scaler that stops renewing loses its lease this long after its last renewal.
 LEASE_TTL = 5.0
 OBJ_MODELS = "berth_models"

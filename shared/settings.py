@@ -167,6 +167,9 @@ class ScalerSettings(CommonSettings):
     # After a failed start, wait this long (doubling, capped) before trying again.
     start_backoff: float = 2.0
     start_backoff_max: float = 60.0
+    # After this many failed starts in a row an endpoint is marked failing (its
+    # reason shown on it and in events) until a replica becomes ready.
+    failing_after: int = Field(default=4, ge=1)
     # How busy replicas may be on average before more start (scaler/policy.py): lower
     # waits less and spends more replica time.
     target_utilisation: float = Field(default=TARGET_UTILISATION, gt=0.0, le=1.0)

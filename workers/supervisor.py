@@ -208,10 +208,18 @@ class ReplicaSupervisor:
                 self._broken.clear()
                 try:
                     replica, client = await self._launch()
-                except StartFailed as exc:
+                except Exception as exc:
                     if self._stop.is_set():  # stopped on purpose while starting: no failure
                         break
-                    reason = str(exc)
+                    # Every way a start can fail is a start failure, reported as one (the
+                    # scaler's back-off hangs on that event), never a crash of this loop.
+                    reason = (
+                        str(exc)
+                        if isinstance(exc, StartFailed)
+                        else f"the agent could not start the replica: {type(exc).__name__}: {exc}"
+                    )
+                    if not isinstance(exc, StartFailed):
+                        log.warning("replica %s: %s", self.replica_id, reason, exc_info=exc)
                     await self._event(
                         "replica_start_failed",
                         warning=True,

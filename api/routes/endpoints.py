@@ -94,6 +94,9 @@ def to_public(ctx: AppContext, ep: Endpoint, backlog: Backlog | None = None) -> 
     data["replicas"] = replicas
     if backlog is not None:
         data["queued"], data["in_flight"] = backlog.queued, backlog.in_flight
+    health = ctx.health.items.get(ep.name)
+    if health is not None:
+        data["failing"] = health.model_dump(include={"reason", "failures", "since", "retry_at"})
     return EndpointPublic.model_validate(data)
 
 
