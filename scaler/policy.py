@@ -11,7 +11,9 @@ Two rules size an endpoint, both in replicas of ``concurrency_per_replica``:
 - **steady**: the load of the last ``STABLE_WINDOW`` seconds (requests in
   flight, time-averaged) at a utilisation target (``BERTH_TARGET_UTILISATION``, 0.5 by default).
 
-Replicas start at once up to the larger of the two (within min and max).
+Replicas start at once up to the larger of the two (within min and max); the
+steady rule starts none while nothing is queued or in flight, so no replica
+starts without a request that needs it.
 Surplus replicas stop, only when ready and idle, once neither rule needs them:
 while traffic goes on, never below one; to ``min_replicas`` only after
 ``scale_to_zero`` seconds without requests. No I/O and no clock here: the loop
@@ -172,16 +174,21 @@ def _scale(obs: Observation) -> Decision:
     per = max(1, spec.concurrency_per_replica)
     burst, burst_why = _burst(obs, per)
     steady = _steady(obs, per)
-    target = min(max(burst, steady or 0, spec.min_replicas), spec.max_replicas)
+    demand = obs.queued + obs.in_flight
+    # The steady rule sizes traffic that goes on: with nothing queued or running it
+    # starts no replica (the last minute's average outlives a scale to zero shorter
+    # than the window, and would start a replica that idleness stops at once).
+    grow = steady if demand else None
+    target = min(max(burst, grow or 0, spec.min_replicas), spec.max_replicas)
 
     if target > active:
         if obs.now < obs.backoff_until:
             return Decision(
                 reason=f"start held back {obs.backoff_until - obs.now:.1f} s after a failed start"
             )
-        if burst >= max(steady or 0, spec.min_replicas):
+        if burst >= max(grow or 0, spec.min_replicas):
             why = f"{burst_why} need {burst} replica(s)"
-        elif steady is not None and steady >= spec.min_replicas:
+        elif grow is not None and steady is not None and steady >= spec.min_replicas:
             why = (
                 f"the last {STABLE_WINDOW:.0f} s averaged {obs.mean_in_flight:.2f} requests in "
                 f"flight, {steady} replica(s) at {obs.utilisation:.0%} utilisation"
@@ -197,7 +204,6 @@ def _scale(obs: Observation) -> Decision:
                 stop=stop, reason=f"scale down {active} → {spec.max_replicas}: above max_replicas"
             )
 
-    demand = obs.queued + obs.in_flight
     idle_for = obs.now - obs.last_activity
     if demand == 0 and idle_for >= spec.scale_to_zero and active > spec.min_replicas:
         stop = _stoppable(obs, active - spec.min_replicas)

@@ -347,6 +347,20 @@ KNOWN = {"service": 0.5, "cold": 5.0}  # a replica serves in 0.5 s and starts in
             0,
         ),
         ("from zero, known: one for one request", obs(queued=1, rate=0.01, **KNOWN), 1),
+        # Scaled to zero after scale_to_zero (30 s) < the steady window: the last minute's
+        # average still says 0.1 in flight, but nothing waits. No start (issue #17's flap).
+        (
+            "the steady rule starts nothing for no request",
+            obs(busy=0.1, idle=31.0, rate=0.0, scale_to_zero=30, **KNOWN),
+            0,
+        ),
+        ("nor before estimates exist", obs(busy=0.4, idle=5.0, scale_to_zero=30), 0),
+        (
+            "nor beside an idle replica",
+            obs(replicas=(("a", R, 0),), busy=1.5, idle=5.0, **KNOWN),
+            0,
+        ),
+        ("min_replicas still holds", obs(busy=0.1, idle=31.0, min_replicas=1), 1),
         (
             "concurrency divides the work",
             obs(queued=1, rate=11.0, concurrency_per_replica=3, **KNOWN),

@@ -126,3 +126,33 @@ def test_long_requests_behind_short_estimates_still_get_replicas() -> None:
     assert timeline[78] == 1  # the fast ones need one replica (the cold start's extras gone)
     # The first long request runs from 80 s to 100 s; the other two would wait for it.
     assert max(timeline[80:98]) == 3
+
+
+def test_no_replica_starts_after_scale_to_zero_without_a_request() -> None:
+    """The README tour's endpoint (scale_to_zero 30 s, shorter than the steady window):
+    light use, then silence. After the scale down to zero, nothing starts again until
+    the next request; before the fix it flapped 1 → 0 → 1 for the rest of the window."""
+    spec = EndpointSpec(name="ep", max_replicas=2, scale_to_zero=30)
+    starts: list[float] = []
+
+    async def watch(world: World) -> None:
+        original = world.start
+
+        def start(name: str, rid: str | None = None) -> str:
+            starts.append(world.now)
+            return original(name, rid)
+
+        world.start = start  # type: ignore[method-assign]
+
+    light = [10.0 + 7 * i for i in range(8)]  # a request every 7 s until 59 s
+    later = [400.0]  # and one much later
+    timeline: list[int] = []
+
+    async def both(world: World) -> None:
+        await asyncio.gather(watch(world), every_second(timeline)(world))
+
+    simulate(spec, light + later, until=500.0, watch=both)
+    quiet = [t for t in starts if light[-1] + 1 < t < later[0]]
+    assert quiet == [], quiet
+    assert timeline[light[-1].__int__() + 40 : 399] == [0] * (399 - int(light[-1]) - 40)
+    assert len([t for t in starts if t >= later[0]]) == 1  # the next request starts one
