@@ -193,6 +193,8 @@ def test_berth_up_restarts_a_crashed_child_and_keeps_serving(tmp_path: Path) -> 
                 30,
                 f"{victim} to be started again",
             )
+            if victim == "api":  # a caller may retry once the new API listens
+                wait_for(lambda: port_open(up.port), 60, "the API to listen again")
             called = up.cli("infer", "echo", '{"prompt": "again"}')
             assert called.returncode == 0, called.stderr + up.log.read_text()[-3000:]
             assert json.loads(called.stdout)["output"]["text"] == "again"
