@@ -4,6 +4,14 @@ A pull asks for at most as many messages as there are free slots; a message is
 acked only after its reply was handed to NATS, and kept alive with in-progress
 acks while the replica works on it.
 
+A request whose in-progress acks stop (its agent died) is delivered again after
+``ack_wait``. Late acks from a live agent (its process stalled, or NATS restarted
+and restored the consumer's old delivery times) look the same to JetStream, so a
+request delivered again is first asked about (:class:`Holdings`): every agent
+answers whether one of its slots still holds it, and one that does is left to
+finish it. A request runs twice only if its agent gave no sign of life for
+``ack_wait`` and then no answer for ``held_wait``.
+
 The pull is JetStream's own protocol, spoken directly: a next-message request to
 the consumer with this puller's inbox as its reply subject, and the delivery (or a
 status: 408 when the request expired) handed to the waiting slot by the
@@ -21,6 +29,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -36,7 +45,7 @@ from shared.errors import BerthError, BrokerUnavailable
 from shared.messages import JobStatus
 from shared.waiting import wait_by
 
-__all__ = ["Delivery", "KeepAlive", "Puller", "fail_queued"]
+__all__ = ["Delivery", "Holdings", "KeepAlive", "Puller", "fail_queued"]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +70,78 @@ class Delivery:
         return self.attempt >= MAX_DELIVER
 
 
+class Holdings:
+    """The requests one agent's slots hold, by id, and the fleet's answer about others'.
+
+    Every agent answers on ``berth.held.*`` for each request asked about: "held" if
+    one of its slots took it and has not yet acked or handed it back, else "free".
+    """
+
+    def __init__(self, fleet_size: Callable[[], Awaitable[int]], wait: float):
+        self.ids: set[str] = set()
+        self._fleet_size = fleet_size
+        self._wait = wait
+        self._wire: Wire | None = None
+        self._sid = 0
+
+    async def open(self, wire: Wire) -> None:
+        self._wire = wire
+        self._sid = wire.subscribe(f"{names.HELD_SUBJECT_PREFIX}*", self._on_ask)
+
+    def close(self) -> None:
+        if self._wire is not None:
+            self._wire.unsubscribe(self._sid)
+
+    def _on_ask(self, msg: Message) -> None:
+        if msg.reply and self._wire is not None:
+            held = msg.data.decode("ascii", "replace") in self.ids
+            self._wire.publish(msg.reply, b"held" if held else b"free")
+
+    async def held_elsewhere(self, endpoint: str, request_id: str) -> bool:
+        """True if a live agent answers that it still holds the request.
+
+        Waits for a "held", for every agent with a fresh record to answer, or for
+        ``wait`` seconds (a dead agent's record stays fresh a while; it never answers).
+        """
+        wire = self._wire
+        assert wire is not None, "open() first"
+        try:
+            agents = await self._fleet_size()
+        except Exception as exc:  # unknown: wait out the time for answers
+            log.debug("fleet size unknown: %r", exc)
+            agents = 1 << 30
+        loop = asyncio.get_running_loop()
+        verdict: asyncio.Future[bool] = loop.create_future()
+        answers = 0
+
+        def on_answer(msg: Message) -> None:
+            nonlocal answers
+            answers += 1
+            if verdict.done():
+                return
+            if msg.data == b"held":
+                verdict.set_result(True)
+            elif answers >= agents:
+                verdict.set_result(False)
+
+        inbox = f"_INBOX.{secrets.token_hex(11)}"
+        sid = wire.subscribe(inbox, on_answer)
+        try:
+            wire.publish(names.held_subject(endpoint), request_id.encode(), reply=inbox)
+            wire.flush()
+            try:
+                return await wait_by(verdict, loop.time() + self._wait)
+            except TimeoutError:
+                return False
+        finally:
+            wire.unsubscribe(sid)
+
+
 class Puller:
-    def __init__(self, broker: Broker, endpoint: str):
+    def __init__(self, broker: Broker, endpoint: str, holdings: Holdings | None = None):
         self._broker = broker
         self.endpoint = endpoint
+        self._holdings = holdings
         self._next_subject = (
             f"$JS.API.CONSUMER.MSG.NEXT.{names.REQUESTS_STREAM}.{names.consumer_name(endpoint)}"
         )
@@ -141,6 +218,20 @@ class Puller:
             return None
         envelope = RequestEnvelope.from_headers(msg.headers or {})
         delivery = Delivery(msg=msg, envelope=envelope, body=msg.data, attempt=attempt(msg.reply))
+        holdings = self._holdings
+        if holdings is not None:
+            rid = envelope.request_id
+            if delivery.attempt > 1 and await holdings.held_elsewhere(self.endpoint, rid):
+                # Left unacked: its holder's in-progress acks keep it from coming back,
+                # and its ack ends it; if the holder dies, it is delivered again.
+                log.warning(
+                    "request %s delivered again (attempt %d) while a live agent still "
+                    "answers it: left to that agent",
+                    rid,
+                    delivery.attempt,
+                )
+                return None
+            holdings.ids.add(rid)
         if envelope.body_ref:
             try:
                 delivery.body = await get_body(self._broker, envelope.body_ref)
@@ -149,9 +240,15 @@ class Puller:
                 return None
         return delivery
 
+    def release(self, delivery: Delivery) -> None:
+        """This slot no longer holds the request (acked, handed back, or abandoned)."""
+        if self._holdings is not None:
+            self._holdings.ids.discard(delivery.envelope.request_id)
+
     async def _done(self, delivery: Delivery) -> None:
         """The request is answered: ack it, and drop its claim-checked body."""
         self.wire.publish(delivery.msg.reply, b"+ACK")
+        self.release(delivery)
         if delivery.envelope.body_ref:
             await drop_body(self._broker, delivery.envelope.body_ref)
 
@@ -232,6 +329,7 @@ class Puller:
         """Give the request back to the queue for another replica."""
         nak = b"-NAK" + (b' {"delay":%d}' % int(delay * 1e9) if delay else b"")
         self.wire.publish(delivery.msg.reply, nak)
+        self.release(delivery)
 
     def keepalive(self, delivery: Delivery, every: float) -> KeepAlive:
         """Send in-progress acks every ``every`` seconds until ``cancel()``.

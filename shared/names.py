@@ -85,6 +85,9 @@ CALLBACK_SUBJECT_PREFIX = "berth.cb."
 CALLBACKS_CONSUMER = "callbacks"
 # "Stop request <id> if you run it" (core NATS; payload: the request id).
 CANCEL_SUBJECT_PREFIX = "berth.cancel."
+# "Does a live agent still answer request <id>?" (core NATS; payload: the request id),
+# asked before running a request delivered again; every agent answers "held" or "free".
+HELD_SUBJECT_PREFIX = "berth.held."
 # Large request bodies and responses, by claim check (the message carries the object's name).
 OBJ_BODIES = "berth_bodies"
 
@@ -95,3 +98,7 @@ def callback_subject(request_id: str) -> str:
 
 def cancel_subject(endpoint: str) -> str:
     return f"{CANCEL_SUBJECT_PREFIX}{endpoint}"
+
+
+def held_subject(endpoint: str) -> str:
+    return f"{HELD_SUBJECT_PREFIX}{endpoint}"

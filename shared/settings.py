@@ -39,8 +39,9 @@ class CommonSettings(BaseSettings):
     nats_timeout: float = 5.0
     log_level: str = "INFO"
     # JetStream hands a request to another replica this long after the last sign of
-    # life from the agent working on it; agents send in-progress acks at a third of it.
-    ack_wait: float = 30.0
+    # life from the agent working on it (so a dead agent's requests run elsewhere this
+    # soon); agents send in-progress acks every fifth of it.
+    ack_wait: float = Field(default=5.0, ge=1.0)
     # What one model archive may unpack to (checked at upload and again before an agent
     # unpacks it): bytes in all, members, and unpacked bytes per archive byte.
     model_max_unpacked: int = 2 * 1024 * 1024 * 1024
@@ -123,6 +124,10 @@ class AgentSettings(CommonSettings):
     health_failures_to_restart: int = 3
     # How long one idle pull waits before asking again (bounds stop latency).
     pull_expires: float = 2.0
+    # Before running a request delivered again, an agent asks the fleet whether a live
+    # agent still answers it (its in-progress acks were late: a stalled process, a
+    # NATS restart), waiting this long for an agent that has not answered.
+    held_wait: float = Field(default=2.0, gt=0)
     stop_grace: float = 10.0
     # A replica's answer larger than this is replaced by a 502 (larger than a NATS
     # message, it travels through the object store).

@@ -20,7 +20,7 @@ from broker.envelope import Reply, RequestEnvelope
 from broker.events import publish_event, read_events
 from broker.jobs import create_job, ensure_results, get_job, modify
 from broker.publish import NUDGE_EVERY, Requester
-from broker.pull import Puller, attempt, fail_queued, queued_at
+from broker.pull import Holdings, Puller, attempt, fail_queued, queued_at
 from broker.streams import (
     MAX_DELIVER,
     MAX_ENDPOINTS,
@@ -454,3 +454,65 @@ async def test_kv_reads_and_writes_and_concurrent_changes_all_land(broker: Broke
     await asyncio.gather(*(modify(broker, job.response_id, one_more) for _ in range(10)))
     assert (await get_job(broker, job.response_id)).queued_ahead == 10  # type: ignore[union-attr]
     assert revision < (await (await broker.kv(names.KV_JOBS)).get(job.response_id)).revision
+
+
+async def test_a_request_delivered_again_runs_only_where_no_live_agent_holds_it(
+    own_broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = spec()
+    await ensure_endpoint_consumer(own_broker, s, ack_wait=1.0)
+    requester = Requester(own_broker)
+    await requester.start()
+    wire = await own_broker.wire()
+
+    async def two() -> int:
+        return 2
+
+    a, b = Holdings(two, wait=5.0), Holdings(two, wait=5.0)
+    await a.open(wire)
+    await b.open(wire)
+    pa, pb = Puller(own_broker, s.name, a), Puller(own_broker, s.name, b)
+    await pa.open()
+    await pb.open()
+
+    answer = requester.expect("h1")
+    await requester.publish(s.name, envelope(requester, "h1"), b"x")
+    first = await pa.next(2.0)
+    assert first is not None and first.attempt == 1 and a.ids == {"h1"}
+    # No in-progress acks from a (stalled): delivered again after ack_wait, to b, which
+    # hears that a still holds it and leaves it.
+    with caplog.at_level("WARNING", logger="broker.pull"):
+        assert await pb.next(2.0) is None
+    assert "request h1 delivered again (attempt 2)" in caplog.text and not b.ids
+    await pa.reply(first, Reply(status=200, body=b"once"))
+    assert (await answer).body == b"once" and not a.ids
+    assert await pb.next(1.5) is None  # acked by its holder: never delivered again
+
+    # Its holder is gone (a closed: a dead agent still counted in the fleet): b waits
+    # `wait` for an answer that never comes, then runs it.
+    await requester.publish(s.name, envelope(requester, "h2"), b"y")
+    gone = await pa.next(2.0)
+    assert gone is not None
+    taken = time.monotonic()
+    a.close()
+    b._wait = 0.5
+    again = await pb.next(3.0)
+    assert again is not None and again.attempt == 2 and b.ids == {"h2"}
+    assert time.monotonic() - taken > 1.0 + 0.4  # ack_wait, then the wait for answers
+    await pb.retry(again)  # handed back: b no longer holds it
+    assert not b.ids
+
+    # Every agent of the fleet (here b alone) answered "free": no wait at all.
+    async def one() -> int:
+        return 1
+
+    b._fleet_size = one
+    b._wait = 30.0
+    started = time.monotonic()
+    again = await pb.next(2.0)
+    assert again is not None and again.attempt == 3
+    assert time.monotonic() - started < 1.0
+    await pb.reply(again, Reply(status=200, body=b""))
+    for p in (pa, pb):
+        await p.close()
+    b.close()

@@ -3,10 +3,12 @@ loses nothing; its replicas come back on the agents that are left."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,106 @@ def test_agents_on_separate_network_hosts(tmp_path: Path) -> None:
     finally:
         for host in hosts:
             host.delete()
+
+
+def _two_agents(stack: Stack, endpoint: str) -> dict[str, str]:
+    """API, scaler and agents a and b, with ``endpoint`` served by one replica on each;
+    its replica ids → their agents' names in the stack ("agent:a", "agent:b")."""
+    prefix = stack.env["BERTH_AGENT_ID"]
+    stack.start("api", "scaler", "agent:a", "agent:b")
+    with stack.client() as c:
+        wait_for(
+            lambda: c.get("/v1/instance-types").json()[0]["total"] == 4,
+            20,
+            "both agents in the fleet",
+        )
+    stack.deploy(endpoint, min_replicas=2, max_replicas=2, scale_to_zero=600)
+    wait_for(
+        lambda: sorted(ready_on(stack, endpoint).values()) == [f"{prefix}-a", f"{prefix}-b"],
+        30,
+        "one replica on each agent",
+    )
+    return {rid: "agent:" + agent[-1] for rid, agent in ready_on(stack, endpoint).items()}
+
+
+def test_a_dead_agents_request_runs_elsewhere_within_seconds(
+    own_nats: NatsServer, tmp_path: Path, shared_tmp: Path
+) -> None:
+    """With the production ack_wait: the request an agent held when it was killed is
+    answered by the other agent's replica seconds later, not after half a minute."""
+    env = {k: v for k, v in FAST.items() if k != "BERTH_ACK_WAIT"}
+    stack = Stack(tmp_path / "berth", own_nats.url, env={**env, "BERTH_SLOTS": "2"})
+    mark = shared_tmp / "mark"
+    try:
+        agents = _two_agents(stack, "orphan")
+
+        async def scenario() -> tuple[httpx.Response, float]:
+            async with stack.aclient() as ac:
+                call = asyncio.create_task(
+                    ac.post(
+                        "/e/orphan/infer",
+                        json={"prompt": "orphan", "sleep": 60, "mark": str(mark)},
+                    )
+                )
+                await asyncio.to_thread(wait_for, mark.exists, 30, "the request to start")
+                holder = agents[mark.read_text().removeprefix("orphan-")]
+                stack.stop(holder, sig=signal.SIGKILL)  # its replica dies with it
+                killed = time.monotonic()
+                resp = await call
+                return resp, time.monotonic() - killed
+
+        resp, took = asyncio.run(scenario())
+        assert resp.status_code == 200, resp.text
+        # The agent that is left answered it (on its replica, or on the one replacing the dead)
+        survivor = next(name for name in stack.procs if name.startswith("agent:"))
+        replica = resp.json()["output"]["replica"].removeprefix("orphan-")
+        assert ready_on(stack, "orphan")[replica] == f"{stack.env['BERTH_AGENT_ID']}-{survivor[-1]}"
+        # ack_wait (5 s) + held_wait (2 s: the dead agent's record is still fresh) + slack
+        assert took < 11, f"answered {took:.1f} s after its agent died"
+    finally:
+        stack.close()
+
+
+def test_a_stalled_agent_keeps_its_request(
+    own_nats: NatsServer, tmp_path: Path, shared_tmp: Path
+) -> None:
+    """An agent frozen past ack_wait (SIGSTOP, as a stalled process or a long pause is) has
+    its request delivered to the other agent, which asks the fleet first, hears from the
+    holder once it runs again, and leaves the request to it: it runs once."""
+    env = {
+        **FAST,
+        "BERTH_SLOTS": "2",
+        "BERTH_ACK_WAIT": "2",
+        "BERTH_HELD_WAIT": "5",
+        "BERTH_HEARTBEAT_INTERVAL": "1",  # records stay fresh through the pause
+    }
+    stack = Stack(tmp_path / "berth", own_nats.url, env=env)
+    mark, calls = shared_tmp / "mark", shared_tmp / "calls.log"
+    try:
+        agents = _two_agents(stack, "stall")
+
+        async def scenario() -> httpx.Response:
+            async with stack.aclient() as ac:
+                call = asyncio.create_task(
+                    ac.post(
+                        "/e/stall/infer",
+                        json={"prompt": "once", "sleep": 6, "mark": str(mark), "log": str(calls)},
+                    )
+                )
+                await asyncio.to_thread(wait_for, mark.exists, 30, "the request to start")
+                holder = stack.procs[agents[mark.read_text().removeprefix("stall-")]]
+                holder.send_signal(signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(3.5)  # the pause itself: ack_wait and more
+                finally:
+                    holder.send_signal(signal.SIGCONT)
+                return await call
+
+        resp = asyncio.run(scenario())
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["output"]["replica"] == mark.read_text()
+        assert calls.read_text().split() == ["once"]
+        logs = "".join(stack.logs[name].read_text() for name in ("agent:a", "agent:b"))
+        assert "left to that agent" in logs  # it was delivered again, and not run
+    finally:
+        stack.close()

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from broker.artifacts import ArchiveLimits, ModelCache
 from broker.connection import Broker
+from broker.pull import Holdings
 from broker.registry import delete_key, put_model
 from shared import names
 from shared.instance_types import parse_instance_type
@@ -69,6 +70,8 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown = asyncio.Event()
         self._subs: list[object] = []
+        # The requests this agent's slots hold: asked about by agents given one again.
+        self.holdings = Holdings(self._fleet_size, settings.held_wait)
 
     @property
     def record_ttl(self) -> float:
@@ -107,6 +110,7 @@ class Agent:
             await nc.subscribe(names.agent_subject(self.id, "stop"), cb=self._on_stop),
             await nc.subscribe(f"{names.CANCEL_SUBJECT_PREFIX}*", cb=self._on_cancel),
         ]
+        await self.holdings.open(await self.broker.wire())
         await put_model(self.broker, names.KV_AGENTS, self.id, self.record())
         log.info(
             "agent %s ready (%s runtime, %d slots, GPUs: %s)",
@@ -124,6 +128,7 @@ class Agent:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()  # type: ignore[attr-defined]
             await self._drain()
+            self.holdings.close()
             with contextlib.suppress(Exception):
                 await delete_key(self.broker, names.KV_AGENTS, self.id)
             self.models.close()
@@ -141,6 +146,17 @@ class Agent:
             await asyncio.wait(
                 self._tasks, timeout=self.settings.stop_grace + self.settings.pull_expires + 5
             )
+
+    async def _fleet_size(self) -> int:
+        """Agents with a fresh record, this one included."""
+        kv = await self.broker.kv(names.KV_AGENTS)
+        now, fresh = time.time(), 0
+        for key in await kv.keys():
+            with contextlib.suppress(Exception):  # deleted meanwhile, or unreadable
+                entry = await kv.get(key)
+                if entry.value and AgentRecord.model_validate_json(entry.value).fresh(now):
+                    fresh += 1
+        return max(fresh, 1)
 
     async def _forget_previous_life(self) -> None:
         """Records left by an earlier run of this agent describe replicas that are gone."""
@@ -220,6 +236,7 @@ class Agent:
             models=self.models,
             on_change=changed,
             gpus=gpus,
+            holdings=self.holdings,
         )
         self.replicas[cmd.replica_id] = sup
         if gpus:  # the scaler sees these GPUs taken before it sees the replica

@@ -25,7 +25,7 @@ from broker.connection import Broker
 from broker.envelope import Reply
 from broker.events import publish_event
 from broker.jobs import is_job
-from broker.pull import Delivery, Puller
+from broker.pull import Delivery, Holdings, Puller
 from broker.secrets import ReplicaSecrets, fetch_replica_secrets
 from shared.errors import BerthError
 from shared.messages import EndpointSpec, GpuInfo, ReplicaRecord, ReplicaState
@@ -86,6 +86,7 @@ class ReplicaSupervisor:
         models: ModelCache,
         on_change: Callable[[ReplicaRecord], Coroutine[Any, Any, None]],
         gpus: list[GpuInfo] | None = None,
+        holdings: Holdings | None = None,
     ):
         self.replica_id = replica_id
         self.spec = spec
@@ -95,6 +96,7 @@ class ReplicaSupervisor:
         self._work_dir = work_dir
         self._models = models
         self._held_model: str | None = None
+        self._holdings = holdings
         self._on_change = on_change
         self.gpus = gpus or []
         now = time.time()
@@ -437,8 +439,11 @@ class ReplicaSupervisor:
 
     async def _slot(self, data: ReplicaClient, health: ReplicaClient) -> None:
         """One concurrency slot: pull a request only while free, answer it, repeat."""
-        puller = Puller(self._broker, self.spec.name)
+        puller = Puller(self._broker, self.spec.name, self._holdings)
         await puller.open()
+        # In-progress acks from the moment a request is taken until it is acked or
+        # handed back: JetStream gives it to another agent ack_wait after the last one.
+        every = max(0.2, self._settings.ack_wait / 5)
         try:
             while not self._stop.is_set() and not self._broken.is_set():
                 delivery = await puller.next(self._settings.pull_expires)
@@ -449,6 +454,7 @@ class ReplicaSupervisor:
                     break
                 self.in_flight += 1
                 began = time.monotonic()
+                beat = puller.keepalive(delivery, every=every)
                 try:
                     await self._handle(puller, delivery, data, health)
                 except BaseException:
@@ -457,6 +463,8 @@ class ReplicaSupervisor:
                         await puller.retry(delivery)
                     raise
                 finally:
+                    beat.cancel()
+                    puller.release(delivery)
                     self.in_flight -= 1
                     self.record.last_done_at = time.time()
                     took = time.monotonic() - began
@@ -520,7 +528,6 @@ class ReplicaSupervisor:
         if not await puller.started(delivery, self.replica_id, self.record.ready_at or now):
             return  # a job cancelled or expired meanwhile: it never reaches the replica
         rid = env.request_id
-        beat = puller.keepalive(delivery, every=max(0.5, self._settings.ack_wait / 3))
         task = asyncio.current_task()
         assert task is not None
         self._running[rid] = task  # a stream's own scope takes its place
@@ -547,7 +554,6 @@ class ReplicaSupervisor:
         finally:
             # Before any other wait: a cancel from now on finds nothing to stop.
             self._running.pop(rid, None)
-            beat.cancel()
         if gone is not None:
             # Dead, or a passing connection fault? A dead replica fails its health
             # check too (its exit is seen by _watch at once); then it restarts.
