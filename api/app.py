@@ -20,6 +20,7 @@ from api.context import AppContext
 from api.errors import install_error_handlers
 from api.jobs import DeadlineTimers
 from api.middleware import HostRouting, RequestId
+from api.openapi import install_openapi
 from api.replica_secrets import replica_secrets
 from api.routes import endpoints, events, fleet, logs, models, requests, secrets, tokens
 from api.routes.inference import DataPlane
@@ -152,6 +153,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
 
     app = FastAPI(title="Berth", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(endpoints.router)
     app.include_router(models.router)
     app.include_router(events.router)

@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep
+from api.openapi import errors
 from broker.artifacts import model_exists
 from broker.events import publish_event
 from broker.registry import delete_key, put_model
@@ -152,7 +153,12 @@ async def _check_model(ctx: AppContext, model_id: str | None) -> None:
         raise InvalidRequest(f"model {model_id!r} was never uploaded (POST /v1/models first)")
 
 
-@router.post("/endpoint", status_code=status.HTTP_201_CREATED, response_model=EndpointPublic)
+@router.post(
+    "/endpoint",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EndpointPublic,
+    responses=errors(409),
+)
 async def create_endpoint(
     body: EndpointCreate, ctx: ContextDep, session: SessionDep
 ) -> EndpointPublic:

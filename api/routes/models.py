@@ -11,13 +11,14 @@ from fastapi import APIRouter, Request, status
 
 from api.auth import AdminDep
 from api.context import ContextDep
+from api.openapi import errors
 from broker.artifacts import MAX_ARCHIVE_BYTES, ArchiveLimits, store_model
 from shared.errors import BodyTooLarge
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[AdminDep])
 
 
-@router.post("/models", status_code=status.HTTP_201_CREATED)
+@router.post("/models", status_code=status.HTTP_201_CREATED, responses=errors(413))
 async def upload_model(request: Request, ctx: ContextDep) -> dict[str, object]:
     chunks: list[bytes] = []
     size = 0

@@ -23,6 +23,7 @@ from api.auth import AdminDep, PrincipalDep, bearer_token
 from api.callbacks import redeliver
 from api.context import AppContext, ContextDep
 from api.jobs import job_view
+from api.openapi import errors
 from api.routes.inference import NOT_RETURNED
 from broker.jobs import LIVE, expire_if_due, finish, get_job, get_response
 from shared.errors import BerthError, Conflict, NotFound
@@ -53,7 +54,7 @@ async def get_request(response_id: str, request: Request, ctx: ContextDep) -> di
     return await job_view(ctx, job)
 
 
-@router.delete("/requests/{response_id}")
+@router.delete("/requests/{response_id}", responses=errors(409))
 async def cancel_request(response_id: str, request: Request, ctx: ContextDep) -> dict[str, Any]:
     """Cancel a job: queued, it never runs; running, its replica's answer is not waited for."""
     job = await _job(request, ctx, response_id)
@@ -69,7 +70,7 @@ async def cancel_request(response_id: str, request: Request, ctx: ContextDep) ->
     return await job_view(ctx, done)
 
 
-@router.post("/requests/{response_id}/callback")
+@router.post("/requests/{response_id}/callback", responses=errors(409))
 async def redeliver_callback(response_id: str, request: Request, ctx: ContextDep) -> dict[str, Any]:
     """Deliver a finished job's callback again (after a receiver outage, say)."""
     job = await _job(request, ctx, response_id)

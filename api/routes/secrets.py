@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep, StoreDep
+from api.openapi import errors
 from api.routes.endpoints import save_change
 from shared.errors import Conflict, NotFound
 from shared.models import Endpoint
@@ -152,7 +153,12 @@ async def _delete(ctx: AppContext, session: AsyncSession, kind: Kind, key: str) 
 # -- secrets -------------------------------------------------------------------------------
 
 
-@router.post("/secret", status_code=status.HTTP_201_CREATED, response_model=SecretPublic)
+@router.post(
+    "/secret",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SecretPublic,
+    responses=errors(409),
+)
 async def create_secret(body: SecretCreate, store: StoreDep) -> SecretPublic:
     item = await store.create(Kind.SECRET, body.key, {"value": body.value})
     if item is None:
@@ -185,7 +191,7 @@ async def update_secret(
     return _secret(item)
 
 
-@router.delete("/secret/{key}")
+@router.delete("/secret/{key}", responses=errors(409))
 async def delete_secret(key: SecretKey, ctx: ContextDep, session: SessionDep) -> dict[str, str]:
     return await _delete(ctx, session, Kind.SECRET, key)
 
@@ -194,7 +200,10 @@ async def delete_secret(key: SecretKey, ctx: ContextDep, session: SessionDep) ->
 
 
 @router.post(
-    "/registry-credential", status_code=status.HTTP_201_CREATED, response_model=CredentialPublic
+    "/registry-credential",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CredentialPublic,
+    responses=errors(409),
 )
 async def create_credential(body: CredentialCreate, store: StoreDep) -> CredentialPublic:
     item = await store.create(
@@ -235,6 +244,6 @@ async def update_credential(
     return _credential(item)
 
 
-@router.delete("/registry-credential/{key}")
+@router.delete("/registry-credential/{key}", responses=errors(409))
 async def delete_credential(key: SecretKey, ctx: ContextDep, session: SessionDep) -> dict[str, str]:
     return await _delete(ctx, session, Kind.REGISTRY, key)

@@ -9,6 +9,7 @@ from sqlmodel import col, select
 
 from api.auth import AdminDep
 from api.context import ContextDep, SessionDep
+from api.openapi import errors
 from shared.errors import Conflict, NotFound
 from shared.models import ApiToken, TokenCreate, TokenCreated, TokenPublic
 from shared.tokens import has_admin_token, mint
@@ -44,7 +45,7 @@ async def list_tokens(session: SessionDep) -> list[TokenPublic]:
     return [_public(row) for row in rows]
 
 
-@router.delete("/tokens/{token_id}")
+@router.delete("/tokens/{token_id}", responses=errors(409))
 async def delete_token(token_id: str, ctx: ContextDep, session: SessionDep) -> dict[str, str]:
     row = await session.get(ApiToken, token_id)
     if row is None:
