@@ -112,6 +112,7 @@ def test_a_hostile_model_reaches_nothing_of_the_host(
                 "list_dirs": [str(data), str(agent_dir / "models")],
                 "write": [str(data / "pwned"), str(agent_dir / "pwned"), "/tmp/berth-pwned"],
                 "signal_pids": [agent_pid, api_pid, int(victim["pid"])],
+                "scan": True,
             }
             resp = c.post(f"/e/{name}/infer", json=ask)
             assert resp.status_code == 200, resp.text
@@ -123,6 +124,8 @@ def test_a_hostile_model_reaches_nothing_of_the_host(
             ):
                 assert outcome.startswith("denied:"), (key, outcome)
         assert report["read /etc/hostname"].startswith("ok:"), report  # the system stays readable
+        # Found by its listening port, another endpoint's replica answers only its agent.
+        assert report[f"infer {victim['port']}"] == "ok:'HTTP/1.1 403 Forbidden'", report
         # No BERTH_* setting reaches a model but the address it should listen on.
         assert report["environ"] == "BERTH_REPLICA_HOST"
         assert report["own environ"] == "ok:0"  # nor in what the process was started with

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import httptools
 
+from shared.names import REPLICA_KEY_HEADER
 from shared.waiting import wait_by
 
 __all__ = ["ReplicaClient", "Response"]
@@ -136,10 +137,14 @@ class _Connection(asyncio.Protocol):
 class ReplicaClient:
     """Keep-alive connections to one replica (``host:port``)."""
 
-    def __init__(self, host: str, port: int, *, max_idle: int = 4):
+    def __init__(self, host: str, port: int, *, max_idle: int = 4, key: str | None = None):
         self.host = host
         self.port = port
-        self._host_header = f"{host}:{port}".encode()
+        # The host line, and the replica's key (REPLICA_KEY_HEADER) right after it: the
+        # replica reads the first one it finds, so a caller's own copy never counts.
+        self._host_header = f"{host}:{port}".encode() + (
+            f"\r\n{REPLICA_KEY_HEADER}: {key}".encode() if key else b""
+        )
         self._idle: list[_Connection] = []
         self._max_idle = max_idle
 

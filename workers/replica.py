@@ -14,7 +14,8 @@ from pathlib import Path
 
 import uvicorn
 
-from workers.server import build_app, setup_failure_exit
+from shared.names import REPLICA_KEY_ENV
+from workers.server import build_app, require_key, setup_failure_exit
 from workers.service import Service, find_service
 
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
         level=os.environ.get("BERTH_LOG_LEVEL", "INFO"),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Out of the environment before the model's code runs: a subprocess it starts, or
+    # anything it prints of its environment, never shows the key.
+    key = os.environ.pop(REPLICA_KEY_ENV, None)
     try:
         service = load_service(model_dir)
         app = build_app(service, on_setup_failure=setup_failure_exit)
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         raise SystemExit(3) from exc
     config = uvicorn.Config(
-        app,
+        require_key(app, key) if key else app,
         host=os.environ.get("BERTH_REPLICA_HOST", "0.0.0.0"),
         port=int(os.environ.get("PORT", "8080")),
         log_level="warning",

@@ -12,6 +12,7 @@ time unless the service says otherwise.
 # input models built at run time in the handlers' signatures.
 
 import asyncio
+import hmac
 import inspect
 import json
 import logging
@@ -28,10 +29,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.concurrency import iterate_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.names import REPLICA_KEY_HEADER
 from workers.service import Service, public_routes
 
-__all__ = ["State", "build_app", "input_model"]
+__all__ = ["State", "build_app", "input_model", "require_key"]
 
 log = logging.getLogger("berth.replica")
 
@@ -65,6 +68,27 @@ class _Status:
     def __init__(self) -> None:
         self.state = State.LOADING
         self.error: str | None = None
+
+
+def require_key(app: ASGIApp, key: str) -> ASGIApp:
+    """``app``, answering 403 to any request without the replica's key (the first
+    ``x-berth-replica-key`` header): only its agent calls a replica."""
+    expected = key.encode()
+    header = REPLICA_KEY_HEADER.encode()
+    refused = JSONResponse(
+        {"error": {"code": "forbidden", "message": "only the replica's agent may call it"}},
+        status_code=403,
+    )
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = next((v for k, v in scope["headers"] if k == header), b"")
+            if not hmac.compare_digest(given, expected):
+                await refused(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return guarded
 
 
 def build_app(

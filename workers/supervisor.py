@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from broker.events import publish_event
 from broker.jobs import is_job
 from broker.pull import Delivery, Holdings, Puller
 from broker.secrets import ReplicaSecrets, fetch_replica_secrets
+from shared import names
 from shared.errors import BerthError
 from shared.messages import EndpointSpec, GpuInfo, ReplicaRecord, ReplicaState
 from shared.settings import AgentSettings
@@ -96,6 +98,7 @@ class ReplicaSupervisor:
         self._work_dir = work_dir
         self._models = models
         self._held_model: str | None = None
+        self._key = ""  # the running replica's key (names.REPLICA_KEY_HEADER)
         self._holdings = holdings
         self._on_change = on_change
         self.gpus = gpus or []
@@ -298,11 +301,13 @@ class ReplicaSupervisor:
         env = dict(spec.env_overrides)
         env.update(secrets.env if secrets else {})
         env.update(visible_devices_env(self.gpus))  # its own GPUs, or none at all
+        self._key = token_urlsafe(24)
         env.update(
             PORT=str(port),
             OCTOAI_REPLICA_NAME=f"{spec.name}-{self.replica_id}",
             OCTOAI_VOLUME_PATH=str(volume),
         )
+        env[names.REPLICA_KEY_ENV] = self._key
         launch = Launch(
             replica_id=self.replica_id,
             spec=spec,
@@ -322,7 +327,7 @@ class ReplicaSupervisor:
             ) from exc
         self._replica = replica
         self.record.url = f"http://{replica.host}:{replica.port}"
-        client = ReplicaClient(replica.host, replica.port, max_idle=1)
+        client = ReplicaClient(replica.host, replica.port, max_idle=1, key=self._key)
         try:
             await self._wait_healthy(replica, client, started)
         except BaseException:
@@ -381,7 +386,9 @@ class ReplicaSupervisor:
             exited.cancel()
 
     async def _serve(self, replica: Replica, client: ReplicaClient) -> None:
-        data = ReplicaClient(replica.host, replica.port, max_idle=self.spec.concurrency_per_replica)
+        data = ReplicaClient(
+            replica.host, replica.port, max_idle=self.spec.concurrency_per_replica, key=self._key
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(self.spec.concurrency_per_replica):

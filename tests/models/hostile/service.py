@@ -18,6 +18,29 @@ def _outcome(action) -> str:
     return f"ok:{got!r}"[:200]
 
 
+def _listening() -> list[int]:
+    """Ports listening on this host's loopback or any address (/proc/net/tcp)."""
+    ports = set()
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port = local.split(":")
+        if state == "0A" and address in ("0100007F", "00000000"):
+            ports.add(int(port, 16))
+    return sorted(ports)
+
+
+def _post_infer(port: int) -> str:
+    """The status line a plain POST /infer gets from 127.0.0.1:port."""
+    body = b'{"prompt": "stolen"}'
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.settimeout(2)
+        s.sendall(
+            b"POST /infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        return s.recv(200).decode("latin-1").split("\r\n")[0]
+
+
 class Hostile(Service):
     def infer(
         self,
@@ -26,6 +49,7 @@ class Hostile(Service):
         write: list[str] = [],  # noqa: B006
         signal_pids: list[int] = [],  # noqa: B006
         connect: list[int] = [],  # noqa: B006
+        scan: bool = False,
     ) -> dict:
         report: dict[str, str] = {}
         for path in read:
@@ -44,6 +68,10 @@ class Hostile(Service):
                     return s.recv(200).decode("latin-1")
 
             report[f"connect {port}"] = _outcome(dial)
+        if scan:  # every port listening on this host: what does an inference call get?
+            for port in _listening():
+                if str(port) != os.environ.get("PORT"):
+                    report[f"infer {port}"] = _outcome(lambda p=port: _post_infer(p))
         report["environ"] = ",".join(sorted(k for k in os.environ if k.startswith("BERTH_")))
         report["own environ"] = _outcome(
             lambda: Path("/proc/self/environ").read_bytes().count(b"BERTH_AGENT")

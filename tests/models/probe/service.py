@@ -28,6 +28,7 @@ class Probe(Service):
             "pid": os.getpid(),
             "replica": os.environ.get("OCTOAI_REPLICA_NAME"),
             "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "port": os.environ.get("PORT"),
         }
 
     def say(self, text: str, env: str = "") -> dict:
