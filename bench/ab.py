@@ -54,9 +54,9 @@ def serve(replicas: int, per: int) -> None:
     sys.path[0] = os.getcwd()
     import asyncio
 
-    from bench import FAST
+    from bench import FAST, overhead
     from bench.harness import cpu_seconds, wrk
-    from bench.overhead import ECHO, replica_url
+    from bench.overhead import ECHO
     from berth.local import LocalNats, LocalStack, wait_until
 
     with tempfile.TemporaryDirectory(prefix="berth-ab-") as tmp:
@@ -76,10 +76,21 @@ def serve(replicas: int, per: int) -> None:
                 60,
                 "the replicas",
             )
-            direct_url = asyncio.run(replica_url(nats.url, "ab"))
+            if hasattr(overhead, "replica_target"):  # replicas with keys
+                direct_url, direct_key = asyncio.run(
+                    overhead.replica_target(nats.url, "ab", stack.data_dir)
+                )
+            else:
+                direct_url, direct_key = asyncio.run(overhead.replica_url(nats.url, "ab")), None
             assert nats.proc is not None
             pids = [p.pid for p in stack.procs.values()] + [nats.proc.pid]
-            ready = {"ready": True, "berth": stack.url, "token": stack.token, "direct": direct_url}
+            ready = {
+                "ready": True,
+                "berth": stack.url,
+                "token": stack.token,
+                "direct": direct_url,
+                "direct_key": direct_key,
+            }
             print(json.dumps(ready), flush=True)
             for line in sys.stdin:  # a c=64 round for each line: its seconds
                 url = f"{stack.url}/e/ab/infer"
@@ -107,8 +118,8 @@ def interleaved(urls: dict[str, dict[str, Any]], requests: int, seed: int) -> di
 
     # New connections each round: an idle keep-alive one may have been closed.
     conns = {
-        (rev, path): Conn(u["direct"], "/infer") if path == "direct" else
-        Conn(u["berth"], "/e/ab/infer", u["token"])
+        (rev, path): Conn(u["direct"], "/infer", replica_key=u.get("direct_key"))
+        if path == "direct" else Conn(u["berth"], "/e/ab/infer", u["token"])
         for rev, u in urls.items()
         for path in ("direct", "berth")
     }  # fmt: skip

@@ -54,13 +54,17 @@ def summary(ms: list[float]) -> dict[str, float]:
 class Conn:
     """A keep-alive HTTP/1.1 connection, timing one POST at a time."""
 
-    def __init__(self, url: str, path: str, token: str | None = None):
+    def __init__(
+        self, url: str, path: str, token: str | None = None, replica_key: str | None = None
+    ):
         parts = urlsplit(url)
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         self.path = path
         self.headers = {"content-type": "application/json"}
         if token:
             self.headers["authorization"] = f"Bearer {token}"
+        if replica_key:  # a replica answers only its agent, or whoever has its key
+            self.headers["x-berth-replica-key"] = replica_key
 
     def post(self) -> float:
         started = time.perf_counter()
@@ -73,7 +77,9 @@ class Conn:
         return elapsed
 
 
-async def replica_url(nats_url: str, endpoint: str) -> str:
+async def replica_target(nats_url: str, endpoint: str, data_dir: Path) -> tuple[str, str | None]:
+    """A running replica of ``endpoint``: its URL, and its key (which its agent keeps in
+    the data directory; None from a Berth that had no keys)."""
     from broker.connection import connect
     from shared import names
     from shared.messages import ReplicaRecord
@@ -85,7 +91,9 @@ async def replica_url(nats_url: str, endpoint: str) -> str:
             if key.startswith(endpoint + "."):
                 record = ReplicaRecord.model_validate_json((await kv.get(key)).value or b"{}")
                 if record.url:
-                    return record.url
+                    path = data_dir / f"agent-{record.agent_id}" / "replica-keys"
+                    path /= record.replica_id
+                    return record.url, path.read_text() if path.exists() else None
     finally:
         await broker.close()
     raise RuntimeError(f"no replica of {endpoint} found")
@@ -114,7 +122,8 @@ def measure_overhead(
         60,
         "a warm replica",
     )
-    direct = Conn(asyncio.run(replica_url(nats_url, "bench-echo")), "/infer")
+    url, key = asyncio.run(replica_target(nats_url, "bench-echo", stack.data_dir))
+    direct = Conn(url, "/infer", replica_key=key)
     berth = Conn(stack.url, "/e/bench-echo/infer", stack.token)
     for _ in range(warmup):
         direct.post()

@@ -96,6 +96,8 @@ def test_a_hostile_model_reaches_nothing_of_the_host(
             data = stack.data_dir
             agent_dir = next(data.glob("agent-*"))
             other_model = next((agent_dir / "models").glob("*/service.py"))
+            other_key = next((agent_dir / "replica-keys").glob("*"))
+            assert other_key.stat().st_mode & 0o777 == 0o600
             agent_pid = stack.procs["agent"].pid
             api_pid = stack.procs["api"].pid
             ask: dict[str, Any] = {
@@ -104,6 +106,7 @@ def test_a_hostile_model_reaches_nothing_of_the_host(
                     str(data / "secret.key"),
                     str(data / "api.log"),
                     str(other_model),
+                    str(other_key),
                     f"/proc/{agent_pid}/environ",
                     f"/proc/{api_pid}/environ",
                     f"/proc/{victim['pid']}/environ",

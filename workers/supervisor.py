@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -192,6 +193,19 @@ class ReplicaSupervisor:
     def log_path(self) -> Path:
         return self._work_dir / "logs" / self.spec.name / f"{self.replica_id}.log"
 
+    @property
+    def key_path(self) -> Path:
+        """The running replica's key, for an operator on this host who calls it directly
+        (``curl -H "x-berth-replica-key: $(cat …)"``); inside the data directory, which no
+        replica can read."""
+        return self._work_dir / "replica-keys" / self.replica_id
+
+    def _keep_key(self) -> None:
+        self.key_path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self._key)
+
     async def run(self) -> None:
         """Run until stopped or given up; never raises (failures become events)."""
         shipper = LogShipper(
@@ -276,6 +290,7 @@ class ReplicaSupervisor:
             if self._held_model is not None:
                 self._models.release(self._held_model)
                 self._held_model = None
+            self.key_path.unlink(missing_ok=True)
             with contextlib.suppress(Exception):
                 await self._event("replica_stopped")
 
@@ -302,6 +317,7 @@ class ReplicaSupervisor:
         env.update(secrets.env if secrets else {})
         env.update(visible_devices_env(self.gpus))  # its own GPUs, or none at all
         self._key = token_urlsafe(24)
+        self._keep_key()
         env.update(
             PORT=str(port),
             OCTOAI_REPLICA_NAME=f"{spec.name}-{self.replica_id}",
