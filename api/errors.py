@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from broker.connection import NATS_ERRORS, unavailable
 from shared.errors import BerthError
 
 __all__ = ["error_response", "install_error_handlers", "json_response"]
@@ -75,6 +76,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed(request))
         return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+    for kind in NATS_ERRORS:
+
+        @app.exception_handler(kind)
+        async def nats_error(_: Request, exc: Exception) -> Response:
+            error = unavailable(exc)
+            return error_response(error.status_code, error.code, error.message)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> Response:

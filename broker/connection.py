@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -15,9 +16,29 @@ from nats.js.kv import KeyValue
 from broker.wire import Wire
 from shared.errors import BrokerUnavailable
 
-__all__ = ["Broker", "connect", "connected", "redact"]
+__all__ = [
+    "BROKER_FAILURES",
+    "NATS_ERRORS",
+    "Broker",
+    "connect",
+    "connected",
+    "redact",
+    "unavailable",
+]
 
 log = logging.getLogger(__name__)
+
+# What nats-py raises when NATS is away or slow (a restart, a lost connection, a
+# timeout, a JetStream API error): callers outside broker/ catch these by this name,
+# without importing nats, and answer them as unavailable().
+NATS_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error,)
+# Those and Berth's own word for them: NATS away, whichever layer noticed.
+BROKER_FAILURES: tuple[type[Exception], ...] = (BrokerUnavailable, *NATS_ERRORS)
+
+
+def unavailable(exc: Exception) -> BrokerUnavailable:
+    """A nats-py failure as Berth's 503: NATS did not do what was asked."""
+    return BrokerUnavailable(f"NATS did not answer: {type(exc).__name__}: {exc}".rstrip(": "))
 
 
 def redact(url: str) -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import orjson
 
 from broker.bodies import drop_body, fits, get_body, put_body
-from broker.connection import Broker
+from broker.connection import BROKER_FAILURES, Broker
 from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import EXPIRED_IN_QUEUE, LIVE, finish, is_job, job_id, store_response, transition
 from broker.streams import MAX_DELIVER
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 # A pull's own expiry comes as a 408 from the server; this much later, the puller
 # stops waiting for it (the server restarted, or the connection dropped meanwhile).
 EXPIRY_GRACE = 1.0
+# Pauses between tries to store a job's answer while NATS is away (a restart: seconds).
+STORE_RETRIES = (0.5, 1.0, 2.0, 4.0)
 # Statuses that end a pull with nothing, normally: it expired, or found nothing.
 _NOTHING = frozenset({"404", "408"})
 
@@ -265,7 +267,7 @@ class Puller:
             reply.body_ref = await put_body(self._broker, name, reply.body)
             reply.body = b""
         if is_job(reply_to):  # async: kept with a JetStream ack before the request is acked
-            await store_response(self._broker, reply_to, reply, reply.replica_id or "")
+            await self._store(delivery, reply)
         elif reply_to:
             self.wire.publish(reply_to, reply.body, headers=reply.to_headers())
         await self._done(delivery)
@@ -273,6 +275,26 @@ class Puller:
         # the slot's next pull to be built (with nats-py that cost 50 µs at concurrency
         # 1; on the wire no difference was measured either way, docs/performance.md).
         self.wire.flush()
+
+    async def _store(self, delivery: Delivery, reply: Reply) -> None:
+        """A job's answer, kept: tried again through a NATS restart (seconds) rather than
+        run again; past STORE_RETRIES, the error is the caller's (the request is
+        delivered again)."""
+        reply_to = delivery.envelope.reply_to
+        for pause in (*STORE_RETRIES, None):
+            try:
+                await store_response(self._broker, reply_to, reply, reply.replica_id or "")
+                return
+            except BROKER_FAILURES as exc:
+                if pause is None:
+                    raise
+                log.warning(
+                    "request %s: its answer is not stored yet (%s); trying again in %g s",
+                    delivery.envelope.request_id,
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
 
     async def started(self, delivery: Delivery, replica_id: str, ready_at: float) -> bool:
         """An async job becomes ``running``; False if it must not run (cancelled, expired, done).

@@ -23,7 +23,7 @@ import orjson
 
 from broker.artifacts import ModelCache
 from broker.bodies import HEADER_ROOM
-from broker.connection import Broker
+from broker.connection import BROKER_FAILURES, Broker
 from broker.envelope import Reply
 from broker.events import publish_event
 from broker.jobs import is_job
@@ -480,6 +480,17 @@ class ReplicaSupervisor:
                 beat = puller.keepalive(delivery, every=every)
                 try:
                     await self._handle(puller, delivery, data, health)
+                except BROKER_FAILURES as exc:
+                    # NATS is away for longer than the answer could wait: the request,
+                    # unacked, is delivered again once it is back; this slot goes on.
+                    log.warning(
+                        "request %s: NATS unavailable while answering it (%s); it will be "
+                        "delivered again",
+                        delivery.envelope.request_id,
+                        exc,
+                    )
+                    with contextlib.suppress(Exception):
+                        await puller.retry(delivery)
                 except BaseException:
                     # Whatever went wrong here, the request goes back to the queue.
                     with contextlib.suppress(Exception):

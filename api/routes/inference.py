@@ -37,6 +37,7 @@ from api.context import AppContext
 from api.http import HANGUP, Answer
 from api.queue_limit import QueueLimit
 from broker.bodies import resolve
+from broker.connection import NATS_ERRORS, unavailable
 from broker.envelope import H, Reply, RequestEnvelope
 from broker.jobs import (
     claim_idempotency,
@@ -200,6 +201,8 @@ class DataPlane:
             return await self._serve(self._context(), scope, receive, send)
         except BerthError as exc:
             return _error(exc)
+        except NATS_ERRORS as exc:  # a restart, a lost connection: an outage, not a bug
+            return _error(unavailable(exc))
 
     async def _serve(
         self, ctx: AppContext, scope: Scope, receive: Receive, send: Send
