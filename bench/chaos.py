@@ -72,7 +72,7 @@ class Chaos:
         self.args = args
         self.nats = LocalNats(work / "nats")
         # Production's ack_wait and held_wait: what a dead agent costs is part of the figure.
-        env = {**FAST, "BERTH_LOG_LEVEL": "WARNING", "BERTH_DOCKER_HOST": "none"}
+        env = {**FAST, "BERTH_LOG_LEVEL": args.log_level, "BERTH_DOCKER_HOST": "none"}
         env["BERTH_SLOTS"] = "4"
         self.runs = work / "runs" / "runs.log"  # every run of a job, by the model itself
         self.runs.parent.mkdir(parents=True)
@@ -176,6 +176,7 @@ class Chaos:
 
         # Kills and restarts from this thread: a process started with a parent-death
         # signal (berth.local) dies with the thread that started it.
+        kills = args.kills.split(",")
         submitter = threading.Thread(target=submit_all)
         submitter.start()
         n = 0
@@ -183,7 +184,7 @@ class Chaos:
             submitter.join(args.every)
             if not submitter.is_alive():
                 break
-            self.kill(KILLS[n % len(KILLS)])
+            self.kill(kills[n % len(kills)])
             n += 1
         submitted_s = time.time() - began
 
@@ -252,6 +253,10 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=6.0, help="seconds between kills")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument(
+        "--kills", default=",".join(KILLS), help=f"what to kill, in turn (of {', '.join(KILLS)})"
+    )
+    parser.add_argument("--log-level", default="WARNING", help="the stack's BERTH_LOG_LEVEL")
     parser.add_argument("--keep", type=Path, help="work here and keep the logs (a new folder)")
     args = parser.parse_args()
     random.seed(args.seed)
