@@ -85,12 +85,6 @@ CALLBACK_SUBJECT_PREFIX = "berth.cb."
 CALLBACKS_CONSUMER = "callbacks"
 # "Stop request <id> if you run it" (core NATS; payload: the request id).
 CANCEL_SUBJECT_PREFIX = "berth.cancel."
-# Each replica's own key: the agent sends it with every request, and Berth's model server
-# answers nothing without it, so no other local process (another endpoint's model, say)
-# can call a replica directly. It reaches the replica in its environment, taken out of it
-# before the model's code loads.
-REPLICA_KEY_HEADER = "x-berth-replica-key"
-REPLICA_KEY_ENV = "BERTH_REPLICA_KEY"
 # "Does a live agent still answer request <id>?" (core NATS; payload: the request id),
 # asked before running a request delivered again; every agent answers "held" or "free".
 HELD_SUBJECT_PREFIX = "berth.held."

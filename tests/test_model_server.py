@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -105,3 +109,21 @@ def test_public_routes_and_find_service() -> None:
     module.Service = Service  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match="exactly one Service subclass"):
         find_service(module)
+
+
+def test_the_model_server_needs_only_its_own_modules(tmp_path: Path) -> None:
+    """`berth build` copies SERVER_MODULES alone into an image: they import nothing else of Berth."""
+    from berth.build import ROOT, SERVER_MODULES
+
+    (tmp_path / "workers").mkdir()
+    for module in SERVER_MODULES:
+        shutil.copy2(ROOT / "workers" / module, tmp_path / "workers" / module)
+    check = (
+        "import sys; "
+        f"sys.path = [{str(tmp_path)!r}] + [p for p in sys.path if p.rstrip('/') != {str(ROOT)!r}]; "
+        "import workers.replica, workers.server; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 
 import httptools
 
-from shared.names import REPLICA_KEY_HEADER
 from shared.waiting import wait_by
+from workers.service import REPLICA_KEY_HEADER
 
 __all__ = ["ReplicaClient", "Response"]
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import uvicorn
 
-from shared.names import REPLICA_KEY_ENV
 from workers.server import build_app, require_key, setup_failure_exit
-from workers.service import Service, find_service
+from workers.service import REPLICA_KEY_ENV, Service, find_service
 
 
 def load_service(model_dir: Path) -> Service:

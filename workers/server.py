@@ -31,8 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.concurrency import iterate_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.names import REPLICA_KEY_HEADER
-from workers.service import Service, public_routes
+from workers.service import REPLICA_KEY_HEADER, Service, public_routes
 
 __all__ = ["State", "build_app", "input_model", "require_key"]
 

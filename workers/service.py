@@ -21,7 +21,21 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["Service", "find_service", "public_routes", "route"]
+__all__ = [
+    "REPLICA_KEY_ENV",
+    "REPLICA_KEY_HEADER",
+    "Service",
+    "find_service",
+    "public_routes",
+    "route",
+]
+
+# Each replica's own key: the agent sends it with every request, and Berth's model server
+# answers nothing without it, so no other local process (another endpoint's model, say)
+# can call a replica directly. It reaches the replica in its environment, taken out of it
+# before the model's code loads.
+REPLICA_KEY_HEADER = "x-berth-replica-key"
+REPLICA_KEY_ENV = "BERTH_REPLICA_KEY"
 
 F = TypeVar("F", bound=Callable[..., Any])
 

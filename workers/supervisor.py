@@ -29,7 +29,6 @@ from broker.events import publish_event
 from broker.jobs import is_job
 from broker.pull import Delivery, Holdings, Puller
 from broker.secrets import ReplicaSecrets, fetch_replica_secrets
-from shared import names
 from shared.errors import BerthError
 from shared.messages import EndpointSpec, GpuInfo, ReplicaRecord, ReplicaState
 from shared.settings import AgentSettings
@@ -38,6 +37,7 @@ from workers.gpus import visible_devices_env
 from workers.http import ReplicaClient
 from workers.logship import LogShipper
 from workers.runtimes.base import Launch, Replica, Runtime, failure_reason
+from workers.service import REPLICA_KEY_ENV
 
 __all__ = ["ReplicaSupervisor", "StartFailed"]
 
@@ -99,7 +99,7 @@ class ReplicaSupervisor:
         self._work_dir = work_dir
         self._models = models
         self._held_model: str | None = None
-        self._key = ""  # the running replica's key (names.REPLICA_KEY_HEADER)
+        self._key = ""  # the running replica's key (REPLICA_KEY_HEADER)
         self._holdings = holdings
         self._on_change = on_change
         self.gpus = gpus or []
@@ -323,7 +323,7 @@ class ReplicaSupervisor:
             OCTOAI_REPLICA_NAME=f"{spec.name}-{self.replica_id}",
             OCTOAI_VOLUME_PATH=str(volume),
         )
-        env[names.REPLICA_KEY_ENV] = self._key
+        env[REPLICA_KEY_ENV] = self._key
         launch = Launch(
             replica_id=self.replica_id,
             spec=spec,

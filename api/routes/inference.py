@@ -81,7 +81,7 @@ _NOT_FORWARDED = frozenset(
         # body is read); the whole body travels in the queue, so a replica has none to await.
         b"expect",
         b"authorization",
-        # Only the agent speaks for a replica (shared/names.py: REPLICA_KEY_HEADER).
+        # Only the agent speaks for a replica (workers/service.py: REPLICA_KEY_HEADER).
         b"x-berth-replica-key",
         b"proxy-authorization",
         b"x-octoai-async",
