@@ -33,23 +33,31 @@ def ready_on(stack: Stack, endpoint: str) -> dict[str, str]:
     }
 
 
+def _two_agents(stack: Stack, endpoint: str) -> dict[str, str]:
+    """API, scaler and agents a and b, with ``endpoint`` served by one replica on each;
+    its replica ids → their agents' names in the stack ("agent:a", "agent:b")."""
+    prefix, slots = stack.env["BERTH_AGENT_ID"], int(stack.env["BERTH_SLOTS"])
+    stack.start("api", "scaler", "agent:a", "agent:b")
+    with stack.client() as c:
+        wait_for(
+            lambda: c.get("/v1/instance-types").json()[0]["total"] == 2 * slots,
+            20,
+            "both agents in the fleet",
+        )
+    stack.deploy(endpoint, min_replicas=2, max_replicas=2, scale_to_zero=600)
+    wait_for(
+        lambda: sorted(ready_on(stack, endpoint).values()) == [f"{prefix}-a", f"{prefix}-b"],
+        30,
+        "one replica on each agent",
+    )
+    return {rid: "agent:" + agent[-1] for rid, agent in ready_on(stack, endpoint).items()}
+
+
 def test_agent_killed_mid_load_loses_nothing(own_nats: NatsServer, tmp_path: Path) -> None:
     stack = Stack(tmp_path / "berth", own_nats.url, env={**FAST, "BERTH_SLOTS": "4"})
-    a, b = f"{stack.env['BERTH_AGENT_ID']}-a", f"{stack.env['BERTH_AGENT_ID']}-b"
+    b = f"{stack.env['BERTH_AGENT_ID']}-b"
     try:
-        stack.start("api", "scaler", "agent:a", "agent:b")
-        with stack.client() as c:
-            wait_for(
-                lambda: c.get("/v1/instance-types").json()[0]["total"] == 8,
-                20,
-                "both agents in the fleet",
-            )
-        stack.deploy("fleet", min_replicas=2, max_replicas=2, scale_to_zero=600)
-        wait_for(
-            lambda: sorted(ready_on(stack, "fleet").values()) == sorted([a, b]),
-            30,
-            "one replica on each agent",
-        )
+        _two_agents(stack, "fleet")
 
         answered: list[httpx.Response] = []
         enough = threading.Event()
@@ -145,26 +153,6 @@ def test_agents_on_separate_network_hosts(tmp_path: Path) -> None:
     finally:
         for host in hosts:
             host.delete()
-
-
-def _two_agents(stack: Stack, endpoint: str) -> dict[str, str]:
-    """API, scaler and agents a and b, with ``endpoint`` served by one replica on each;
-    its replica ids → their agents' names in the stack ("agent:a", "agent:b")."""
-    prefix = stack.env["BERTH_AGENT_ID"]
-    stack.start("api", "scaler", "agent:a", "agent:b")
-    with stack.client() as c:
-        wait_for(
-            lambda: c.get("/v1/instance-types").json()[0]["total"] == 4,
-            20,
-            "both agents in the fleet",
-        )
-    stack.deploy(endpoint, min_replicas=2, max_replicas=2, scale_to_zero=600)
-    wait_for(
-        lambda: sorted(ready_on(stack, endpoint).values()) == [f"{prefix}-a", f"{prefix}-b"],
-        30,
-        "one replica on each agent",
-    )
-    return {rid: "agent:" + agent[-1] for rid, agent in ready_on(stack, endpoint).items()}
 
 
 def test_a_dead_agents_request_runs_elsewhere_within_seconds(

@@ -57,10 +57,8 @@ def every_second(timeline: list[int]) -> Callable[[World], Coroutine[Any, Any, N
     return watch
 
 
-def test_a_burst_at_zero_starts_max_replicas_within_200_ms() -> None:
-    """Issue #6's bar: 100 requests to an endpoint at zero with max 4, all 4 starts issued
-    within 200 ms of the first (here in virtual time, through the loop's throttling)."""
-    starts: list[float] = []
+def starts_into(starts: list[float]) -> Callable[[World], Coroutine[Any, Any, None]]:
+    """A watch that notes the (virtual) time of every replica start."""
 
     async def watch(world: World) -> None:
         original = world.start
@@ -70,6 +68,15 @@ def test_a_burst_at_zero_starts_max_replicas_within_200_ms() -> None:
             return original(name, rid)
 
         world.start = start  # type: ignore[method-assign]
+
+    return watch
+
+
+def test_a_burst_at_zero_starts_max_replicas_within_200_ms() -> None:
+    """Issue #6's bar: 100 requests to an endpoint at zero with max 4, all 4 starts issued
+    within 200 ms of the first (here in virtual time, through the loop's throttling)."""
+    starts: list[float] = []
+    watch = starts_into(starts)
 
     burst = [1.0 + i * 0.001 for i in range(100)]
     world = simulate(SPEC, burst, until=30.0, watch=watch)
@@ -134,15 +141,7 @@ def test_no_replica_starts_after_scale_to_zero_without_a_request() -> None:
     the next request; before the fix it flapped 1 → 0 → 1 for the rest of the window."""
     spec = EndpointSpec(name="ep", max_replicas=2, scale_to_zero=30)
     starts: list[float] = []
-
-    async def watch(world: World) -> None:
-        original = world.start
-
-        def start(name: str, rid: str | None = None) -> str:
-            starts.append(world.now)
-            return original(name, rid)
-
-        world.start = start  # type: ignore[method-assign]
+    watch = starts_into(starts)
 
     light = [10.0 + 7 * i for i in range(8)]  # a request every 7 s until 59 s
     later = [400.0]  # and one much later
