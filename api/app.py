@@ -22,7 +22,7 @@ from api.jobs import DeadlineTimers
 from api.middleware import HostRouting, RequestId
 from api.openapi import install_openapi
 from api.replica_secrets import replica_secrets
-from api.routes import endpoints, events, fleet, logs, models, requests, secrets, tokens
+from api.routes import endpoints, events, examples, fleet, logs, models, requests, secrets, tokens
 from api.routes.inference import DataPlane
 from broker.connection import connected
 from broker.jobs import ensure_results
@@ -162,6 +162,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(logs.router)
     app.include_router(requests.router)
     app.include_router(secrets.router)
+    app.include_router(examples.router)
 
     @app.get("/healthz", tags=["system"])
     async def healthz() -> dict[str, str]:

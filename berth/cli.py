@@ -17,23 +17,64 @@ from typing import Any
 __all__ = ["main"]
 
 
+def _examples(args: argparse.Namespace) -> None:
+    from berth.client import from_environment
+
+    client = from_environment()
+    if args.name:
+        print(json.dumps(client.call("GET", f"/v1/examples/{args.name}"), indent=2))
+        return
+    for ex in client.call("GET", "/v1/examples"):
+        needs = f"  (needs {', '.join(ex['needs'])})" if ex["needs"] else ""
+        print(f"{ex['name']:<12} {ex['description']}{needs}")
+    print("\ndeploy one: berth deploy --example <name>")
+
+
+def _snippets(args: argparse.Namespace) -> None:
+    from berth.client import from_environment
+
+    found = from_environment().call("GET", f"/v1/endpoint/{args.name}/snippets")
+    for lang, text in found["snippets"].items():
+        if args.lang in (None, lang):
+            if args.lang is None:
+                print(f"# {lang}")
+            print(text.rstrip() + "\n")
+
+
 def _deploy(args: argparse.Namespace) -> None:
     from berth.client import ApiError, from_environment
     from broker.artifacts import pack_dir
 
     client = from_environment()
-    fields: dict[str, Any] = {
+    given = {
         "min_replicas": args.min_replicas,
         "max_replicas": args.max_replicas,
         "scale_to_zero": args.scale_to_zero,
         "concurrency_per_replica": args.concurrency,
-        "visibility": "public" if args.public else "private",
-        "env_overrides": dict(kv.split("=", 1) for kv in args.env),
-        "container_secrets": args.secret,
         "instance_type": args.instance_type,
+        "request_timeout": args.timeout,
     }
-    if args.timeout is not None:
-        fields["request_timeout"] = args.timeout
+    # What is not given keeps the server's default (or the example's, or, on an update,
+    # the endpoint's current value).
+    fields: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    fields.update(
+        visibility="public" if args.public else "private",
+        env_overrides=dict(kv.split("=", 1) for kv in args.env),
+        container_secrets=args.secret,
+    )
+    if args.example:  # one of the catalogue's (berth examples)
+        name = args.name or args.example
+        try:
+            client.get_endpoint(name)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            raise SystemExit(f"berth: endpoint {name} exists; delete it or give --name")
+        endpoint = client.create_endpoint(name=name, example=args.example, **fields)
+        print(f"endpoint {name} created (example {args.example})\n  URL: {endpoint['endpoint']}")
+        print(f"  try it: berth snippets {name}")
+        return
     if args.image:  # a container image, from any registry
         if not args.name:
             raise SystemExit("berth: --image needs --name")
@@ -229,18 +270,17 @@ def parser() -> argparse.ArgumentParser:
         "deploy", help="deploy a folder with a service.py, or a container image, as an endpoint"
     )
     d.add_argument("path", nargs="?")
+    d.add_argument("--example", help="one of the catalogue's models (berth examples)")
     d.add_argument("--image", help="a container image URL (any registry) instead of a folder")
     d.add_argument("--port", type=int, default=8080, help="the image's port")
     d.add_argument("--health-check-path", default="/healthcheck")
     d.add_argument("--registry-credential", metavar="KEY", help="for a private registry")
-    d.add_argument("--instance-type", default="cpu", help="cpu, gpu.<type>, gpu.<type>.<n>x")
+    d.add_argument("--instance-type", help="cpu (default), gpu.<type>, gpu.<type>.<n>x")
     d.add_argument("--name")
-    d.add_argument("--min-replicas", type=int, default=0)
-    d.add_argument("--max-replicas", type=int, default=1)
-    d.add_argument(
-        "--scale-to-zero", type=int, default=300, help="seconds idle before scaling down"
-    )
-    d.add_argument("--concurrency", type=int, default=1, help="requests one replica serves at once")
+    d.add_argument("--min-replicas", type=int, help="default 0")
+    d.add_argument("--max-replicas", type=int, help="default 1")
+    d.add_argument("--scale-to-zero", type=int, help="seconds idle before scaling down (300)")
+    d.add_argument("--concurrency", type=int, help="requests one replica serves at once (1)")
     d.add_argument("--timeout", type=float, help="request timeout in seconds")
     d.add_argument("--public", action="store_true", help="serve inference without a token")
     d.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
@@ -248,6 +288,17 @@ def parser() -> argparse.ArgumentParser:
         "--secret", action="append", default=[], metavar="KEY", help="inject a stored secret"
     )
     d.set_defaults(func=_deploy)
+
+    ex = sub.add_parser("examples", help="the catalogue of example models")
+    ex.add_argument("name", nargs="?", help="one example, with its routes' inputs")
+    ex.set_defaults(func=_examples)
+
+    sn = sub.add_parser("snippets", help="ready-to-paste calls of an endpoint")
+    sn.add_argument("name")
+    sn.add_argument(
+        "--lang", choices=["curl", "python", "python_octoai", "typescript"], help="just one"
+    )
+    sn.set_defaults(func=_snippets)
 
     e = sub.add_parser("endpoints", help="list endpoints, or show one")
     e.add_argument("name", nargs="?")

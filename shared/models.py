@@ -58,6 +58,9 @@ class EndpointBase(SQLModel):
     description: str | None = Field(default=None, max_length=2000)
     image_url: str | None = Field(default=None, max_length=1000)
     model_id: str | None = Field(default=None, max_length=100)
+    # The catalogue example it was made from (GET /v1/examples), if any: Berth stores
+    # that example's model as model_id, and its snippets use the example's input.
+    example: str | None = Field(default=None, max_length=63)
     port: int = Field(default=8080, ge=1, le=65535)
     min_replicas: int = Field(default=0, ge=0, le=999)
     max_replicas: int = Field(default=1, ge=0, le=999)
@@ -104,7 +107,12 @@ class EndpointCreate(EndpointBase):
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointCreate:
-        check_endpoint_config(self.model_dump())
+        values = self.model_dump()
+        if self.example:
+            if self.image_url or self.model_id:
+                raise ValueError("give an example, or image_url or model_id, not both")
+            values["model_id"] = "the example's"  # stored at creation
+        check_endpoint_config(values)
         return self
 
 
@@ -142,7 +150,7 @@ def check_endpoint_config(values: dict[str, Any]) -> None:
     if values["min_replicas"] > values["max_replicas"]:
         raise ValueError("min_replicas must not exceed max_replicas")
     if not values.get("image_url") and not values.get("model_id"):
-        raise ValueError("one of image_url or model_id is required")
+        raise ValueError("one of image_url, model_id or example is required")
     if values.get("image_url") and values.get("model_id"):
         raise ValueError("give image_url or model_id, not both")
 

@@ -181,7 +181,7 @@ def test_killed_replica_mid_request_is_redelivered(
         ({"concurrency_per_replica": 0}, "concurrency_per_replica"),
         ({"name": "Not_A_DNS_Label"}, "DNS label"),
         ({"name": "-leading-dash"}, "DNS label"),
-        ({"image_url": None, "model_id": None}, "one of image_url or model_id"),
+        ({"image_url": None, "model_id": None}, "one of image_url, model_id or example"),
         ({"health_check_path": "healthz"}, "must start with '/'"),
     ],
 )

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.concurrency import iterate_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from workers.service import REPLICA_KEY_HEADER, Service, public_routes
+from workers.service import REPLICA_KEY_HEADER, InvalidInput, Service, public_routes
 
 __all__ = ["State", "build_app", "input_model", "require_key"]
 
@@ -190,9 +190,15 @@ def build_app(
                     return StreamingResponse(
                         sse(fn, kwargs), media_type="text/event-stream", headers=_NO_BUFFERING
                     )
-                output = [chunk async for chunk in chunks_of(fn, kwargs)]
+                try:
+                    output = [chunk async for chunk in chunks_of(fn, kwargs)]
+                except InvalidInput as exc:
+                    return _error(422, "invalid_input", str(exc))
             else:
-                output = await call(fn, kwargs)
+                try:
+                    output = await call(fn, kwargs)
+                except InvalidInput as exc:
+                    return _error(422, "invalid_input", str(exc))
             elapsed = (time.perf_counter() - started) * 1000
             return {"output": output, "analytics": {"inference_time_ms": round(elapsed, 3)}}
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 __all__ = [
     "REPLICA_KEY_ENV",
     "REPLICA_KEY_HEADER",
+    "InvalidInput",
     "Service",
     "find_service",
     "public_routes",
@@ -38,6 +39,12 @@ REPLICA_KEY_HEADER = "x-berth-replica-key"
 REPLICA_KEY_ENV = "BERTH_REPLICA_KEY"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InvalidInput(ValueError):
+    """Raised by a model for input it cannot use (an image that does not decode, say):
+    the caller gets a 422 with the message, not a 500."""
+
 
 _BASE_METHODS = {"setup", "infer", "on_server_startup", "on_server_shutdown"}
 

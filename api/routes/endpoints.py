@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,8 +13,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep
+from api.examples import catalog
 from api.openapi import errors
-from broker.artifacts import model_exists
+from broker.artifacts import ArchiveLimits, model_exists, pack_dir, store_model
 from broker.events import publish_event
 from broker.registry import delete_key, put_model
 from broker.streams import Backlog, backlog, delete_endpoint_consumer, ensure_endpoint_consumer
@@ -148,6 +150,28 @@ async def get_endpoint_row(session: SessionDep, name: str) -> Endpoint:
     return ep
 
 
+async def _from_example(ctx: AppContext, body: EndpointCreate) -> EndpointCreate:
+    """The example's model stored as the endpoint's, and its defaults where the body is silent."""
+    assert body.example is not None
+    try:
+        example = catalog().get(body.example)
+    except NotFound as exc:
+        raise InvalidRequest(exc.message) from exc
+    archive = await asyncio.to_thread(pack_dir, example.folder)
+    model_id = await store_model(ctx.broker, archive, ArchiveLimits.of(ctx.settings))
+    meta = example.meta
+    defaults = {
+        "instance_type": meta.instance_type,
+        "min_replicas": meta.min_replicas,
+        "max_replicas": meta.max_replicas,
+        "scale_to_zero": meta.scale_to_zero,
+        "concurrency_per_replica": meta.concurrency_per_replica,
+        "description": meta.description,
+    }
+    values = {k: v for k, v in defaults.items() if k not in body.model_fields_set}
+    return body.model_copy(update={**values, "model_id": model_id})
+
+
 async def _check_model(ctx: AppContext, model_id: str | None) -> None:
     if model_id and not await model_exists(ctx.broker, model_id):
         raise InvalidRequest(f"model {model_id!r} was never uploaded (POST /v1/models first)")
@@ -164,6 +188,8 @@ async def create_endpoint(
 ) -> EndpointPublic:
     if (await session.exec(select(Endpoint).where(Endpoint.name == body.name))).first():
         raise Conflict(f"endpoint {body.name!r} already exists")
+    if body.example:
+        body = await _from_example(ctx, body)
     await _check_model(ctx, body.model_id)
     await check_references(ctx.store, body.container_secrets, body.registry_credential)
     ep = Endpoint.model_validate(body)

@@ -1,0 +1,197 @@
+"""The catalogue of example models, and the code snippets that call an endpoint.
+
+An example is a model folder under ``examples/`` with an ``example.json``: what it
+does, what its host needs, its default scaling and a sample input. Its input and
+output schemas come from the model's own code (the signature of each route, as
+its replica's ``/openapi.json`` gives them). ``POST /v1/endpoint`` with
+``"example": "<name>"`` stores that folder as the endpoint's model.
+
+Snippets are built for one endpoint from its route and a sample input (the
+example's, or ``{}``): curl, Python (OctoAI's SDK and plain httpx) and TypeScript
+(fetch), each ready to paste with ``BERTH_URL`` and ``BERTH_TOKEN`` set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import sys
+from dataclasses import dataclass
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from shared.errors import NotFound
+
+__all__ = ["Catalog", "Example", "ExampleMeta", "catalog", "snippets"]
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+
+
+class ExampleMeta(BaseModel):
+    """``example.json``: what the catalogue says of an example beyond its code."""
+
+    description: str
+    # What its replicas' host must have besides Berth (Debian packages, a GPU).
+    needs: list[str] = Field(default_factory=list)
+    instance_type: str = "cpu"
+    min_replicas: int = 0
+    max_replicas: int = 1
+    scale_to_zero: int = 300
+    concurrency_per_replica: int = 1
+    # The route a caller uses first, and an input for it that works as it is.
+    route: str = "/infer"
+    # A string "@<file>" in it stands for that file of the folder, in base64.
+    sample_input: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class Example:
+    name: str
+    folder: Path
+    meta: ExampleMeta
+
+    @cached_property
+    def routes(self) -> dict[str, dict[str, Any]]:
+        """Each route's input schema and description, read from the model's code."""
+        from workers.server import input_model
+        from workers.service import find_service, public_routes
+
+        spec = importlib.util.spec_from_file_location(
+            f"berth_example_{self.name.replace('-', '_')}", self.folder / "service.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        service = find_service(module)()
+        out: dict[str, dict[str, Any]] = {}
+        methods = {"/infer": service.infer, **public_routes(service)}
+        for path, method in methods.items():
+            model = input_model(method, "Input")
+            out[path] = {
+                "description": inspect.getdoc(method) or "",
+                "input_schema": model.model_json_schema(),
+                "streams": inspect.isgeneratorfunction(method)
+                or inspect.isasyncgenfunction(method),
+            }
+        return out
+
+    def public(self) -> dict[str, Any]:
+        meta = self.meta
+        return {
+            "name": self.name,
+            "description": meta.description,
+            "needs": meta.needs,
+            "instance_type": meta.instance_type,
+            "defaults": {
+                "min_replicas": meta.min_replicas,
+                "max_replicas": meta.max_replicas,
+                "scale_to_zero": meta.scale_to_zero,
+                "concurrency_per_replica": meta.concurrency_per_replica,
+            },
+            "route": meta.route,
+            "routes": self.routes,
+        }
+
+    def sample(self) -> dict[str, Any]:
+        """The sample input, with each ``"@file"`` replaced by that file's base64."""
+        import base64
+
+        def fill(value: Any) -> Any:
+            if isinstance(value, str) and value.startswith("@"):
+                return base64.b64encode((self.folder / value[1:]).read_bytes()).decode()
+            if isinstance(value, dict):
+                return {k: fill(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [fill(v) for v in value]
+            return value
+
+        filled: dict[str, Any] = fill(self.meta.sample_input)
+        return filled
+
+
+class Catalog:
+    """The examples in a folder (``examples/`` of Berth's tree by default)."""
+
+    def __init__(self, folder: Path = EXAMPLES_DIR):
+        self.items: dict[str, Example] = {}
+        for meta_path in sorted(folder.glob("*/example.json")):
+            try:
+                meta = ExampleMeta.model_validate(json.loads(meta_path.read_text()))
+            except (ValueError, ValidationError) as exc:
+                raise RuntimeError(f"{meta_path}: {exc}") from exc
+            name = meta_path.parent.name
+            self.items[name] = Example(name, meta_path.parent, meta)
+
+    def get(self, name: str) -> Example:
+        example = self.items.get(name)
+        if example is None:
+            raise NotFound(
+                f"no example {name!r}; GET /v1/examples lists them: {sorted(self.items)}"
+            )
+        return example
+
+
+@cache
+def catalog() -> Catalog:
+    """Berth's own catalogue, read once."""
+    return Catalog()
+
+
+def snippets(url: str, route: str, sample: dict[str, Any]) -> dict[str, str]:
+    """Ready-to-run calls of ``url + route`` with ``sample`` as the body."""
+    target = url.rstrip("/") + route
+    body = json.dumps(sample)
+    pretty = json.dumps(sample, indent=4)
+    curl = (
+        f"curl -sS -X POST {_sh(target)} \\\n"
+        '  -H "Authorization: Bearer $BERTH_TOKEN" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        f"  -d {_sh(body)}"
+    )
+    python_httpx = (
+        "import os\n\nimport httpx\n\n"
+        f"inputs = {pretty}\n"
+        "resp = httpx.post(\n"
+        f"    {target!r},\n"
+        '    headers={"Authorization": f"Bearer {os.environ[\'BERTH_TOKEN\']}"},\n'
+        "    json=inputs,\n"
+        "    timeout=300,\n"
+        ")\n"
+        "resp.raise_for_status()\n"
+        'print(resp.json()["output"])\n'
+    )
+    python_octoai = (  # OctoAI's Python SDK (octoai-sdk 0.x): the same call, unchanged
+        "import os\n\nfrom octoai.client import Client\n\n"
+        "client = Client(token=os.environ['BERTH_TOKEN'])\n"
+        f"inputs = {pretty}\n"
+        f"print(client.infer({target!r}, inputs))\n"
+    )
+    typescript = (
+        f"const inputs = {pretty};\n"
+        f"const resp = await fetch({json.dumps(target)}, {{\n"
+        '  method: "POST",\n'
+        "  headers: {\n"
+        "    Authorization: `Bearer ${process.env.BERTH_TOKEN}`,\n"
+        '    "Content-Type": "application/json",\n'
+        "  },\n"
+        "  body: JSON.stringify(inputs),\n"
+        "});\n"
+        "if (!resp.ok) throw new Error(`${resp.status}: ${await resp.text()}`);\n"
+        "console.log((await resp.json()).output);\n"
+    )
+    return {
+        "curl": curl,
+        "python": python_httpx,
+        "python_octoai": python_octoai,
+        "typescript": typescript,
+    }
+
+
+def _sh(text: str) -> str:
+    """``text`` quoted for a POSIX shell."""
+    return "'" + text.replace("'", "'\"'\"'") + "'"

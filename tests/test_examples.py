@@ -1,0 +1,184 @@
+"""The example catalogue through a real stack: each CPU example deployed in one step,
+computing a right answer, and its snippets working when pasted."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import wave
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from berth.local import ROOT
+from tests.conftest import Stack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SSE = {"Accept": "text/event-stream"}
+
+
+def need(program: str, package: str) -> None:
+    if shutil.which(program) is None:
+        reason = f"{program} is not installed (Debian: {package})"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def create(stack: Stack, name: str, example: str, **fields: Any) -> dict[str, Any]:
+    with stack.client() as c:
+        resp = c.post("/v1/endpoint", json={"name": name, "example": example, **fields})
+    assert resp.status_code == 201, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def rendered(text: str) -> bytes:
+    """A PNG of ``text`` in dark letters on white, drawn here."""
+    font = ImageFont.load_default(size=40)
+    image = Image.new("L", (40 + 24 * len(text), 90), 255)
+    ImageDraw.Draw(image).text((20, 20), text, font=font, fill=0)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def wav_seconds(data: str) -> float:
+    with wave.open(io.BytesIO(base64.b64decode(data))) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        return w.getnframes() / w.getframerate()
+
+
+def test_the_catalogue_lists_each_example_with_its_inputs(stack: Stack) -> None:
+    with stack.client() as c:
+        listed = {e["name"]: e for e in c.get("/v1/examples").json()}
+        assert {"echo", "ocr", "tts"} <= set(listed)
+        tts = listed["tts"]["routes"]
+        assert tts["/infer"]["input_schema"]["properties"]["voice"]["enum"][0] == "en-gb"
+        assert tts["/infer"]["input_schema"]["properties"]["speed"]["maximum"] == 450
+        assert tts["/speak"]["streams"] is True
+        assert listed["ocr"]["needs"] and listed["ocr"]["defaults"]["max_replicas"] == 2
+        one = c.get("/v1/examples/ocr").json()
+        assert base64.b64decode(one["sample_input"]["image"]["data"]).startswith(b"\x89PNG")
+        assert c.get("/v1/examples/nope").status_code == 404
+        bad = c.post("/v1/endpoint", json={"name": "no-such-example", "example": "nope"})
+        assert bad.status_code == 422 and "nope" in bad.json()["error"]["message"]
+        both = c.post("/v1/endpoint", json={"name": "both", "example": "echo", "model_id": "x"})
+        assert both.status_code == 422
+
+
+def test_ocr_reads_back_the_words_of_an_image(stack: Stack, name: str) -> None:
+    need("tesseract", "tesseract-ocr")
+    made = create(stack, name, "ocr", max_replicas=1)
+    assert made["example"] == "ocr" and made["model_id"].startswith("sha256:")
+    words = "Harbour lights glow tonight"
+    with stack.client() as c:
+        resp = c.post(
+            f"/e/{name}/infer", json={"image": {"data": base64.b64encode(rendered(words)).decode()}}
+        )
+        assert resp.status_code == 200, resp.text
+        out = resp.json()["output"]
+        assert out["text"] == words
+        assert [w["text"] for w in out["words"]] == words.split()
+        lefts = [w["box"][0] for w in out["words"]]
+        assert lefts == sorted(lefts) and all(w["confidence"] > 50 for w in out["words"])
+        # Input the model cannot use is the caller's error, with the reason.
+        junk = c.post(f"/e/{name}/infer", json={"image": {"data": "not base64!"}})
+        assert junk.status_code == 422 and "base64" in junk.json()["error"]["message"]
+        lang = c.post(
+            f"/e/{name}/infer",
+            json={"image": {"data": base64.b64encode(b"x").decode()}, "lang": "xx"},
+        )
+        assert lang.status_code == 422
+
+
+def test_speech_is_a_wav_as_long_as_its_text(stack: Stack, name: str) -> None:
+    need("espeak-ng", "espeak-ng")
+    create(stack, name, "tts", max_replicas=1)
+    with stack.client() as c:
+        short = c.post(f"/e/{name}/infer", json={"text": "Hello."}).json()["output"]
+        text = "The tide turns twice a day, and the ships wait for it in the harbour."
+        long = c.post(f"/e/{name}/infer", json={"text": text, "voice": "en-gb"}).json()["output"]
+        slow = c.post(f"/e/{name}/infer", json={"text": text, "speed": 90}).json()["output"]
+        assert 0.3 < wav_seconds(short["audio"]["data"]) < 2.0
+        assert 2.5 < wav_seconds(long["audio"]["data"]) < 9.0
+        assert wav_seconds(long["audio"]["data"]) == pytest.approx(long["seconds"], abs=0.01)
+        assert slow["seconds"] > 1.5 * long["seconds"]  # 90 words a minute against 175
+        assert c.post(f"/e/{name}/infer", json={"text": "x", "voice": "klingon"}).status_code == 422
+
+        # Streamed: a WAV per sentence, each as it is made.
+        chunks = []
+        body = {"text": "First the lines. Then the sails! Off we go."}
+        with c.stream("POST", f"/e/{name}/speak", json=body, headers=SSE) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks.append(json.loads(line.removeprefix("data: ")))
+        assert [ch["text"] for ch in chunks] == [
+            "First the lines.",
+            "Then the sails!",
+            "Off we go.",
+        ]
+        assert all(wav_seconds(ch["audio"]["data"]) > 0.3 for ch in chunks)
+
+
+def test_the_pasted_curl_snippet_works(stack: Stack, name: str) -> None:
+    need("tesseract", "tesseract-ocr")
+    create(stack, name, "ocr", max_replicas=1)
+    with stack.client() as c:
+        found = c.get(f"/v1/endpoint/{name}/snippets").json()
+    assert found["url"] == f"{stack.url}/e/{name}/infer"
+    assert set(found["snippets"]) == {"curl", "python", "python_octoai", "typescript"}
+    env = {**os.environ, "BERTH_TOKEN": stack.token}
+    done = subprocess.run(
+        ["bash", "-c", found["snippets"]["curl"] + " -w '\\n%{http_code}'"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    body, _, status = done.stdout.rpartition("\n")
+    assert status == "200", done.stdout + done.stderr
+    assert json.loads(body)["output"]["text"] == "Ships come in at dawn"
+    # The Python one too, as pasted (httpx is at hand).
+    ran = subprocess.run(
+        [sys.executable, "-c", found["snippets"]["python"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0 and "Ships come in at dawn" in ran.stdout, ran.stderr
+
+
+def test_the_cli_deploys_an_example_and_prints_its_snippets(stack: Stack, name: str) -> None:
+    env = {**os.environ, "BERTH_URL": stack.url, "BERTH_TOKEN": stack.token}
+
+    def berth(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "berth.cli", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "ocr" in berth("examples")
+    assert f"endpoint {name} created (example echo)" in berth(
+        "deploy", "--example", "echo", "--name", name
+    )
+    curl = berth("snippets", name, "--lang", "curl")
+    done = subprocess.run(
+        ["bash", "-c", curl], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert json.loads(done.stdout)["output"]["text"] == "hellohello", done.stdout + done.stderr
+    wait_for(lambda: stack.replicas(name), 10, "the replica to show")
