@@ -82,6 +82,11 @@ class Example:
 
     def public(self) -> dict[str, Any]:
         meta = self.meta
+        routes: dict[str, Any]
+        try:
+            routes = self.routes
+        except Exception as exc:  # its code does not load here: say so, list the rest
+            routes = {"error": f"{type(exc).__name__}: {exc}"}
         return {
             "name": self.name,
             "description": meta.description,
@@ -94,7 +99,7 @@ class Example:
                 "concurrency_per_replica": meta.concurrency_per_replica,
             },
             "route": meta.route,
-            "routes": self.routes,
+            "routes": routes,
         }
 
     def sample(self) -> dict[str, Any]:

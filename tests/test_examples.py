@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import wave
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,3 +183,52 @@ def test_the_cli_deploys_an_example_and_prints_its_snippets(stack: Stack, name: 
     )
     assert json.loads(done.stdout)["output"]["text"] == "hellohello", done.stdout + done.stderr
     wait_for(lambda: stack.replicas(name), 10, "the replica to show")
+
+
+def test_embeddings_of_paraphrases_are_closest(stack: Stack, name: str) -> None:
+    """The first replica installs the example's requirements (once per agent; the event
+    says so), then computes real sentence embeddings, a batch per request."""
+    create(stack, name, "embeddings", max_replicas=1)
+    texts = [
+        "A ship comes into the harbour",
+        "A boat arrives at the dock",
+        "The recipe needs two eggs and flour",
+        "Bake the cake for forty minutes",
+    ]
+    with stack.client() as c:
+        resp = c.post(f"/e/{name}/infer", json={"texts": texts}, timeout=600)
+        assert resp.status_code == 200, resp.text
+        out = resp.json()["output"]
+        events = [e["event"]["type"] for e in c.get(f"/v1/events/{name}").json()]
+    assert out["dimensions"] == 384 and len(out["embeddings"]) == 4
+    v = [[float(x) for x in row] for row in out["embeddings"]]
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert all(abs(cos(row, row) - 1) < 1e-4 for row in v)  # unit length
+    assert cos(v[0], v[1]) > 0.5 > max(cos(v[0], v[2]), cos(v[0], v[3]), cos(v[1], v[2]))
+    assert cos(v[2], v[3]) > max(cos(v[0], v[2]), cos(v[1], v[3]))  # kitchen with kitchen
+    assert "environment_installed" in events or "environment_install_started" not in events
+
+
+def test_requirements_that_cannot_be_installed_fail_the_start_with_uvs_reason(
+    stack: Stack, name: str, tmp_path: Path
+) -> None:
+    model = tmp_path / "needy"
+    model.mkdir()
+    shutil.copy(ROOT / "examples" / "echo" / "service.py", model / "service.py")
+    (model / "requirements.txt").write_text("berth-no-such-package-anywhere==9.9.9\n")
+    stack.deploy(name, model, max_replicas=1)
+    with stack.client() as c:
+        resp = c.post(f"/e/{name}/infer", json={"prompt": "x"}, timeout=120)
+        assert resp.status_code == 503, resp.text
+
+        def failed() -> str:
+            for e in c.get(f"/v1/events/{name}").json():
+                if e["event"]["type"] == "replica_start_failed":
+                    return str(e["event"]["details"]["reason"])
+            return ""
+
+        reason = wait_for(failed, 60, "the start to fail")
+    assert "could not be installed" in reason and "berth-no-such-package-anywhere" in reason

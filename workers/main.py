@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from broker.connection import connected
 from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import AgentSettings
 from workers.agent import Agent
+from workers.environments import Environments
 from workers.runtimes.base import Runtime
 from workers.runtimes.process import ProcessRuntime, SandboxSettings
 
@@ -55,7 +57,13 @@ def main(settings: AgentSettings | None = None) -> None:
             agent = Agent(
                 settings,
                 broker,
-                ProcessRuntime(settings.replica_host, sandbox=sandbox),
+                ProcessRuntime(
+                    settings.replica_host,
+                    sandbox=sandbox,
+                    environments=Environments(
+                        Path(settings.data_dir) / f"agent-{settings.agent_id}" / "envs"
+                    ),
+                ),
                 await docker_runtime(settings),
             )
             on_stop(agent.shutdown)

@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from workers.server import build_app, require_key, setup_failure_exit
-from workers.service import REPLICA_KEY_ENV, Service, find_service
+from workers.service import MODEL_SITE_ENV, REPLICA_KEY_ENV, Service, find_service
 
 
 def load_service(model_dir: Path) -> Service:
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     # Out of the environment before the model's code runs: a subprocess it starts, or
     # anything it prints of its environment, never shows the key.
     key = os.environ.pop(REPLICA_KEY_ENV, None)
+    site = os.environ.pop(MODEL_SITE_ENV, None)
+    if site:  # the model's own packages (its requirements.txt) come before Berth's
+        sys.path.insert(0, site)
     try:
         service = load_service(model_dir)
         app = build_app(service, on_setup_failure=setup_failure_exit)

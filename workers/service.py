@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 __all__ = [
+    "MODEL_SITE_ENV",
     "REPLICA_KEY_ENV",
     "REPLICA_KEY_HEADER",
     "InvalidInput",
@@ -37,6 +38,8 @@ __all__ = [
 # before the model's code loads.
 REPLICA_KEY_HEADER = "x-berth-replica-key"
 REPLICA_KEY_ENV = "BERTH_REPLICA_KEY"
+# Where the model's own packages (its requirements.txt) were installed, if anywhere.
+MODEL_SITE_ENV = "BERTH_MODEL_SITE"
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from workers.environments import Environments
 from workers.runtimes.base import Launch, Replica, tail_file
 from workers.sandbox import Policy, SandboxError, apply, landlock_abi, read_paths_for
+from workers.service import MODEL_SITE_ENV
 
 __all__ = ["ProcessRuntime"]
 
@@ -218,8 +220,10 @@ class ProcessRuntime:
         *,
         use_zygote: bool = True,
         sandbox: SandboxSettings | None = None,
+        environments: Environments | None = None,
     ):
         self.host = host
+        self.environments = environments
         self.use_zygote = use_zygote
         self.sandbox = sandbox or SandboxSettings()
         if self.sandbox.mode != "off":
@@ -263,7 +267,9 @@ class ProcessRuntime:
     def _drops_uid(self) -> bool:
         return os.geteuid() == 0 and self.sandbox.uid_base > 0 and self.sandbox.mode != "off"
 
-    def _policy(self, launch: Launch, scratch: Path, uid: int | None) -> Policy | None:
+    def _policy(
+        self, launch: Launch, scratch: Path, uid: int | None, site: Path | None = None
+    ) -> Policy | None:
         box = self.sandbox
         if box.mode == "off":
             return None
@@ -282,7 +288,7 @@ class ProcessRuntime:
                     )
         volume = launch.env.get("OCTOAI_VOLUME_PATH")
         return Policy(
-            read=(*read, str(launch.model_dir)),
+            read=(*read, str(launch.model_dir), *([str(site)] if site else [])),
             write=(str(scratch), *([volume] if volume else []), *box.writable),
             list_only=list_only,
             uid=uid,
@@ -327,11 +333,19 @@ class ProcessRuntime:
         if launch.model_dir is None:
             raise ValueError("the process runtime runs Python models only (model_id)")
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+        site = None  # the model's own packages (requirements.txt), installed once per agent
+        if self.environments is not None:
+            site = await self.environments.ensure(launch.model_dir, launch.report)
         uid = self._take_uid()
         try:
             scratch = self._scratch(launch, uid)
-            policy = self._policy(launch, scratch, uid)
+            if site is not None and uid is not None and site not in self._opened:
+                _open_to_replicas(site, self.sandbox.data_dir)
+                self._opened.add(site)
+            policy = self._policy(launch, scratch, uid, site)
             env = self._env(launch, scratch)
+            if site is not None:
+                env[MODEL_SITE_ENV] = str(site)
             if self.use_zygote:
                 zygote = await self._get_zygote()
                 pid, exited = await zygote.fork(launch, env, policy)
