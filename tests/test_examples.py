@@ -232,3 +232,32 @@ def test_requirements_that_cannot_be_installed_fail_the_start_with_uvs_reason(
 
         reason = wait_for(failed, 60, "the start to fail")
     assert "could not be installed" in reason and "berth-no-such-package-anywhere" in reason
+
+
+def test_the_image_model_computes_its_picture_from_the_input(stack: Stack, name: str) -> None:
+    create(stack, name, "imagefx", max_replicas=1)
+
+    def picture(box: tuple[int, int, int, int]) -> str:
+        image = Image.new("RGB", (200, 120), "white")
+        ImageDraw.Draw(image).rectangle(box, fill=(200, 30, 30))
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return base64.b64encode(out.getvalue()).decode()
+
+    def run(data: str, **inputs: Any) -> Image.Image:
+        with stack.client() as c:
+            resp = c.post(f"/e/{name}/infer", json={"image": {"data": data}, **inputs})
+        assert resp.status_code == 200, resp.text
+        return Image.open(io.BytesIO(base64.b64decode(resp.json()["output"]["image"]["data"])))
+
+    edges = run(picture((50, 30, 150, 90)), effect="edges")
+    assert edges.size == (200, 120)
+    assert max(edges.getpixel((x, 60))[0] for x in range(47, 53)) > 100  # the box's border
+    assert edges.getpixel((100, 60)) == (0, 0, 0) and edges.getpixel((10, 10)) == (0, 0, 0)
+    moved = run(picture((20, 30, 120, 90)), effect="edges")
+    assert moved.tobytes() != edges.tobytes()  # another input, another output
+    inverted = run(picture((50, 30, 150, 90)), effect="invert", strength=0.5)
+    assert all(abs(v - 128) <= 1 for v in inverted.getpixel((10, 10)))  # half way to black
+    with stack.client() as c:
+        bad = c.post(f"/e/{name}/infer", json={"image": {"data": base64.b64encode(b"no").decode()}})
+        assert bad.status_code == 422 and "image" in bad.json()["error"]["message"]
