@@ -261,3 +261,34 @@ def test_the_image_model_computes_its_picture_from_the_input(stack: Stack, name:
     with stack.client() as c:
         bad = c.post(f"/e/{name}/infer", json={"image": {"data": base64.b64encode(b"no").decode()}})
         assert bad.status_code == 422 and "image" in bad.json()["error"]["message"]
+
+
+def test_the_gpu_example_says_what_it_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SDXL is listed with its GPU instance type and its inputs; where the weights, its
+    packages or a GPU are missing, its start fails saying which (its real run needs a GPU
+    host: not part of the CPU test run)."""
+    from api.examples import Catalog
+    from workers.replica import load_service
+
+    sdxl = Catalog().get("sdxl").public()
+    assert sdxl["instance_type"] == "gpu.a10g"
+    assert sdxl["routes"]["/infer"]["input_schema"]["properties"]["steps"]["maximum"] == 100
+    service = load_service(ROOT / "examples" / "sdxl")
+    monkeypatch.delenv("SDXL_WEIGHTS", raising=False)
+    with pytest.raises(RuntimeError, match="SDXL_WEIGHTS is not set"):
+        service.setup()
+    monkeypatch.setenv("SDXL_WEIGHTS", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"no model_index\.json"):
+        service.setup()
+    (tmp_path / "model_index.json").write_text("{}")
+    try:
+        import torch
+    except ImportError:
+        with pytest.raises(RuntimeError, match="torch and diffusers are needed"):
+            service.setup()
+    else:
+        if not torch.cuda.is_available():
+            with pytest.raises(RuntimeError, match="no CUDA GPU"):
+                service.setup()
