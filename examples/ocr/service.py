@@ -39,7 +39,6 @@ class Ocr(Service):
             path = Path(tmp) / "image"
             path.write_bytes(image.content())
             tsv = self._tesseract(path, lang, page_mode, "tsv")
-            text = self._tesseract(path, lang, page_mode, "txt")
         words = []
         for line in tsv.splitlines()[1:]:
             cols = line.split("\t")
@@ -53,13 +52,25 @@ class Ocr(Service):
                         "line": [int(cols[2]), int(cols[3]), int(cols[4])],  # block, par, line
                     }
                 )
-        return {"text": text.strip(), "words": words}
+        # The text, from the words (one run of Tesseract, not two): a line's words joined
+        # by spaces, its lines by newlines, paragraphs and blocks by a blank line.
+        lines: dict[tuple[int, int, int], list[str]] = {}
+        for word in words:
+            block, par, line = word["line"]
+            lines.setdefault((block, par, line), []).append(word["text"])
+        text, last = "", None
+        for (block, par, _), texts in lines.items():
+            if last is not None:
+                text += "\n\n" if (block, par) != last else "\n"
+            text += " ".join(texts)
+            last = (block, par)
+        return {"text": text, "words": words}
 
     def _tesseract(self, path: Path, lang: str, page_mode: int, kind: str) -> str:
         assert self.tesseract is not None
         args = [self.tesseract, str(path), "-", "-l", lang, "--psm", str(page_mode)]
         done = subprocess.run(
-            [*args, *([kind] if kind != "txt" else [])],
+            [*args, kind],
             capture_output=True,
             text=True,
             timeout=120,
