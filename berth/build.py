@@ -92,9 +92,14 @@ def build_context(model_dir: Path, base: str, into: Path) -> Path:
     for module in SERVER_MODULES:
         shutil.copy2(ROOT / "workers" / module, into / "workers" / module)
     _vendor(into / "site")
+    # The same files the process runtime installs (workers/environments.py).
     requirements = (
         "RUN python3 -m pip install --no-cache-dir -r /opt/model/requirements.txt\n"
         if (model_dir / "requirements.txt").is_file()
+        else ""
+    ) + (
+        "RUN python3 -m pip install --no-cache-dir --no-deps -r /opt/model/requirements-nodeps.txt\n"
+        if (model_dir / "requirements-nodeps.txt").is_file()
         else ""
     )
     (into / "Dockerfile").write_text(DOCKERFILE.format(base=base, requirements=requirements))

