@@ -26,7 +26,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.errors import NotFound
 
-__all__ = ["Catalog", "Example", "ExampleMeta", "catalog", "snippets"]
+__all__ = [
+    "Catalog",
+    "Example",
+    "ExampleMeta",
+    "catalog",
+    "sample_from_openapi",
+    "sample_from_schema",
+    "snippets",
+]
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
@@ -139,6 +147,59 @@ class Catalog:
                 f"no example {name!r}; GET /v1/examples lists them: {sorted(self.items)}"
             )
         return example
+
+
+def sample_from_schema(
+    schema: dict[str, Any], defs: dict[str, Any] | None = None, depth: int = 0
+) -> Any:
+    """An input that fits a JSON schema: its defaults and examples where it has them, else
+    the first enum value, the lower bound, or a placeholder of the type."""
+    defs = defs or {}
+    if depth > 8:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return sample_from_schema(defs.get(ref.rsplit("/", 1)[-1], {}), defs, depth + 1)
+    for key in ("default", "example"):
+        if key in schema:
+            return schema[key]
+    if schema.get("examples"):
+        return schema["examples"][0]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = [o for o in schema.get(key, []) if o.get("type") != "null"]
+        if options:
+            return sample_from_schema(options[0], defs, depth + 1)
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        required = set(schema.get("required", []))
+        return {
+            name: sample_from_schema(prop, defs, depth + 1)
+            for name, prop in schema.get("properties", {}).items()
+            if name in required
+        }
+    if kind == "array":
+        return [sample_from_schema(schema.get("items", {}), defs, depth + 1)]
+    if kind == "string":
+        return "text"
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 1))
+        return low if kind == "number" else int(low)
+    if kind == "boolean":
+        return False
+    return None
+
+
+def sample_from_openapi(document: dict[str, Any], route: str = "/infer") -> dict[str, Any] | None:
+    """An input for ``route`` from a replica's OpenAPI document; None if it has none."""
+    try:
+        body = document["paths"][route]["post"]["requestBody"]["content"]["application/json"]
+    except (KeyError, TypeError):
+        return None
+    defs = document.get("components", {}).get("schemas", {})
+    sample = sample_from_schema(body.get("schema", {}), defs)
+    return sample if isinstance(sample, dict) else None
 
 
 @cache

@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from berth.local import ROOT
 from tests.conftest import Stack, wait_for
+from workers.media import Media
+from workers.service import Service
 
 pytestmark = pytest.mark.e2e
 
@@ -292,3 +294,45 @@ def test_the_gpu_example_says_what_it_lacks(
         if not torch.cuda.is_available():
             with pytest.raises(RuntimeError, match="no CUDA GPU"):
                 service.setup()
+
+
+def test_snippets_of_an_uploaded_model_come_from_its_schema(stack: Stack, name: str) -> None:
+    """A model that is not from the catalogue: once a replica runs, its snippets carry an
+    input built from the model's own schema (required inputs), and they work as pasted."""
+    stack.deploy(name, "echo", min_replicas=1, max_replicas=1)
+    wait_for(lambda: any(r["status"] == "running" for r in stack.replicas(name)), 60, "a replica")
+    with stack.client() as c:
+        found = c.get(f"/v1/endpoint/{name}/snippets").json()
+    assert found["input_from"] == "schema" and found["input"] == {"prompt": "text"}
+    env = {**os.environ, "BERTH_TOKEN": stack.token}
+    done = subprocess.run(
+        ["bash", "-c", found["snippets"]["curl"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(done.stdout)["output"]["text"] == "text", done.stdout + done.stderr
+
+
+def test_a_sample_fits_each_kind_of_schema() -> None:
+    from api.examples import sample_from_openapi, sample_from_schema
+    from workers.server import build_app
+
+    class Many(Service):
+        def infer(
+            self,
+            words: list[str],
+            image: Media,
+            count: int = 3,
+            ratio: float = 0.5,
+            on: bool = True,
+        ) -> dict:
+            return {}
+
+    document = build_app(Many()).openapi()
+    assert sample_from_openapi(document) == {"words": ["text"], "image": {"data": "text"}}
+    assert sample_from_schema({"type": "integer", "minimum": 4}) == 4
+    assert sample_from_schema({"enum": ["b", "c"]}) == "b"
+    assert sample_from_schema({"anyOf": [{"type": "null"}, {"type": "number"}]}) == 1
+    assert sample_from_openapi({"paths": {}}) is None

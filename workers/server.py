@@ -51,7 +51,8 @@ class State(StrEnum):
 def input_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
     """A pydantic model of a method's keyword inputs; every input must be annotated."""
     fields: dict[str, Any] = {}
-    for param in inspect.signature(fn).parameters.values():
+    # eval_str: a model module with `from __future__ import annotations` has string annotations.
+    for param in inspect.signature(fn, eval_str=True).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if param.annotation is inspect.Parameter.empty:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+import httpx
+from fastapi import APIRouter, Request
 
 from api.auth import AdminDep
-from api.context import ContextDep, SessionDep
-from api.examples import catalog, snippets
+from api.context import AppContext, ContextDep, SessionDep
+from api.examples import catalog, sample_from_openapi, snippets
 from api.routes.endpoints import get_endpoint_row
+from shared.messages import ReplicaState
 
 router = APIRouter(prefix="/v1", tags=["examples"], dependencies=[AdminDep])
 
@@ -28,7 +30,7 @@ async def get_example(example_name: str) -> dict[str, Any]:
 
 @router.get("/endpoint/{endpoint_name}/snippets")
 async def endpoint_snippets(
-    endpoint_name: str, ctx: ContextDep, session: SessionDep
+    endpoint_name: str, request: Request, ctx: ContextDep, session: SessionDep
 ) -> dict[str, Any]:
     """Calls of the endpoint ready to paste: curl, Python (httpx; OctoAI's SDK) and TypeScript.
 
@@ -37,13 +39,39 @@ async def endpoint_snippets(
     """
     ep = await get_endpoint_row(session, endpoint_name)
     url = f"{ctx.settings.base_url()}/e/{ep.name}"
-    route, sample = "/infer", {}
+    route, sample, source = "/infer", {}, "none"
     if ep.example and ep.example in catalog().items:
         example = catalog().items[ep.example]
-        route, sample = example.meta.route, example.sample()
+        route, sample, source = example.meta.route, example.sample(), "example"
+    elif any(
+        r.endpoint == ep.name and r.state == ReplicaState.READY for r in ctx.replicas.items.values()
+    ):
+        # A replica runs: its model's own schema, asked through the data plane like any call.
+        found = await _replica_sample(ctx, ep.name, request.headers.get("authorization", ""))
+        if found is not None:
+            sample, source = found, "schema"
     return {
         "endpoint": ep.name,
         "url": url + route,
         "input": sample,
+        # Where the input comes from: the example's sample, the running model's schema
+        # (required inputs, with their defaults or placeholders), or none ({}: fill it in).
+        "input_from": source,
         "snippets": snippets(url, route, sample),
     }
+
+
+async def _replica_sample(ctx: AppContext, name: str, authorization: str) -> dict[str, Any] | None:
+    """An input from the model's OpenAPI document (``/openapi.json`` of a running replica)."""
+    try:
+        host = ctx.settings.host
+        here = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        own = f"http://{here if ':' not in here else f'[{here}]'}:{ctx.settings.port}"
+        async with httpx.AsyncClient(base_url=own, timeout=5.0) as client:
+            resp = await client.get(
+                f"/e/{name}/openapi.json", headers={"Authorization": authorization}
+            )
+        document = resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return sample_from_openapi(document) if isinstance(document, dict) else None
