@@ -158,6 +158,16 @@ def test_the_pasted_curl_snippet_works(stack: Stack, name: str) -> None:
         timeout=120,
     )
     assert ran.returncode == 0 and "Ships come in at dawn" in ran.stdout, ran.stderr
+    # And the TypeScript one, with Node's own fetch (an ES module: top-level await).
+    need("node", "nodejs")
+    ts = subprocess.run(
+        ["node", "--input-type=module", "-e", found["snippets"]["typescript"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ts.returncode == 0 and "Ships come in at dawn" in ts.stdout, ts.stderr
 
 
 def test_the_cli_deploys_an_example_and_prints_its_snippets(stack: Stack, name: str) -> None:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 Report = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
 # The folder a finished install leaves this marker in; one without it is not used.
 DONE = ".berth-installed"
+# While an install runs, the endpoint hears of it this often.
+PROGRESS_EVERY = 15.0
 # An install is given this long before it fails the start.
 INSTALL_BUDGET = 1800.0
 
@@ -107,7 +109,7 @@ class Environments:
         text, returncode = "", 0
         deadline = time.monotonic() + self.budget
         for command in steps:
-            out, returncode = await self._run(command, deadline, building)
+            out, returncode = await self._run(command, deadline, building, report, started)
             text += out
             if returncode != 0:
                 break
@@ -130,7 +132,14 @@ class Environments:
         if report:
             await report("environment_installed", {"seconds": took, "packages": len(lines)})
 
-    async def _run(self, command: list[str], deadline: float, building: Path) -> tuple[str, int]:
+    async def _run(
+        self,
+        command: list[str],
+        deadline: float,
+        building: Path,
+        report: Report | None,
+        started: float,
+    ) -> tuple[str, int]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
         proc = await asyncio.create_subprocess_exec(
             *command,
@@ -139,10 +148,19 @@ class Environments:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
         )
+        talk = asyncio.ensure_future(proc.communicate())
         try:
             async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
-                output, _ = await proc.communicate()
+                while True:  # an event every PROGRESS_EVERY seconds while it runs
+                    done, _ = await asyncio.wait({talk}, timeout=PROGRESS_EVERY)
+                    if done:
+                        break
+                    if report:
+                        elapsed = round(time.monotonic() - started)
+                        await report("environment_installing", {"seconds": elapsed})
+            output, _ = talk.result()
         except TimeoutError:
+            talk.cancel()
             proc.kill()
             await proc.wait()
             shutil.rmtree(building, ignore_errors=True)
