@@ -16,13 +16,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Authenticator
 from api.callbacks import Dispatcher, WebhookSecrets
+from api.console import install_console
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.jobs import DeadlineTimers
+from api.metrics import Recorder
 from api.middleware import HostRouting, RequestId
 from api.openapi import install_openapi
 from api.replica_secrets import replica_secrets
-from api.routes import endpoints, events, examples, fleet, logs, models, requests, secrets, tokens
+from api.routes import (
+    endpoints,
+    events,
+    examples,
+    fleet,
+    live,
+    logs,
+    models,
+    requests,
+    secrets,
+    tokens,
+)
 from api.routes.inference import DataPlane
 from broker.connection import connected
 from broker.jobs import ensure_results
@@ -116,12 +129,13 @@ def create_app(settings: ApiSettings) -> BerthApp:
                 await ensure_results(broker, settings.result_ttl)
                 requester = Requester(broker)
                 await requester.start()
+                endpoint_view = KvView(broker, names.KV_ENDPOINTS, EndpointSpec)
                 ctx = AppContext(
                     settings=settings,
                     db=db,
                     broker=broker,
                     requester=requester,
-                    endpoints=KvView(broker, names.KV_ENDPOINTS, EndpointSpec),
+                    endpoints=endpoint_view,
                     replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
                     agents=KvView(broker, names.KV_AGENTS, AgentRecord),
                     health=KvView(broker, names.KV_HEALTH, EndpointHealth),
@@ -129,6 +143,9 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     store=store,
                     webhooks=WebhookSecrets(store),
                     deadlines=DeadlineTimers(broker),
+                    metrics=Recorder(
+                        settings.metrics_interval, lambda name: name in endpoint_view.items
+                    ),
                 )
                 await ctx.endpoints.start()
                 await ctx.replicas.start()
@@ -139,10 +156,18 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     await _resync(ctx)
                     await serve_replica_secrets(broker, partial(replica_secrets, ctx))
                     await dispatcher.start()
+                    ctx.metrics.start(
+                        lambda: (
+                            list(ctx.endpoints.items),
+                            list(ctx.replicas.items.values()),
+                            ctx.broker,
+                        )
+                    )
                     app.state.ctx = ctx
                     log.info("API ready on %s (%s secret store)", settings.base_url(), store.name)
                     yield
                 finally:
+                    await ctx.metrics.stop()
                     await dispatcher.stop()
                     await ctx.endpoints.stop()
                     await ctx.replicas.stop()
@@ -151,7 +176,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
         finally:
             await db.close()
 
-    app = FastAPI(title="Berth", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Berth", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(endpoints.router)
@@ -163,6 +188,8 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(requests.router)
     app.include_router(secrets.router)
     app.include_router(examples.router)
+    app.include_router(live.router)
+    install_console(app)
 
     @app.get("/healthz", tags=["system"])
     async def healthz() -> dict[str, str]:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from api.auth import Authenticator
     from api.callbacks import WebhookSecrets
     from api.jobs import DeadlineTimers
+    from api.metrics import Recorder
 
 __all__ = ["AppContext", "BrokerDep", "ContextDep", "SessionDep", "SettingsDep", "StoreDep"]
 
@@ -39,6 +40,7 @@ class AppContext:
     store: SecretStore
     webhooks: WebhookSecrets
     deadlines: DeadlineTimers
+    metrics: Recorder
 
 
 def get_context(request: Request) -> AppContext:

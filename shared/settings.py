@@ -80,6 +80,10 @@ class ApiSettings(CommonSettings):
     # How long a verified API token stays cached here: a token deleted through another
     # API instance keeps working on this one for at most this long.
     token_cache_ttl: float = 2.0
+    # The console's charts: one point per metrics_interval seconds, the last hour kept
+    # (api/metrics.py); the live endpoints list refreshes every live_interval seconds.
+    metrics_interval: float = Field(10.0, gt=0)
+    live_interval: float = Field(1.0, gt=0)
 
     # Secrets and registry credentials: Vault when vault_addr is set, else the local
     # store in the database, sealed with secret_key (or the 0600 key file).

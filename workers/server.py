@@ -212,7 +212,9 @@ def build_app(
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": schema}},
-                }
+                },
+                # Answers as server-sent events when asked (Accept: text/event-stream).
+                "x-berth-streams": streams,
             },
         )
         extra_schemas.update(defs)

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 
 from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep
@@ -58,6 +59,27 @@ async def endpoint_snippets(
         # (required inputs, with their defaults or placeholders), or none ({}: fill it in).
         "input_from": source,
         "snippets": snippets(url, route, sample),
+    }
+
+
+class SnippetRequest(BaseModel):
+    route: str = Field("/infer", pattern=r"^/[A-Za-z0-9_./~-]{0,200}$")
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.post("/endpoint/{endpoint_name}/snippets")
+async def snippets_for_input(
+    endpoint_name: str, body: SnippetRequest, ctx: ContextDep, session: SessionDep
+) -> dict[str, Any]:
+    """The same calls with a given input and route: the console's "copy as" of a run."""
+    ep = await get_endpoint_row(session, endpoint_name)
+    url = f"{ctx.settings.base_url()}/e/{ep.name}"
+    return {
+        "endpoint": ep.name,
+        "url": url + body.route,
+        "input": body.input,
+        "input_from": "request",
+        "snippets": snippets(url, body.route, body.input),
     }
 
 

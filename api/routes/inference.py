@@ -197,12 +197,20 @@ class DataPlane:
         The API's own HTTP protocol calls this directly (api/http.py); any other
         ASGI server goes through ``__call__``.
         """
+        ctx = self._context()
+        began = time.perf_counter()
+        answer: Answer | None
         try:
-            return await self._serve(self._context(), scope, receive, send)
+            answer = await self._serve(ctx, scope, receive, send)
         except BerthError as exc:
-            return _error(exc)
+            answer = _error(exc)
         except NATS_ERRORS as exc:  # a restart, a lost connection: an outage, not a bug
-            return _error(unavailable(exc))
+            answer = _error(unavailable(exc))
+        # A stream counts when it ends, as 200 (its status was sent before its body).
+        ctx.metrics.observe(
+            scope["path"], answer[0] if answer is not None else 200, time.perf_counter() - began
+        )
+        return answer
 
     async def _serve(
         self, ctx: AppContext, scope: Scope, receive: Receive, send: Send
