@@ -225,15 +225,24 @@ async def update_endpoint(
     ep = await get_endpoint_row(session, endpoint_name)
     changes = body.model_dump(exclude_unset=True)
     merged: dict[str, Any] = ep.model_dump() | changes
+    whole = {k: v for k, v in merged.items() if k in EndpointCreate.model_fields}
+    if whole.get("example"):
+        whole["model_id"] = None  # the example's model, stored as model_id when it was made
     try:
         check_endpoint_config(merged)
-        EndpointCreate.model_validate(
-            {k: v for k, v in merged.items() if k in EndpointCreate.model_fields}
-        )
-    except (ValueError, ValidationError) as exc:
+        EndpointCreate.model_validate(whole)
+    except ValidationError as exc:
+        details = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False)
+        ]
+        first = details[0]
+        where = ".".join(str(p) for p in first["loc"])
         raise InvalidRequest(
-            str(exc).splitlines()[-1] if isinstance(exc, ValidationError) else str(exc)
+            f"{where}: {first['msg']}" if where else str(first["msg"]), details=details
         ) from exc
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
     if "model_id" in changes:
         await _check_model(ctx, changes["model_id"])
     if "container_secrets" in changes or "registry_credential" in changes:

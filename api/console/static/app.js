@@ -483,14 +483,17 @@ async function jobsPage(main, signal) {
     h("thead", {}, h("tr", {}, ["Job", "Endpoint", "Status", "Submitted", "Queued", "Ran", "Callback"].map((t) => h("th", {}, t)))), body);
   fill(main, h("div", { class: "title-row" }, h("h1", {}, "Jobs"), filter), h("p", { class: "hint" }, "Async requests (X-OctoAI-Async), newest first; they are kept for the result TTL."), table, detail);
 
+  let said = ""; // what the last action said, kept across refreshes of the job
   const showDetail = (job) => {
+    if (selected !== job.response_id) said = "";
     selected = job.response_id;
     const actions = h("div", { class: "actions" });
-    const note = h("span", { class: "hint" });
+    const note = h("span", { class: "hint" }, said);
+    const say = (text) => { said = text; note.textContent = text; };
     if (["pending", "running"].includes(job.status))
-      actions.append(h("button", { type: "button", class: "danger", onclick: async () => { try { await api(`/v1/requests/${job.response_id}`, { method: "DELETE" }); note.textContent = "cancelled"; refresh(); } catch (e) { note.textContent = e.message; } } }, "Cancel"));
+      actions.append(h("button", { type: "button", class: "danger", onclick: async () => { try { await api(`/v1/requests/${job.response_id}`, { method: "DELETE" }); say("cancelled"); refresh(); } catch (e) { say(e.message); } } }, "Cancel"));
     if (job.callback && !["pending", "running"].includes(job.status))
-      actions.append(h("button", { type: "button", onclick: async () => { try { await api(`/v1/requests/${job.response_id}/callback`, { method: "POST" }); note.textContent = "callback sent again"; refresh(); } catch (e) { note.textContent = e.message; } } }, "Send the callback again"));
+      actions.append(h("button", { type: "button", onclick: async () => { try { await api(`/v1/requests/${job.response_id}/callback`, { method: "POST" }); say("callback sent again"); refresh(); } catch (e) { say(e.message); } } }, "Send the callback again"));
     const out = h("div");
     if (["completed", "failed"].includes(job.status))
       actions.append(h("button", { type: "button", onclick: async () => { const resp = await api(`/v1/responses/${job.response_id}`).catch((e) => ({ error: e.message })); const { renderOutput } = await import("./render.js"); fill(out, renderOutput(resp)); } }, "Show the response"));
@@ -515,7 +518,7 @@ async function jobsPage(main, signal) {
       h("td", {}, ago(j.created_at)), h("td", {}, duration(j.timings?.queued_s)), h("td", {}, duration(j.timings?.running_s)),
       h("td", {}, j.callback ? badge(j.callback.state) : "—"))) : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs yet.")));
     const chosen = jobs.find((j) => j.response_id === selected);
-    if (chosen && !detail.contains(document.activeElement)) showDetail(chosen);
+    if (chosen && !detail.querySelector(".output")) showDetail(chosen); // a shown response stays
   }
   filter.addEventListener("change", () => refresh());
   while (!signal.aborted) {
