@@ -185,3 +185,20 @@ def test_an_example_endpoint_can_be_edited_and_a_bad_edit_names_its_field(
         assert both.status_code == 422
         assert "not both" in both.json()["error"]["message"]
         assert "pydantic.dev" not in both.json()["error"]["message"]
+
+
+def test_console_files_are_compressed_and_revalidated(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.url, timeout=10) as anon:
+        plain = anon.get("/console/static/app.js", headers={"accept-encoding": "identity"})
+        packed = anon.get("/console/static/app.js", headers={"accept-encoding": "gzip"})
+        assert plain.status_code == packed.status_code == 200
+        assert packed.headers["content-encoding"] == "gzip"
+        assert packed.content == plain.content  # httpx decodes it
+        assert int(packed.headers["content-length"]) < len(plain.content) / 2
+        tag = plain.headers["etag"]
+        again = anon.get("/console/static/app.js", headers={"if-none-match": tag})
+        assert again.status_code == 304 and again.content == b""
+        assert anon.get("/console/static/nope.js").status_code == 404
+        page = anon.get("/console/")
+        for module in ("app.js", "api.js", "playground.js", "render.js"):
+            assert f'rel="modulepreload" href="/console/static/{module}"' in page.text

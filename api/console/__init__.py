@@ -12,13 +12,14 @@ model output with ``textContent`` and renders media from bytes it decoded itself
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import html
 from pathlib import Path
 
 import fastapi_offline
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 
 from shared.errors import NotFound
 from shared.names import ENDPOINT_NAME_RE
@@ -54,7 +55,7 @@ _SHELL = """<!doctype html>
 <title>{title}</title>
 <link rel="icon" href="/console/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/console/static/console.css">
-<script type="module" src="/console/static/{entry}"></script>
+{preload}<script type="module" src="/console/static/{entry}"></script>
 </head>
 <body data-mode="{mode}" data-endpoint="{endpoint}">
 <noscript>The Berth console needs JavaScript.</noscript>
@@ -80,18 +81,59 @@ _DOCS = """<!doctype html>
 """
 
 
-class _Static(StaticFiles):
-    """Files that revalidate (ETag) on every load: a new Berth never runs old scripts."""
+class _Assets:
+    """A folder's files held in memory, each with its gzip and ETag: served without a file
+    read or a thread hop (StaticFiles spends about 20 ms a file here, on two cores shared
+    with the browser), and revalidated on every load (``no-cache``), so that a new Berth
+    never runs old scripts."""
 
-    def file_response(self, *args: object, **kwargs: object) -> Response:
-        response = super().file_response(*args, **kwargs)  # type: ignore[arg-type]
-        response.headers["cache-control"] = "no-cache"
-        response.headers["x-content-type-options"] = "nosniff"
-        return response
+    def __init__(self, folder: Path, suffixes: tuple[str, ...]):
+        self.files: dict[str, tuple[bytes, bytes, str, str]] = {}
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix in suffixes:
+                raw = path.read_bytes()
+                tag = '"' + hashlib.sha256(raw).hexdigest()[:16] + '"'
+                kind = _TYPES.get(path.suffix, "application/octet-stream")
+                self.files[path.name] = (raw, gzip.compress(raw, 9, mtime=0), tag, kind)
+
+    def respond(self, name: str, request: Request) -> Response:
+        found = self.files.get(name)
+        if found is None:
+            raise NotFound(f"no file {name!r}")
+        raw, packed, tag, kind = found
+        headers = {
+            "etag": tag,
+            "cache-control": "no-cache",
+            "x-content-type-options": "nosniff",
+            "vary": "accept-encoding",
+        }
+        if tag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["content-encoding"] = "gzip"
+            return Response(packed, media_type=kind, headers=headers)
+        return Response(raw, media_type=kind, headers=headers)
+
+
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+
+
+# Every module the console imports, fetched at once instead of import by import.
+_PRELOAD = "".join(
+    f'<link rel="modulepreload" href="/console/static/{p.name}">\n'
+    for p in sorted(STATIC.glob("*.js"))
+    if p.name != "docs.js"
+)
 
 
 def _page(mode: str, endpoint: str = "", title: str = "Berth") -> HTMLResponse:
     body = _SHELL.format(
+        preload=_PRELOAD,
         title=html.escape(title),
         entry="app.js",
         mode=mode,
@@ -101,8 +143,16 @@ def _page(mode: str, endpoint: str = "", title: str = "Berth") -> HTMLResponse:
 
 
 def install_console(app: FastAPI) -> None:
-    app.mount("/console/static", _Static(directory=STATIC), name="console-static")
-    app.mount("/docs/static", _Static(directory=SWAGGER), name="docs-static")
+    console_files = _Assets(STATIC, (".js", ".css", ".svg"))
+    docs_files = _Assets(SWAGGER, (".js", ".css", ".png"))
+
+    @app.get("/console/static/{name}", include_in_schema=False)
+    async def console_static(name: str, request: Request) -> Response:
+        return console_files.respond(name, request)
+
+    @app.get("/docs/static/{name}", include_in_schema=False)
+    async def docs_static(name: str, request: Request) -> Response:
+        return docs_files.respond(name, request)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -99,7 +99,9 @@ async def stream_endpoints(request: Request, ctx: ContextDep) -> StreamingRespon
             await asyncio.sleep(ctx.settings.live_interval)
 
     return StreamingResponse(
-        lines(), media_type="application/x-ndjson", headers={"cache-control": "no-store"}
+        lines(),
+        media_type="application/x-ndjson",
+        headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
     )
 
 

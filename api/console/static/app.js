@@ -164,6 +164,7 @@ async function endpointsPage(main, signal) {
       h("td", {}, e.public ? "public" : "private"),
       h("td", {}, e.instance_type))));
     live.textContent = `live · ${clock(Date.now() / 1000)}`;
+    if (!performance.getEntriesByName("endpoints-shown").length) performance.mark("endpoints-shown");
   }, signal, (state) => (live.textContent = state === "live" ? "live" : "reconnecting…"));
 }
 
