@@ -33,9 +33,15 @@ def make_token(stack: Stack, **body: Any) -> dict[str, Any]:
 
 
 def call(stack: Stack, method: str, path: str, token: str | None, **kw: Any) -> httpx.Response:
+    """One call; a stream that is let through is answered by its status, unread."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=stack.url, timeout=60) as c:
-        return c.request(method, path, headers=headers, **kw)
+    with (
+        httpx.Client(base_url=stack.url, timeout=60) as c,
+        c.stream(method, path, headers=headers, **kw) as resp,
+    ):
+        if resp.status_code >= 400 or "ndjson" not in resp.headers.get("content-type", ""):
+            resp.read()
+        return resp
 
 
 def expired_token(stack: Stack) -> str:

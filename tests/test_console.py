@@ -454,6 +454,65 @@ def test_a_model_folder_uploaded_from_the_browser(page: Page, stack: Stack, name
     assert resp.status_code == 200 and resp.json()["output"]["prompt"] == "from a folder"
 
 
+def test_an_image_endpoint_with_a_registry_credential_and_a_secret(
+    page: Page, stack: Stack, name: str
+) -> None:
+    key = f"cred-{name[-4:]}"
+    secret = f"CONSOLE_{name[-4:].upper()}"
+    with stack.client() as c:
+        made = c.post(
+            "/v1/registry-credential", json={"key": key, "username": "u", "password": "p"}
+        )
+        assert made.status_code == 201, made.text
+        assert c.post("/v1/secret", json={"key": secret, "value": "v"}).status_code == 201
+    try:
+        page.goto("/console/new")
+        page.fill("input[name=name]", name)
+        page.check("input[name=source][value=image]")
+        page.fill("input[name=image_url]", "registry.test/team/model:1.0")
+        page.fill("input[name=port]", "9000")
+        page.select_option("select[name=registry_credential]", key)
+        page.check(f"input[name=container_secrets][value={secret}]")
+        page.click("form.endpoint-form button[type=submit]")
+        expect(page).to_have_url(f"{stack.url}/console/endpoints/{name}")
+        expect(page.locator("table.kv")).to_contain_text("image: registry.test/team/model:1.0")
+        expect(page.locator("table.kv")).to_contain_text(key)
+        with stack.client() as c:
+            ep = c.get(f"/v1/endpoint/{name}").json()
+        assert ep["image_url"] == "registry.test/team/model:1.0" and ep["port"] == 9000
+        assert ep["registry_credential"] == key and ep["container_secrets"] == [secret]
+    finally:
+        with stack.client() as c:
+            c.delete(f"/v1/endpoint/{name}")
+            c.delete(f"/v1/registry-credential/{key}")
+            c.delete(f"/v1/secret/{secret}")
+
+
+def test_a_queued_job_is_cancelled_from_the_jobs_page(page: Page, stack: Stack, name: str) -> None:
+    create(stack, name=name, example="echo", min_replicas=1, max_replicas=1)
+    ready(stack, name)
+    with stack.client() as c:
+        busy = c.post(
+            f"/e/{name}/infer", json={"prompt": "a", "sleep": 20}, headers={"X-OctoAI-Async": "1"}
+        ).json()["response_id"]
+        queued = c.post(
+            f"/e/{name}/infer", json={"prompt": "b"}, headers={"X-OctoAI-Async": "1"}
+        ).json()["response_id"]
+    try:
+        page.goto("/console/jobs")
+        page.select_option("select[name=endpoint]", name)
+        row = page.locator(f"tr[data-job='{queued}']")
+        expect(row.locator(".badge")).to_have_text("pending", timeout=WAIT_MS)
+        row.click()
+        page.click(".job-detail button:has-text('Cancel')")
+        expect(row.locator(".badge")).to_have_text("cancelled", timeout=WAIT_MS)
+        with stack.client() as c:
+            assert c.get(f"/v1/requests/{queued}").json()["status"] == "cancelled"
+    finally:
+        with stack.client() as c:
+            c.delete(f"/v1/requests/{busy}")
+
+
 # -- untrusted output --------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ content type the document gives. Bounded: a fixed number of examples per operati
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,6 +66,14 @@ def _answer(case: Any, stack: Stack) -> None:
     """Call one generated case; fail on no answer in time or on a failed check."""
     headers = {"Authorization": f"Bearer {stack.token}"}
     try:
+        if case.path.endswith("/stream"):
+            # A live stream never ends: its status and first line must come, the line JSON.
+            kwargs = case.as_transport_kwargs(base_url=stack.url, headers=headers)
+            with requests.request(**kwargs, timeout=ANSWER_WITHIN, stream=True) as raw:
+                if raw.status_code == 200:
+                    first = next(raw.iter_lines(), b"")
+                    assert isinstance(json.loads(first), dict), first
+                    return
         response = case.call(base_url=stack.url, headers=headers, timeout=ANSWER_WITHIN)
     except requests.Timeout:
         raise AssertionError(f"no answer within {ANSWER_WITHIN} s") from None
