@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlmodel import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.auth import Authenticator
+from api.auth import Authenticator, PrincipalDep
 from api.callbacks import Dispatcher, WebhookSecrets
 from api.console import install_console
 from api.context import AppContext
@@ -22,7 +24,7 @@ from api.errors import install_error_handlers
 from api.jobs import DeadlineTimers
 from api.metrics import Recorder
 from api.middleware import HostRouting, RequestId
-from api.openapi import install_openapi
+from api.openapi import errors, install_openapi
 from api.replica_secrets import replica_secrets
 from api.routes import (
     endpoints,
@@ -44,6 +46,7 @@ from broker.registry import KvView, delete_key
 from broker.secrets import serve_replica_secrets
 from shared import names
 from shared.db import Database, run_migrations
+from shared.errors import Forbidden
 from shared.messages import AgentRecord, EndpointHealth, EndpointSpec, ReplicaRecord
 from shared.models import ApiToken, Endpoint
 from shared.settings import ApiSettings
@@ -190,6 +193,18 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(examples.router)
     app.include_router(live.router)
     install_console(app)
+
+    @app.get(
+        "/metrics",
+        tags=["system"],
+        response_class=PlainTextResponse,
+        responses=errors(401, 403),
+    )
+    async def metrics(principal: PrincipalDep) -> PlainTextResponse:
+        """This API instance's Prometheus metrics (a token with the metrics or admin scope)."""
+        if not principal.may_scrape():
+            raise Forbidden("this token may not read metrics (it needs the metrics scope)")
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["system"])
     async def healthz() -> dict[str, str]:

@@ -57,6 +57,9 @@ class Principal:
             self.endpoints is None or endpoint in self.endpoints
         )
 
+    def may_scrape(self) -> bool:
+        return self.is_admin or Scope.METRICS in self.scopes
+
     def may_fetch_secrets(self) -> bool:
         return self.is_admin or Scope.AGENT in self.scopes
 

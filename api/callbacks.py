@@ -32,6 +32,7 @@ from broker.jobs import get_job, get_response, modify, request_callback
 from shared.egress import BlockedAddress, blocked_reason, guarded_client, literal_address
 from shared.errors import InvalidRequest
 from shared.messages import CallbackAttempt, CallbackState, JobRecord
+from shared.metrics import CALLBACKS
 from shared.stores import Kind, SecretStore
 from shared.webhooks import new_secret, sign
 
@@ -240,6 +241,8 @@ class Dispatcher:
             return current.model_copy(update={"callback": new_cb})
 
         await modify(self._ctx.broker, response_id, record)
+        outcome = "delivered" if ok else "failed" if give_up else "retry"
+        CALLBACKS.labels(job.endpoint, outcome).inc()
         log.info(
             "callback %s → %s: %s (attempt %d)",
             response_id,

@@ -24,6 +24,7 @@ from typing import Any
 from broker.connection import BROKER_FAILURES
 from broker.streams import backlog
 from shared.messages import ReplicaRecord, ReplicaState
+from shared.metrics import IN_FLIGHT, QUEUE_LENGTH, REPLICAS, REQUEST_SECONDS, REQUESTS
 
 __all__ = ["Recorder", "replica_counts"]
 
@@ -48,6 +49,9 @@ class _Bucket:
             self.latencies.append(seconds)
         elif self.requests % 2:
             self.latencies[self.requests % _LATENCY_SAMPLE] = seconds
+
+
+_CODES = {code: str(code) for code in range(100, 600)}
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:
@@ -80,15 +84,17 @@ class Recorder:
         self._keep = max(1, int(HOUR / interval))
         self._task: asyncio.Task[None] | None = None
 
-    def observe(self, path: str, status: int, seconds: float) -> None:
-        """One answered data-plane request (``/e/<endpoint>/...``)."""
+    def observe(self, path: str, status: int, seconds: float, mode: str) -> None:
+        """One answered data-plane request (``/e/<endpoint>/...``), here and for Prometheus."""
         name = path[3:].partition("/")[0]
         bucket = self._open.get(name)
         if bucket is None:
             if not self._known(name):
-                return  # unknown names never grow this table
+                return  # unknown names never grow this table, nor Prometheus's labels
             bucket = self._open[name] = _Bucket()
         bucket.add(status, seconds)
+        REQUESTS.labels(name, mode, _CODES.get(status) or str(status)).inc()
+        REQUEST_SECONDS.labels(name, mode).observe(seconds)
 
     def points(self, name: str, since: float = 0.0) -> list[dict[str, Any]]:
         return [p for p in self._points.get(name, ()) if p["t"] >= since]
@@ -96,6 +102,12 @@ class Recorder:
     def forget(self, name: str) -> None:
         self._open.pop(name, None)
         self._points.pop(name, None)
+        for gauge in (QUEUE_LENGTH, IN_FLIGHT):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+        for state in ("starting", "ready", "busy", "failed"):
+            with contextlib.suppress(KeyError):
+                REPLICAS.remove(name, state)
 
     async def sample(
         self, endpoints: list[str], replicas: list[ReplicaRecord], broker: Any
@@ -117,6 +129,7 @@ class Recorder:
                 found = await backlog(broker, name)
                 if found is not None:
                     queued, in_flight = found.queued, found.in_flight
+            counts = replica_counts(by_endpoint.get(name, []), now)
             point = {
                 "t": round(now, 3),
                 "requests": bucket.requests,
@@ -125,9 +138,15 @@ class Recorder:
                 "p95_ms": round(p95 * 1000, 2) if p95 is not None else None,
                 "queued": queued,
                 "in_flight": in_flight,
-                "replicas": replica_counts(by_endpoint.get(name, []), now),
+                "replicas": counts,
             }
             self._points.setdefault(name, deque(maxlen=self._keep)).append(point)
+            # Prometheus's gauges are these same figures (the console's charts read them).
+            if queued is not None and in_flight is not None:
+                QUEUE_LENGTH.labels(name).set(queued)
+                IN_FLIGHT.labels(name).set(in_flight)
+            for state, count in counts.items():
+                REPLICAS.labels(name, state).set(count)
 
     def start(self, read: Callable[[], tuple[list[str], list[ReplicaRecord], Any]]) -> None:
         async def loop() -> None:

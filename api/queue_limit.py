@@ -18,6 +18,7 @@ import asyncio
 from broker.connection import Broker
 from broker.streams import Backlog, backlog
 from shared.errors import QueueFull
+from shared.metrics import QUEUE_REJECTIONS
 
 __all__ = ["TRUST_FOR", "QueueLimit"]
 
@@ -41,6 +42,7 @@ class QueueLimit:
         waiting = await self._read(broker, endpoint)
         queued = waiting.queued if waiting is not None else 0
         if queued >= limit:
+            QUEUE_REJECTIONS.labels(endpoint).inc()
             raise QueueFull(
                 f"endpoint {endpoint!r} has {queued} requests queued (max_queue_length {limit})",
                 headers={"Retry-After": "1"},

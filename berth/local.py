@@ -180,6 +180,8 @@ class LocalStack:
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
+        # Where each scaler and agent serves its Prometheus metrics (the API: /metrics).
+        self.metrics: dict[str, str] = {}
 
     def start(
         self,
@@ -200,6 +202,10 @@ class LocalStack:
             if kind == "agent" and suffix:
                 proc_env["BERTH_AGENT_ID"] = f"{self.env['BERTH_AGENT_ID']}-{suffix}"
             proc_env.update((env or {}).get(name, {}))
+            if kind in ("scaler", "agent") and "BERTH_METRICS_PORT" not in proc_env:
+                metrics_port = free_port()
+                proc_env["BERTH_METRICS_PORT"] = str(metrics_port)
+                self.metrics[name] = f"http://127.0.0.1:{metrics_port}/metrics"
             with log.open("ab") as out:
                 self.procs[name] = subprocess.Popen(
                     [*(wrap or {}).get(name, []), sys.executable, "-m", "berth.cli", kind],

@@ -206,7 +206,16 @@ def main(settings: UpSettings | None = None) -> None:
             BERTH_CALLBACK_ALLOW_PRIVATE=str(settings.callback_allow_private).lower(),
         )
         berth = [sys.executable, "-m", "berth.cli"]
-        children = [Child(name, [*berth, name], env) for name in ("api", "scaler", "agent")]
+        # The scaler's and the agent's Prometheus metrics on the two ports after the API's
+        # (loopback), unless BERTH_METRICS_PORT says otherwise.
+        metrics = {}
+        children = []
+        for offset, name in enumerate(("api", "scaler", "agent")):
+            own = dict(env)
+            if name != "api" and "BERTH_METRICS_PORT" not in env:
+                own["BERTH_METRICS_PORT"] = str(api_port + offset)
+                metrics[name] = f"http://127.0.0.1:{api_port + offset}/metrics"
+            children.append(Child(name, [*berth, name], own))
         for child in children:
             child.start()
         assert children[0].proc is not None
@@ -224,8 +233,11 @@ def main(settings: UpSettings | None = None) -> None:
             if settings.callback_allow_private
             else ""
         )
+        scrape = "".join(f", {name} {where}" for name, where in metrics.items())
         print(
-            f"\nBerth is up.\n  API:         {url}\n  admin token: {shown}\n"
+            f"\nBerth is up.\n  API:         {url}\n  console:     {url}/console/\n"
+            f"  admin token: {shown}\n"
+            f"  metrics:     {url}/metrics (a metrics or admin token){scrape}\n"
             f"  data dir:    {data_dir}{callbacks}\n\n"
             f"  export BERTH_URL={url} BERTH_TOKEN=$(cat {token_file})\n"
             f"Press Ctrl-C to stop.\n",

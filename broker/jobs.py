@@ -47,6 +47,7 @@ from broker.streams import (
 )
 from shared import names
 from shared.messages import JobRecord, JobStatus
+from shared.metrics import JOBS
 
 __all__ = [
     "EXPIRED_IN_QUEUE",
@@ -145,7 +146,9 @@ async def get_job(broker: Broker, response_id: str) -> JobRecord | None:
 async def create_job(broker: Broker, job: JobRecord) -> int:
     """Store a new job; its revision (for a first :func:`modify` without a read)."""
     value = job.model_dump_json(exclude_none=True).encode()
-    return await kv_write(broker, names.KV_JOBS, job.response_id, value, last=0)
+    revision = await kv_write(broker, names.KV_JOBS, job.response_id, value, last=0)
+    JOBS.labels(job.endpoint, job.status.value).inc()
+    return revision
 
 
 async def modify(
@@ -173,6 +176,8 @@ async def modify(
             await kv_write(broker, names.KV_JOBS, response_id, value, last=revision)
         except WrongLastRevision:
             continue
+        if new.status is not job.status:
+            JOBS.labels(new.endpoint, new.status.value).inc()
         return new
     raise RuntimeError(f"job {response_id}: too many concurrent writers")
 

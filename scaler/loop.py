@@ -29,7 +29,15 @@ from broker.streams import Backlog
 from scaler.actions import Actions, NatsActions
 from scaler.lease import Lease
 from scaler.placement import place
-from scaler.policy import BURST_WINDOW, STABLE_WINDOW, Decision, Observation, ReplicaView, decide
+from scaler.policy import (
+    BURST_WINDOW,
+    STABLE_WINDOW,
+    Decision,
+    Observation,
+    ReplicaView,
+    active_replicas,
+    decide,
+)
 from scaler.traffic import Traffic
 from shared import names
 from shared.instance_types import parse_instance_type
@@ -42,6 +50,7 @@ from shared.messages import (
     StartReplica,
     StopReplica,
 )
+from shared.metrics import ACTUAL, DECISIONS, DESIRED
 from shared.settings import ScalerSettings
 
 __all__ = ["Scaler"]
@@ -442,6 +451,9 @@ class Scaler:
         now = self.clock()
         spec = self.endpoints.items.get(endpoint)
         if spec is None:  # deleted: drain whatever still runs
+            for gauge in (ACTUAL, DESIRED):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(endpoint)
             for r in self.records(endpoint, now):
                 await self._stop(r, "endpoint deleted", only_if_idle=False)
             return Decision()
@@ -453,8 +465,12 @@ class Scaler:
         obs = self.observe(endpoint, spec, bl, now)
         decision = decide(obs)
         self._rest(endpoint, obs, decision)
+        active = active_replicas(obs)
+        ACTUAL.labels(endpoint).set(active)
+        DESIRED.labels(endpoint).set(active + decision.start - len(decision.stop))
         if decision.noop:
             return decision
+        DECISIONS.labels(endpoint, decision.kind or "other").inc()
         log.info("%s: %s", endpoint, decision.reason)
         started = 0
         for _ in range(decision.start):

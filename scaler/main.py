@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from broker.connection import connected
 from scaler.loop import Scaler
+from shared.metrics import serve as serve_metrics
 from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import ScalerSettings
 
@@ -11,6 +12,7 @@ from shared.settings import ScalerSettings
 def main(settings: ScalerSettings | None = None) -> None:
     settings = settings or ScalerSettings()
     configure_logging(settings.log_level, "scaler")
+    serve_metrics(settings.metrics_host, settings.metrics_port, "scaler")
 
     async def run(on_stop: OnStop) -> None:
         async with connected(

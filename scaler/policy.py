@@ -88,6 +88,8 @@ class Decision:
     # Stop these after their in-flight work (outdated config): they take no new work.
     drain: tuple[str, ...] = field(default_factory=tuple)
     reason: str = ""
+    # What kind of decision, for metrics (a small fixed set; ``reason`` says the rest).
+    kind: str = ""
 
     @property
     def noop(self) -> bool:
@@ -97,7 +99,7 @@ class Decision:
 _LIVE = (ReplicaState.STARTING, ReplicaState.READY)
 
 
-def _active(obs: Observation) -> int:
+def active_replicas(obs: Observation) -> int:
     live = sum(1 for r in obs.replicas if r.state in _LIVE and r.current)
     return live + obs.pending_starts
 
@@ -128,7 +130,13 @@ def decide(obs: Observation) -> Decision:
         return decision
     why = f"replace {len(drain)} replica(s) running an outdated config"
     reason = f"{decision.reason}; {why}" if decision.reason else why
-    return Decision(start=decision.start, stop=decision.stop, drain=drain, reason=reason)
+    return Decision(
+        start=decision.start,
+        stop=decision.stop,
+        drain=drain,
+        reason=reason,
+        kind=decision.kind or "outdated",
+    )
 
 
 def _burst(obs: Observation, per: int) -> tuple[int, str]:
@@ -166,10 +174,12 @@ def _steady(obs: Observation, per: int) -> int | None:
 
 def _scale(obs: Observation) -> Decision:
     spec = obs.spec
-    active = _active(obs)
+    active = active_replicas(obs)
     if spec.disabled:
         stop = _stoppable(obs, active)
-        return Decision(stop=stop, reason="endpoint disabled") if stop else Decision()
+        return (
+            Decision(stop=stop, reason="endpoint disabled", kind="disabled") if stop else Decision()
+        )
 
     per = max(1, spec.concurrency_per_replica)
     burst, burst_why = _burst(obs, per)
@@ -184,24 +194,30 @@ def _scale(obs: Observation) -> Decision:
     if target > active:
         if obs.now < obs.backoff_until:
             return Decision(
-                reason=f"start held back {obs.backoff_until - obs.now:.1f} s after a failed start"
+                reason=f"start held back {obs.backoff_until - obs.now:.1f} s after a failed start",
+                kind="backoff",
             )
         if burst >= max(grow or 0, spec.min_replicas):
-            why = f"{burst_why} need {burst} replica(s)"
+            why, kind = f"{burst_why} need {burst} replica(s)", "burst"
         elif grow is not None and steady is not None and steady >= spec.min_replicas:
+            kind = "steady"
             why = (
                 f"the last {STABLE_WINDOW:.0f} s averaged {obs.mean_in_flight:.2f} requests in "
                 f"flight, {steady} replica(s) at {obs.utilisation:.0%} utilisation"
             )
         else:
-            why = f"min_replicas={spec.min_replicas}"
-        return Decision(start=target - active, reason=f"scale up {active} → {target}: {why}")
+            why, kind = f"min_replicas={spec.min_replicas}", "min_replicas"
+        return Decision(
+            start=target - active, reason=f"scale up {active} → {target}: {why}", kind=kind
+        )
 
     if active > spec.max_replicas:
         stop = _stoppable(obs, active - spec.max_replicas)
         if stop:
             return Decision(
-                stop=stop, reason=f"scale down {active} → {spec.max_replicas}: above max_replicas"
+                stop=stop,
+                reason=f"scale down {active} → {spec.max_replicas}: above max_replicas",
+                kind="above_max",
             )
 
     idle_for = obs.now - obs.last_activity
@@ -211,6 +227,7 @@ def _scale(obs: Observation) -> Decision:
             return Decision(
                 stop=stop,
                 reason=f"scale down {active} → {active - len(stop)}: idle {idle_for:.0f} s ≥ scale_to_zero {spec.scale_to_zero} s",
+                kind="idle",
             )
 
     if steady is not None:
@@ -226,5 +243,6 @@ def _scale(obs: Observation) -> Decision:
                     reason=f"scale down {active} → {active - len(stop)}: the last "
                     f"{STABLE_WINDOW:.0f} s averaged {obs.mean_in_flight:.2f} requests in flight, "
                     f"{keep} replica(s) suffice",
+                    kind="steady_down",
                 )
     return Decision()

@@ -207,6 +207,7 @@ class Scope(StrEnum):
     ADMIN = "admin"  # the control plane, and inference on every endpoint
     INFERENCE = "inference"  # the data plane (optionally of named endpoints only)
     AGENT = "agent"  # a fleet agent: its replicas' secrets and registry credentials
+    METRICS = "metrics"  # a Prometheus scraper: GET /metrics, nothing else
 
 
 class TokenCreate(SQLModel):

@@ -38,6 +38,11 @@ class CommonSettings(BaseSettings):
     # Bound on every call that crosses to NATS (publish ack, KV, consumer info).
     nats_timeout: float = 5.0
     log_level: str = "INFO"
+    # Prometheus metrics of a scaler or an agent (the API's are at /metrics): served on
+    # this address when a port is set. Loopback by default: scrape from the host, or set
+    # 0.0.0.0 behind a firewall (docs/observability.md).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # JetStream hands a request to another replica this long after the last sign of
     # life from the agent working on it (so a dead agent's requests run elsewhere this
     # soon); agents send in-progress acks every fifth of it.

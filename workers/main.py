@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from broker.connection import connected
+from shared.metrics import serve as serve_metrics
 from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import AgentSettings
 from workers.agent import Agent
@@ -43,6 +44,7 @@ async def docker_runtime(settings: AgentSettings) -> Runtime | None:
 def main(settings: AgentSettings | None = None) -> None:
     settings = settings or AgentSettings()
     configure_logging(settings.log_level, "agent")
+    serve_metrics(settings.metrics_host, settings.metrics_port, "agent")
 
     async def run(on_stop: OnStop) -> None:
         name = f"berth-agent-{settings.agent_id}"

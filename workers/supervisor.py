@@ -31,6 +31,13 @@ from broker.pull import Delivery, Holdings, Puller
 from broker.secrets import ReplicaSecrets, fetch_replica_secrets
 from shared.errors import BerthError
 from shared.messages import EndpointSpec, GpuInfo, ReplicaRecord, ReplicaState
+from shared.metrics import (
+    COLD_STARTS,
+    REPLICA_SECONDS,
+    RESTARTS,
+    RUNNING,
+    observe_queue_wait,
+)
 from shared.settings import AgentSettings
 from workers.forward import ReplicaGone, ReplicaTimeout, forward, forward_stream
 from workers.gpus import visible_devices_env
@@ -114,6 +121,7 @@ class ReplicaSupervisor:
             busy_s=0.0,
         )
         self.in_flight = 0
+        self._counted: ReplicaState | None = None  # its state in berth_agent_replicas
         self._stop = asyncio.Event()
         self._broken = asyncio.Event()
         self._broken_reason = ""
@@ -167,6 +175,10 @@ class ReplicaSupervisor:
     async def _set_state(self, state: ReplicaState, reason: str | None = None) -> None:
         if self._stop.is_set() and state in (ReplicaState.STARTING, ReplicaState.READY):
             state, reason = ReplicaState.STOPPING, self.record.reason  # a stop was asked: say so
+        if self._counted is not None:
+            RUNNING.labels(self.spec.name, self._counted.value).dec()
+        RUNNING.labels(self.spec.name, state.value).inc()
+        self._counted = state
         self.record.state = state
         self.record.reason = self._redact(reason) if reason else reason
         self.record.in_flight = self.in_flight
@@ -225,11 +237,15 @@ class ReplicaSupervisor:
         try:
             while not self._stop.is_set():
                 self._broken.clear()
+                launched = time.monotonic()
                 try:
                     replica, client = await self._launch()
                 except Exception as exc:
                     if self._stop.is_set():  # stopped on purpose while starting: no failure
                         break
+                    COLD_STARTS.labels(self.spec.name, "failed").observe(
+                        time.monotonic() - launched
+                    )
                     # Every way a start can fail is a start failure, reported as one (the
                     # scaler's back-off hangs on that event), never a crash of this loop.
                     reason = (
@@ -252,6 +268,7 @@ class ReplicaSupervisor:
                     await self._pause(RESTART_BACKOFF[failures - 1])
                     continue
                 ever_ready = True
+                COLD_STARTS.labels(self.spec.name, "ready").observe(time.monotonic() - launched)
                 try:
                     await self._set_state(ReplicaState.READY)
                     await self._event(
@@ -271,6 +288,7 @@ class ReplicaSupervisor:
                     failures = 0  # it served well for a while: this is not a crash loop
                 failures += 1
                 self.record.restarts += 1
+                RESTARTS.labels(self.spec.name).inc()
                 await self._event(
                     "replica_restarting", warning=True, reason=reason, restarts=self.record.restarts
                 )
@@ -291,6 +309,9 @@ class ReplicaSupervisor:
                 self._models.release(self._held_model)
                 self._held_model = None
             self.key_path.unlink(missing_ok=True)
+            if self._counted is not None:
+                RUNNING.labels(self.spec.name, self._counted.value).dec()
+                self._counted = None
             with contextlib.suppress(Exception):
                 await self._event("replica_stopped")
 
@@ -477,6 +498,7 @@ class ReplicaSupervisor:
                     break
                 self.in_flight += 1
                 began = time.monotonic()
+                observe_queue_wait(self.spec.name, delivery.msg.reply)
                 beat = puller.keepalive(delivery, every=every)
                 try:
                     await self._handle(puller, delivery, data, health)
@@ -570,7 +592,9 @@ class ReplicaSupervisor:
             if env.stream and not is_job(env.reply_to):
                 await self._stream(puller, delivery, data, timeout)
                 return
+            called = time.perf_counter()
             reply = await forward(data, env, delivery.body, timeout, self.replica_id)
+            REPLICA_SECONDS.labels(self.spec.name).observe(time.perf_counter() - called)
         except asyncio.CancelledError:
             if rid not in self._cancelled:
                 raise  # the agent is stopping, not a cancel of this request

@@ -206,10 +206,14 @@ class DataPlane:
             answer = _error(exc)
         except NATS_ERRORS as exc:  # a restart, a lost connection: an outage, not a bug
             answer = _error(unavailable(exc))
-        # A stream counts when it ends, as 200 (its status was sent before its body).
-        ctx.metrics.observe(
-            scope["path"], answer[0] if answer is not None else 200, time.perf_counter() - began
-        )
+        # A stream counts when it ends, as 200 (its status was sent before its body); a
+        # 202 is a job accepted.
+        if answer is None:
+            status, mode = 200, "stream"
+        else:
+            status = answer[0]
+            mode = "async" if status == 202 else "sync"
+        ctx.metrics.observe(scope["path"], status, time.perf_counter() - began, mode)
         return answer
 
     async def _serve(
