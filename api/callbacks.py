@@ -35,6 +35,7 @@ from shared.messages import CallbackAttempt, CallbackState, JobRecord
 from shared.metrics import CALLBACKS
 from shared.stores import Kind, SecretStore
 from shared.webhooks import new_secret, sign
+from workers import tracing
 
 __all__ = ["Dispatcher", "WebhookSecrets", "check_callback_url", "redeliver"]
 
@@ -193,6 +194,9 @@ class Dispatcher:
         keys = await self._secrets.in_force(job)
         headers = sign(keys, f"msg_{job.response_id}", int(time.time()), body) if keys else {}
         headers["content-type"] = "application/json"
+        span = _attempt_span(job) if tracing.ENABLED and job.traceparent else None
+        if span is not None:  # the receiver may join the request's trace
+            headers["traceparent"] = tracing.traceparent(span)
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
@@ -205,6 +209,7 @@ class Dispatcher:
             blocked = True
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
+        answered_ns = time.time_ns()  # the attempt's span ends here, not after its record
         attempt = CallbackAttempt(
             at=time.time(),
             status=status,
@@ -243,13 +248,18 @@ class Dispatcher:
         await modify(self._ctx.broker, response_id, record)
         outcome = "delivered" if ok else "failed" if give_up else "retry"
         CALLBACKS.labels(job.endpoint, outcome).inc()
-        log.info(
-            "callback %s → %s: %s (attempt %d)",
-            response_id,
-            job.callback.url,
-            status or error,
-            attempts,
-        )
+        token = _current(span) if span is not None else None
+        try:
+            log.info(
+                "callback %s → %s: %s (attempt %d)",
+                response_id,
+                job.callback.url,
+                status or error,
+                attempts,
+            )
+        finally:
+            if span is not None:
+                _end_attempt_span(span, status, error, token, answered_ns)
         return delay
 
     async def _payload(self, job: JobRecord) -> dict[str, Any]:
@@ -282,3 +292,47 @@ async def redeliver(ctx: AppContext, job: JobRecord) -> JobRecord | None:
         assert updated.callback is not None
         await request_callback(ctx.broker, updated, attempt=updated.callback.attempts + 1)
     return updated
+
+
+def _attempt_span(job: JobRecord) -> Any:
+    """A CLIENT span for one delivery attempt, in the trace of the request that made the job."""
+    from opentelemetry.trace import SpanKind
+
+    assert job.callback is not None
+    url = httpx.URL(job.callback.url)
+    return tracing.tracer().start_span(
+        "POST",
+        context=tracing.parent(job.traceparent),
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": "POST",
+            "server.address": url.host,
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "url.scheme": url.scheme,
+            "berth.endpoint": job.endpoint,
+            "berth.request_id": job.response_id,
+            "berth.attempt": job.callback.attempts + 1,
+        },
+    )
+
+
+def _current(span: Any) -> Any:
+    """``span`` current here (its log line names its trace); the token to end that."""
+    from opentelemetry import context, trace
+
+    return context.attach(trace.set_span_in_context(span))
+
+
+def _end_attempt_span(
+    span: Any, status: int | None, error: str | None, token: Any, end_ns: int
+) -> None:
+    from opentelemetry import context
+    from opentelemetry.trace import Status, StatusCode
+
+    context.detach(token)
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+    if error is not None or status is None or status >= 400:
+        span.set_attribute("error.type", str(status) if status else "connection")
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=end_ns)

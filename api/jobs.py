@@ -115,6 +115,8 @@ async def job_view(ctx: AppContext, job: JobRecord) -> dict[str, Any]:
         out.update(await _queue(ctx, job))
     if job.callback is not None:
         out["callback"] = job.callback.model_dump(mode="json")
+    if job.traceparent:
+        out["trace_id"] = job.traceparent.split("-")[1]
     return out
 
 

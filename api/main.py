@@ -8,6 +8,7 @@ from api.app import create_app
 from api.http import ApiHttpProtocol
 from shared.runner import configure_logging
 from shared.settings import ApiSettings
+from workers import tracing
 
 
 def server_config(settings: ApiSettings) -> uvicorn.Config:
@@ -32,5 +33,6 @@ def server_config(settings: ApiSettings) -> uvicorn.Config:
 
 def main(settings: ApiSettings | None = None) -> None:
     settings = settings or ApiSettings()
-    configure_logging(settings.log_level, "api")
+    configure_logging(settings.log_level, "api", settings.log_format)
+    tracing.configure("berth-api")
     uvicorn.Server(server_config(settings)).run()

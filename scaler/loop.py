@@ -52,6 +52,7 @@ from shared.messages import (
 )
 from shared.metrics import ACTUAL, DECISIONS, DESIRED
 from shared.settings import ScalerSettings
+from workers import tracing
 
 __all__ = ["Scaler"]
 
@@ -471,6 +472,20 @@ class Scaler:
         if decision.noop:
             return decision
         DECISIONS.labels(endpoint, decision.kind or "other").inc()
+        if tracing.ENABLED:
+            tracing.record(
+                f"scale {endpoint}",
+                time.time(),
+                {
+                    "berth.endpoint": endpoint,
+                    "berth.scale.kind": decision.kind,
+                    "berth.scale.reason": decision.reason,
+                    "berth.scale.start": decision.start,
+                    "berth.scale.stop": len(decision.stop),
+                    "berth.queue_length": obs.queued,
+                    "berth.in_flight": obs.in_flight,
+                },
+            )
         log.info("%s: %s", endpoint, decision.reason)
         started = 0
         for _ in range(decision.start):

@@ -168,6 +168,9 @@ class JobRecord(BaseModel):
     delivered_mark: int | None = None
     token_id: str | None = None  # who submitted it (signs its callback unless the endpoint does)
     callback: CallbackLog | None = None
+    # W3C trace context of the request that made it: its result store and callback
+    # deliveries join that trace.
+    traceparent: str | None = None
 
 
 class StartReplica(BaseModel):

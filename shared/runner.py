@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import uvloop
@@ -15,12 +17,52 @@ __all__ = ["OnStop", "configure_logging", "run_service"]
 OnStop = Callable[[Callable[[], None]], None]
 
 
-def configure_logging(level: str, name: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+class JsonLines(logging.Formatter):
+    """A log record as one JSON line; the current span's ids when a trace is being made."""
+
+    def __init__(self, process: str):
+        super().__init__()
+        self.process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "process": self.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        ids = _trace_ids()
+        if ids:
+            out["trace_id"], out["span_id"] = ids
+        return json.dumps(out, default=str)
+
+
+def _trace_ids() -> tuple[str, str] | None:
+    from workers import tracing
+
+    if not tracing.ENABLED:
+        return None
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    return (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}") if ctx.is_valid else None
+
+
+def configure_logging(level: str, name: str, fmt: str = "text") -> None:
+    if fmt == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonLines(name))
+        logging.Formatter.converter = time.gmtime
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+    else:
+        logging.basicConfig(
+            level=level.upper(),
+            format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
     for noisy in ("nats", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

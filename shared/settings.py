@@ -38,6 +38,9 @@ class CommonSettings(BaseSettings):
     # Bound on every call that crosses to NATS (publish ack, KV, consumer info).
     nats_timeout: float = 5.0
     log_level: str = "INFO"
+    # "json": one JSON object a line (time, level, process, logger, message, and the
+    # trace and span ids when tracing is on), for log shippers.
+    log_format: Literal["text", "json"] = "text"
     # Prometheus metrics of a scaler or an agent (the API's are at /metrics): served on
     # this address when a port is set. Loopback by default: scrape from the host, or set
     # 0.0.0.0 behind a firewall (docs/observability.md).

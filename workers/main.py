@@ -10,6 +10,7 @@ from broker.connection import connected
 from shared.metrics import serve as serve_metrics
 from shared.runner import OnStop, configure_logging, run_service
 from shared.settings import AgentSettings
+from workers import tracing
 from workers.agent import Agent
 from workers.environments import Environments
 from workers.runtimes.base import Runtime
@@ -43,7 +44,8 @@ async def docker_runtime(settings: AgentSettings) -> Runtime | None:
 
 def main(settings: AgentSettings | None = None) -> None:
     settings = settings or AgentSettings()
-    configure_logging(settings.log_level, "agent")
+    configure_logging(settings.log_level, "agent", settings.log_format)
+    tracing.configure("berth-agent", **{"berth.agent": settings.agent_id})
     serve_metrics(settings.metrics_host, settings.metrics_port, "agent")
 
     async def run(on_stop: OnStop) -> None:

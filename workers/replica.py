@@ -11,9 +11,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
+from workers import tracing
 from workers.server import build_app, require_key, setup_failure_exit
 from workers.service import MODEL_SITE_ENV, REPLICA_KEY_ENV, Service, find_service
 
@@ -52,8 +54,13 @@ def main(argv: list[str] | None = None) -> None:
             f"berth: cannot load service: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True
         )
         raise SystemExit(3) from exc
+    served: Any = app
+    if tracing.configure(
+        "berth-replica", **{"berth.replica": os.environ.get("OCTOAI_REPLICA_NAME", "")}
+    ):
+        served = tracing.traced_app(app)
     config = uvicorn.Config(
-        require_key(app, key) if key else app,
+        require_key(served, key) if key else served,
         host=os.environ.get("BERTH_REPLICA_HOST", "0.0.0.0"),
         port=int(os.environ.get("PORT", "8080")),
         log_level="warning",

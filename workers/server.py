@@ -42,6 +42,15 @@ log = logging.getLogger("berth.replica")
 _NO_BUFFERING = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
+def _own_tracing() -> dict[str, Any]:
+    """FastAPI's own telemetry off (FastAPI 0.165 and later trace by themselves once a
+    tracer provider is set): the replica's span is workers/tracing.py's, one per request."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    return {"telemetry": off}
+
+
 class State(StrEnum):
     LOADING = "LOADING"
     RUNNING = "RUNNING"
@@ -148,7 +157,7 @@ def build_app(
             loader.cancel()
             await run_in_threadpool(service.on_server_shutdown)
 
-    app = FastAPI(title=type(service).__name__, lifespan=lifespan)
+    app = FastAPI(title=type(service).__name__, lifespan=lifespan, **_own_tracing())
     extra_schemas: dict[str, Any] = {}
 
     @app.get("/healthcheck")

@@ -37,8 +37,10 @@ from shared.metrics import (
     RESTARTS,
     RUNNING,
     observe_queue_wait,
+    published_at,
 )
 from shared.settings import AgentSettings
+from workers import tracing
 from workers.forward import ReplicaGone, ReplicaTimeout, forward, forward_stream
 from workers.gpus import visible_devices_env
 from workers.http import ReplicaClient
@@ -269,6 +271,12 @@ class ReplicaSupervisor:
                     continue
                 ever_ready = True
                 COLD_STARTS.labels(self.spec.name, "ready").observe(time.monotonic() - launched)
+                if tracing.ENABLED:
+                    tracing.record(
+                        "replica start",
+                        time.time() - (time.monotonic() - launched),
+                        {"berth.endpoint": self.spec.name, "berth.replica": self.replica_id},
+                    )
                 try:
                     await self._set_state(ReplicaState.READY)
                     await self._event(
@@ -501,7 +509,10 @@ class ReplicaSupervisor:
                 observe_queue_wait(self.spec.name, delivery.msg.reply)
                 beat = puller.keepalive(delivery, every=every)
                 try:
-                    await self._handle(puller, delivery, data, health)
+                    if tracing.ENABLED:
+                        await self._handle_traced(puller, delivery, data, health)
+                    else:
+                        await self._handle(puller, delivery, data, health)
                 except BROKER_FAILURES as exc:
                     # NATS is away for longer than the answer could wait: the request,
                     # unacked, is delivered again once it is back; this slot goes on.
@@ -566,6 +577,63 @@ class ReplicaSupervisor:
                 await chunks.aclose()  # type: ignore[attr-defined]
         await puller.send_part(delivery, "end")
         await puller.discard(delivery)
+
+    async def _handle_traced(
+        self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: ReplicaClient
+    ) -> None:
+        """:meth:`_handle` in the request's trace: its wait in the queue (with the cold
+        start it waited for, as events), then a CONSUMER span around its processing,
+        whose context goes on to the replica in the ``traceparent`` header."""
+        from opentelemetry import context, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        env = delivery.envelope
+        tracer = tracing.tracer()
+        parent = tracing.parent(env.traceparent)
+        subject = delivery.msg.subject
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "berth.endpoint": self.spec.name,
+            "berth.replica": self.replica_id,
+            "berth.request_id": env.request_id,
+            "berth.attempt": delivery.attempt,
+        }
+        stored = published_at(delivery.msg.reply)
+        if stored is not None:
+            queue = tracer.start_span(
+                f"queue {self.spec.name}",
+                context=parent,
+                start_time=int(stored * 1e9),
+                attributes=attributes,
+            )
+            ready_at = self.record.ready_at
+            # Its replica became ready after it was queued: it waited for that start.
+            cold = ready_at is not None and ready_at > stored
+            queue.set_attribute("berth.cold_start", cold)
+            if cold and ready_at is not None:
+                if self.record.started_at > stored:
+                    queue.add_event("replica starting", timestamp=int(self.record.started_at * 1e9))
+                queue.add_event("replica ready", timestamp=int(ready_at * 1e9))
+            queue.end()
+        span = tracer.start_span(
+            f"process {subject}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={**attributes, "messaging.operation.type": "process"},
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            env.headers = [(k, v) for k, v in env.headers if k != "traceparent"]
+            env.headers.append(("traceparent", tracing.traceparent(span)))
+            await self._handle(puller, delivery, data, health)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
+        finally:
+            context.detach(token)
+            span.end()
 
     async def _handle(
         self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: ReplicaClient
@@ -633,4 +701,19 @@ class ReplicaSupervisor:
                 f"the replica's response is {len(reply.body)} bytes, over the {limit}-byte limit "
                 "(BERTH_MAX_RESPONSE_BYTES)",
             )
+        if tracing.ENABLED:
+            await self._reply_traced(puller, delivery, reply)
+            return
         await puller.reply(delivery, reply)
+
+    async def _reply_traced(self, puller: Puller, delivery: Delivery, reply: Reply) -> None:
+        from opentelemetry import trace
+
+        trace.get_current_span().set_attribute("http.response.status_code", reply.status)
+        if not is_job(delivery.envelope.reply_to):
+            await puller.reply(delivery, reply)
+            return
+        with tracing.tracer().start_as_current_span(
+            "store result", attributes={"berth.request_id": delivery.envelope.request_id}
+        ):
+            await puller.reply(delivery, reply)

@@ -62,6 +62,7 @@ from shared.errors import (
 from shared.messages import CallbackLog, EndpointSpec, JobRecord
 from shared.names import ENDPOINT_NAME_RE
 from shared.waiting import wait_by
+from workers import tracing
 
 __all__ = ["NOT_RETURNED", "DataPlane"]
 
@@ -198,6 +199,50 @@ class DataPlane:
         ASGI server goes through ``__call__``.
         """
         ctx = self._context()
+        if tracing.ENABLED:
+            return await self._traced(ctx, scope, receive, send)
+        return await self._answer(ctx, scope, receive, send)
+
+    async def _traced(
+        self, ctx: AppContext, scope: Scope, receive: Receive, send: Send
+    ) -> Answer | None:
+        """The answer inside the request's SERVER span (a child of the caller's
+        ``traceparent``); the agent's and the replica's spans are its children."""
+        from opentelemetry import context, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), None
+        )
+        endpoint = scope["path"][3:].partition("/")[0]
+        method = scope["method"]
+        span = tracing.tracer().start_span(
+            f"{method} /e/{{endpoint_name}}/{{route}}",
+            context=tracing.parent(incoming),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "http.route": "/e/{endpoint_name}/{route}",
+                "url.path": scope["path"],
+                "berth.endpoint": endpoint,
+                "berth.request_id": scope["state"]["request_id"],
+            },
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            answer = await self._answer(ctx, scope, receive, send)
+            status = answer[0] if answer is not None else 200
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            return answer
+        finally:
+            context.detach(token)
+            span.end()
+
+    async def _answer(
+        self, ctx: AppContext, scope: Scope, receive: Receive, send: Send
+    ) -> Answer | None:
         began = time.perf_counter()
         answer: Answer | None
         try:
@@ -254,6 +299,8 @@ class DataPlane:
                 deadline_header = value.decode("latin-1")
             elif key == b"x-berth-callback-url":
                 ask.callback_url = value.decode("latin-1").strip()
+        if tracing.ENABLED:  # the next hop's parent is this request's own span
+            traceparent = tracing.current()
         if spec is None:
             await ctx.auth.authenticate(token)  # whether an endpoint exists is not public
             raise NotFound(f"endpoint {name!r} does not exist")
@@ -528,6 +575,7 @@ async def _job(
         deadline=deadline,
         token_id=token_id,
         callback=CallbackLog(url=ask.callback_url) if ask.callback_url else None,
+        traceparent=envelope.traceparent,
     )
     async with contextlib.AsyncExitStack() as stack:
         result: asyncio.Future[Reply] | None = None
@@ -563,6 +611,10 @@ async def _note_place(ctx: AppContext, job: JobRecord, revision: int, seq: int) 
     """Keep the job's sequence (to cancel it) and what was queued ahead (for its position)."""
     waiting = await backlog(ctx.broker, job.endpoint)
     ahead = max(0, waiting.queued - 1) if waiting else None  # less this job itself
+    if tracing.ENABLED and ahead is not None:
+        from opentelemetry import trace
+
+        trace.get_current_span().set_attribute("berth.queue_position", ahead)
     delivered = waiting.delivered if waiting else None
 
     def place(current: JobRecord) -> JobRecord:
