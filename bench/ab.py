@@ -22,7 +22,10 @@ processes landed, its memory layout) must vary from round to round like the
 machine's drift. ``--keep-stacks`` skips that, for quick looks at c=64.
 
 A revision is a git revision (checked out into a temporary worktree) or ``.``
-for the working tree as it is. Every tree runs with this interpreter, so their
+for the working tree as it is, optionally with environment variables for its stack
+after a ``+``: ``.+OTEL_EXPORTER_OTLP_ENDPOINT={sink}`` measures the working tree with
+every request traced, its spans sent to an OTLP/HTTP sink this script runs (it reads
+and drops them; ``{sink}`` is its address). Every tree runs with this interpreter, so their
 dependencies must match, and must have bench.harness and bench.overhead (this
 script itself need not be there). Loopback only; the stacks stop when the run
 ends.
@@ -105,6 +108,28 @@ def serve(replicas: int, per: int) -> None:
             nats.stop()
 
 
+def _sink() -> str:
+    """An OTLP/HTTP endpoint that reads what it is sent and drops it: its address."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Drop(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}"
+
+
 def interleaved(urls: dict[str, dict[str, Any]], requests: int, seed: int) -> dict[str, Any]:
     """A c=1 round: each revision's added latency, its requests interleaved with the others'.
 
@@ -169,18 +194,26 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("c=64 rounds drive load with wrk: apt-get install wrk")
 
+    envs: dict[str, dict[str, str]] = {}
+    sink = _sink() if any("{sink}" in r for r in args.revisions) else ""
+    for label in args.revisions:
+        _, _, spec = label.partition("+")
+        pairs = (kv.split("=", 1) for kv in spec.split(",") if kv)
+        envs[label] = {k: v.replace("{sink}", sink) for k, v in pairs}
+
     with tempfile.TemporaryDirectory(prefix="berth-ab-trees-") as tmp:
         trees: dict[str, Path] = {}
-        for i, rev in enumerate(args.revisions):
+        for i, label in enumerate(args.revisions):
+            rev = label.partition("+")[0]
             if rev == ".":
-                trees[rev] = ROOT
+                trees[label] = ROOT
                 continue
             tree = Path(tmp) / f"t{i}"
             subprocess.run(
                 ["git", "worktree", "add", "--detach", str(tree), rev],
                 cwd=ROOT, check=True, capture_output=True,
             )  # fmt: skip
-            trees[rev] = tree
+            trees[label] = tree
         servers: dict[str, subprocess.Popen[str]] = {}
         urls: dict[str, dict[str, Any]] = {}
         results: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -192,7 +225,12 @@ def main() -> None:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--serve"]
                 cmd += ["--replicas", str(args.replicas), "--concurrency", str(args.concurrency)]
                 proc = subprocess.Popen(
-                    cmd, cwd=trees[rev], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                    cmd,
+                    cwd=trees[rev],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, **envs[rev]},
                 )
                 servers[rev] = proc
                 assert proc.stdout is not None
