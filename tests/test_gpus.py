@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,30 @@ def test_gpu_placement(
 def test_cpu_endpoints_ignore_gpus() -> None:
     assert place([gpu_agent("a", "none")], Counter(), Counter()) == "a"
     assert place([gpu_agent("a", "h100:1", ["0"])], Counter(), Counter()) == "a"
+
+
+def test_gpu_usage_is_scraped_from_nvidia_smi(tmp_path: Path) -> None:
+    """The agent's GPU gauges, from a stand-in nvidia-smi that answers as the real one does."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from workers.gpus import GpuUsage
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in --query-gpu=index,uuid,memory.used,memory.total,utilization.gpu) ;;'
+        " *) exit 9;; esac\n"
+        "echo '0, GPU-aaaa, 1024, 81559, 37'\n"
+        "echo '1, GPU-bbbb, [N/A], 81559, 0'\n"
+    )
+    smi.chmod(0o755)
+    registry = CollectorRegistry()
+    registry.register(GpuUsage(str(smi)))
+    text = generate_latest(registry).decode()
+    assert 'berth_gpu_memory_used_bytes{gpu="0",uuid="GPU-aaaa"} 1.073741824e+09' in text
+    assert 'berth_gpu_utilization_ratio{gpu="0",uuid="GPU-aaaa"} 0.37' in text
+    assert 'berth_gpu_memory_total_bytes{gpu="1",uuid="GPU-bbbb"}' in text
+    assert 'berth_gpu_memory_used_bytes{gpu="1"' not in text  # [N/A] is left out
+
+    smi.write_text("#!/bin/sh\nexit 3\n")  # a broken driver: no gauges, no crash
+    assert "berth_gpu_memory_used_bytes{" not in generate_latest(registry).decode()

@@ -12,11 +12,21 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shared.instance_types import InstanceType, gpu_family
 from shared.messages import GpuInfo
 
-__all__ = ["GpuPool", "discover", "host_memory_mib", "parse_declared", "visible_devices_env"]
+__all__ = [
+    "GpuPool",
+    "GpuUsage",
+    "discover",
+    "host_memory_mib",
+    "parse_declared",
+    "visible_devices_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +139,58 @@ class GpuPool:
     def give_back(self, replica_id: str) -> None:
         for gpu_id in [k for k, v in self._holder.items() if v == replica_id]:
             del self._holder[gpu_id]
+
+
+_USAGE = "index,uuid,memory.used,memory.total,utilization.gpu"
+
+
+class GpuUsage:
+    """Prometheus collector of each GPU's memory and utilisation, read from ``nvidia-smi``
+    when scraped (an agent on a host without it registers none)."""
+
+    def __init__(self, binary: str, timeout: float = 5.0):
+        self.binary = binary
+        self.timeout = timeout
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["gpu", "uuid"]
+        used = GaugeMetricFamily(
+            "berth_gpu_memory_used_bytes", "GPU memory in use, per device", labels=labels
+        )
+        total = GaugeMetricFamily(
+            "berth_gpu_memory_total_bytes", "GPU memory, per device", labels=labels
+        )
+        busy = GaugeMetricFamily(
+            "berth_gpu_utilization_ratio",
+            "Share of the last sample period a kernel ran on the device (0 to 1)",
+            labels=labels,
+        )
+        try:
+            done = subprocess.run(
+                [self.binary, f"--query-gpu={_USAGE}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=True,
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            log.warning("nvidia-smi failed while scraping GPU usage: %s", exc)
+            return
+        for line in done.stdout.splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) != 5:
+                continue
+            index, uuid, mem_used, mem_total, util = parts
+            key = [index, uuid]
+            for family, raw, scale in (
+                (used, mem_used, 1024 * 1024),
+                (total, mem_total, 1024 * 1024),
+                (busy, util, 0.01),
+            ):
+                try:
+                    family.add_metric(key, float(raw) * scale)
+                except ValueError:  # "[N/A]" on some devices
+                    continue
+        yield used
+        yield total
+        yield busy

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
+
+from prometheus_client import REGISTRY
 
 from broker.connection import connected
 from shared.metrics import serve as serve_metrics
@@ -13,6 +16,7 @@ from shared.settings import AgentSettings
 from workers import tracing
 from workers.agent import Agent
 from workers.environments import Environments
+from workers.gpus import GpuUsage
 from workers.runtimes.base import Runtime
 from workers.runtimes.process import ProcessRuntime, SandboxSettings
 
@@ -47,6 +51,9 @@ def main(settings: AgentSettings | None = None) -> None:
     configure_logging(settings.log_level, "agent", settings.log_format)
     tracing.configure("berth-agent", **{"berth.agent": settings.agent_id})
     serve_metrics(settings.metrics_host, settings.metrics_port, "agent")
+    smi = shutil.which("nvidia-smi")
+    if smi is not None and settings.metrics_port is not None:
+        REGISTRY.register(GpuUsage(smi))
 
     async def run(on_stop: OnStop) -> None:
         name = f"berth-agent-{settings.agent_id}"
