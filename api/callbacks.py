@@ -15,6 +15,7 @@ token's (see :class:`WebhookSecrets`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -196,7 +197,7 @@ class Dispatcher:
         headers["content-type"] = "application/json"
         span = _attempt_span(job) if tracing.ENABLED and job.traceparent else None
         if span is not None:  # the receiver may join the request's trace
-            headers["traceparent"] = tracing.traceparent(span)
+            headers["traceparent"] = span.traceparent
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
@@ -248,8 +249,7 @@ class Dispatcher:
         await modify(self._ctx.broker, response_id, record)
         outcome = "delivered" if ok else "failed" if give_up else "retry"
         CALLBACKS.labels(job.endpoint, outcome).inc()
-        token = _current(span) if span is not None else None
-        try:
+        with tracing.use(span) if span is not None else contextlib.nullcontext():
             log.info(
                 "callback %s → %s: %s (attempt %d)",
                 response_id,
@@ -257,9 +257,8 @@ class Dispatcher:
                 status or error,
                 attempts,
             )
-        finally:
-            if span is not None:
-                _end_attempt_span(span, status, error, token, answered_ns)
+        if span is not None:
+            _end_attempt_span(span, status, error, answered_ns)
         return delay
 
     async def _payload(self, job: JobRecord) -> dict[str, Any]:
@@ -294,16 +293,14 @@ async def redeliver(ctx: AppContext, job: JobRecord) -> JobRecord | None:
     return updated
 
 
-def _attempt_span(job: JobRecord) -> Any:
+def _attempt_span(job: JobRecord) -> tracing.Span:
     """A CLIENT span for one delivery attempt, in the trace of the request that made the job."""
-    from opentelemetry.trace import SpanKind
-
     assert job.callback is not None
     url = httpx.URL(job.callback.url)
-    return tracing.tracer().start_span(
+    return tracing.start(
         "POST",
-        context=tracing.parent(job.traceparent),
-        kind=SpanKind.CLIENT,
+        job.traceparent or "",
+        kind=tracing.CLIENT,
         attributes={
             "http.request.method": "POST",
             "server.address": url.host,
@@ -316,23 +313,12 @@ def _attempt_span(job: JobRecord) -> Any:
     )
 
 
-def _current(span: Any) -> Any:
-    """``span`` current here (its log line names its trace); the token to end that."""
-    from opentelemetry import context, trace
-
-    return context.attach(trace.set_span_in_context(span))
-
-
 def _end_attempt_span(
-    span: Any, status: int | None, error: str | None, token: Any, end_ns: int
+    span: tracing.Span, status: int | None, error: str | None, end_ns: int
 ) -> None:
-    from opentelemetry import context
-    from opentelemetry.trace import Status, StatusCode
-
-    context.detach(token)
     if status is not None:
-        span.set_attribute("http.response.status_code", status)
+        span.attributes["http.response.status_code"] = status
     if error is not None or status is None or status >= 400:
-        span.set_attribute("error.type", str(status) if status else "connection")
-        span.set_status(Status(StatusCode.ERROR, error))
-    span.end(end_time=end_ns)
+        span.attributes["error.type"] = str(status) if status else "connection"
+        span.set_error(error or "")
+    span.end(end_ns)

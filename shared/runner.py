@@ -43,12 +43,7 @@ class JsonLines(logging.Formatter):
 def _trace_ids() -> tuple[str, str] | None:
     from workers import tracing
 
-    if not tracing.ENABLED:
-        return None
-    from opentelemetry import trace
-
-    ctx = trace.get_current_span().get_span_context()
-    return (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}") if ctx.is_valid else None
+    return tracing.current_ids() if tracing.ENABLED else None
 
 
 def configure_logging(level: str, name: str, fmt: str = "text") -> None:

@@ -55,7 +55,10 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if self.path == "/v1/traces":
-                    receiver.take(body)
+                    if self.headers.get("content-type", "").startswith("application/json"):
+                        receiver.take_json(body)  # Berth's own spans: OTLP/JSON
+                    else:
+                        receiver.take(body)  # the OpenTelemetry SDK's (a model's): protobuf
                     answer = ExportTraceServiceResponse().SerializeToString()
                     self.send_response(200)
                     self.send_header("content-type", "application/x-protobuf")
@@ -90,6 +93,28 @@ class Receiver:
                             parent=s.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in s.attributes},
                             events=[e.name for e in s.events],
+                        )
+                    )
+
+    def take_json(self, body: bytes) -> None:
+        def value(v: dict[str, Any]) -> Any:
+            ((kind, raw),) = v.items()
+            return int(raw) if kind == "intValue" else raw
+
+        for rs in json.loads(body)["resourceSpans"]:
+            resource = {a["key"]: value(a["value"]) for a in rs["resource"]["attributes"]}
+            for ss in rs["scopeSpans"]:
+                for s in ss["spans"]:
+                    self.spans.append(
+                        Span(
+                            service=resource.get("service.name", ""),
+                            name=s["name"],
+                            kind=s["kind"],
+                            trace_id=s["traceId"],
+                            span_id=s["spanId"],
+                            parent=s.get("parentSpanId", ""),
+                            attributes={a["key"]: value(a["value"]) for a in s["attributes"]},
+                            events=[e["name"] for e in s.get("events", [])],
                         )
                     )
 
@@ -276,18 +301,47 @@ def test_log_lines_carry_the_trace(traced_stack: Stack) -> None:
 
 
 def test_the_json_formatter_names_the_current_span(monkeypatch: pytest.MonkeyPatch) -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-
     from shared.runner import JsonLines
     from workers import tracing
 
     monkeypatch.setattr(tracing, "ENABLED", True)
-    tracer = TracerProvider().get_tracer("t")
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("there",), None)
-    with tracer.start_as_current_span("s") as span:
+    span = tracing.start("s", "")
+    with tracing.use(span):
         line = json.loads(JsonLines("api").format(record))
-    ctx = span.get_span_context()
     assert line["message"] == "hello there" and line["process"] == "api"
-    assert line["trace_id"] == f"{ctx.trace_id:032x}" and line["span_id"] == f"{ctx.span_id:016x}"
+    assert line["trace_id"] == f"{span.trace_id:032x}" and line["span_id"] == f"{span.span_id:016x}"
     outside = json.loads(JsonLines("api").format(record))
     assert "trace_id" not in outside
+
+
+def test_traceparent_parsing_and_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers import tracing
+
+    tid, sid = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    assert tracing.parse(f"00-{tid}-{sid}-01") == (int(tid, 16), int(sid, 16), True)
+    assert tracing.parse(f"00-{tid}-{sid}-00") == (int(tid, 16), int(sid, 16), False)
+    for bad in (
+        "",
+        "nonsense",
+        f"00-{'0' * 32}-{sid}-01",
+        f"ff-{tid}-{sid}-01",
+        f"00-{tid}-xyz-01",
+    ):
+        assert tracing.parse(bad) is None, bad
+    child = tracing.start("c", f"00-{tid}-{sid}-01")
+    assert (child.trace_id, child.parent_id) == (int(tid, 16), int(sid, 16))
+    assert child.traceparent.startswith(f"00-{tid}-") and child.traceparent.endswith("-01")
+    grandchild = tracing.start("g", child)
+    assert grandchild.parent_id == child.span_id and grandchild.trace_id == child.trace_id
+
+    # The default sampler follows the caller's flag; a ratio of 0 samples no new trace.
+    monkeypatch.setattr(tracing, "_sampler", tracing._make_sampler())
+    assert tracing.start("x", f"00-{tid}-{sid}-00").sampled is False
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    monkeypatch.setattr(tracing, "_sampler", tracing._make_sampler())
+    assert not any(tracing.start("x", "").sampled for _ in range(50))
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "1")
+    monkeypatch.setattr(tracing, "_sampler", tracing._make_sampler())
+    assert all(tracing.start("x", "").sampled for _ in range(50))

@@ -584,12 +584,7 @@ class ReplicaSupervisor:
         """:meth:`_handle` in the request's trace: its wait in the queue (with the cold
         start it waited for, as events), then a CONSUMER span around its processing,
         whose context goes on to the replica in the ``traceparent`` header."""
-        from opentelemetry import context, trace
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
         env = delivery.envelope
-        tracer = tracing.tracer()
-        parent = tracing.parent(env.traceparent)
         subject = delivery.msg.subject
         attributes = {
             "messaging.system": "nats",
@@ -599,40 +594,37 @@ class ReplicaSupervisor:
             "berth.request_id": env.request_id,
             "berth.attempt": delivery.attempt,
         }
+        parent = env.traceparent or ""
         stored = published_at(delivery.msg.reply)
         if stored is not None:
-            queue = tracer.start_span(
+            queue = tracing.start(
                 f"queue {self.spec.name}",
-                context=parent,
-                start_time=int(stored * 1e9),
-                attributes=attributes,
+                parent,
+                attributes=dict(attributes),
+                start_ns=int(stored * 1e9),
             )
             ready_at = self.record.ready_at
             # Its replica became ready after it was queued: it waited for that start.
             cold = ready_at is not None and ready_at > stored
-            queue.set_attribute("berth.cold_start", cold)
+            queue.attributes["berth.cold_start"] = cold
             if cold and ready_at is not None:
                 if self.record.started_at > stored:
-                    queue.add_event("replica starting", timestamp=int(self.record.started_at * 1e9))
-                queue.add_event("replica ready", timestamp=int(ready_at * 1e9))
+                    queue.add_event("replica starting", int(self.record.started_at * 1e9))
+                queue.add_event("replica ready", int(ready_at * 1e9))
             queue.end()
-        span = tracer.start_span(
-            f"process {subject}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes={**attributes, "messaging.operation.type": "process"},
+        attributes["messaging.operation.type"] = "process"
+        span = tracing.start(
+            f"process {subject}", parent, kind=tracing.CONSUMER, attributes=attributes
         )
-        token = context.attach(trace.set_span_in_context(span))
         try:
             env.headers = [(k, v) for k, v in env.headers if k != "traceparent"]
-            env.headers.append(("traceparent", tracing.traceparent(span)))
-            await self._handle(puller, delivery, data, health)
+            env.headers.append(("traceparent", span.traceparent))
+            with tracing.use(span):
+                await self._handle(puller, delivery, data, health)
         except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR))
+            span.set_error(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            context.detach(token)
             span.end()
 
     async def _handle(
@@ -707,13 +699,16 @@ class ReplicaSupervisor:
         await puller.reply(delivery, reply)
 
     async def _reply_traced(self, puller: Puller, delivery: Delivery, reply: Reply) -> None:
-        from opentelemetry import trace
-
-        trace.get_current_span().set_attribute("http.response.status_code", reply.status)
+        span = tracing.current()
+        if span is not None:
+            span.attributes["http.response.status_code"] = reply.status
         if not is_job(delivery.envelope.reply_to):
             await puller.reply(delivery, reply)
             return
-        with tracing.tracer().start_as_current_span(
+        store = tracing.start(
             "store result", attributes={"berth.request_id": delivery.envelope.request_id}
-        ):
+        )
+        try:
             await puller.reply(delivery, reply)
+        finally:
+            store.end()

@@ -1,101 +1,399 @@
-"""OpenTelemetry tracing for Berth's processes and for the model server in replicas.
+"""Tracing for Berth's processes and for the model server in replicas: W3C trace context
+in, spans out over OTLP/HTTP.
 
 On only when OTLP is configured the standard way: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), with ``OTEL_EXPORTER_OTLP_HEADERS``,
-``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``, ``OTEL_BSP_*`` and
-``OTEL_RESOURCE_ATTRIBUTES`` read by the SDK itself. Off, nothing here runs on a
-request: callers test :data:`ENABLED` first. Spans go out over OTLP/HTTP
-(protobuf); ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` is refused with a warning.
+``OTEL_EXPORTER_OTLP_TIMEOUT``, ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``,
+``OTEL_BSP_SCHEDULE_DELAY``, ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``
+and ``OTEL_RESOURCE_ATTRIBUTES``. Off, nothing here runs on a request: callers test
+:data:`ENABLED` first.
 
-Part of the model server (``berth build`` copies it into images): it imports
-OpenTelemetry only when tracing is configured, and a replica without it runs
-untraced.
+Berth's own spans (the API's, the agent's, the scaler's, the replica server's) are
+recorded here, not by the OpenTelemetry SDK: the SDK spent about 90 µs of CPU making
+a span and 110 more encoding it on this project's machine, and a request crosses
+three of them. A :class:`Span` is a few slots; a thread sends batches as OTLP/JSON
+(the OTLP/HTTP JSON encoding, which collectors, Jaeger and Tempo take). In a replica
+the SDK is configured too, with the replica's span as the current OpenTelemetry
+context, so that a model's own spans (made with OpenTelemetry's API) nest under it.
+
+Part of the model server (``berth build`` copies it into images); it needs only the
+standard library, and OpenTelemetry for a model's own spans when it is installed.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextvars
+import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+import random
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["ENABLED", "configure", "current", "parent", "traced_app", "traceparent", "tracer"]
+__all__ = [
+    "CLIENT",
+    "CONSUMER",
+    "ENABLED",
+    "INTERNAL",
+    "SERVER",
+    "Span",
+    "configure",
+    "current",
+    "current_ids",
+    "parse",
+    "record",
+    "start",
+    "traced_app",
+    "use",
+]
 
 log = logging.getLogger(__name__)
 
 ENABLED = False
-_tracer: Any = None
+# OTLP's SpanKind values
+INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = 1, 2, 3, 4, 5
+
+_exporter: _Exporter | None = None
+_sampler: Callable[[int, bool | None], bool] = lambda trace_id, parent: True  # noqa: E731
+_current: contextvars.ContextVar[Span | None] = contextvars.ContextVar("berth_span", default=None)
+_rng = random.Random()
+
+
+class Span:
+    """One span; :meth:`end` hands it to the exporter (when sampled)."""
+
+    __slots__ = (
+        "attributes",
+        "end_ns",
+        "events",
+        "kind",
+        "name",
+        "parent_id",
+        "sampled",
+        "span_id",
+        "start_ns",
+        "status",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        trace_id: int,
+        parent_id: int,
+        kind: int,
+        attributes: dict[str, Any] | None,
+        start_ns: int | None,
+        sampled: bool,
+    ):
+        self.name = name
+        self.trace_id = trace_id
+        self.span_id = _rng.getrandbits(64) or 1
+        self.parent_id = parent_id
+        self.kind = kind
+        self.attributes = attributes if attributes is not None else {}
+        self.start_ns = start_ns or time.time_ns()
+        self.end_ns = 0
+        self.events: list[tuple[str, int]] = []
+        self.status: str | None = None  # an error's message; None: not an error
+        self.sampled = sampled
+
+    @property
+    def traceparent(self) -> str:
+        """Its W3C ``traceparent``, for the next hop."""
+        flags = "01" if self.sampled else "00"
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def add_event(self, name: str, timestamp_ns: int | None = None) -> None:
+        self.events.append((name, timestamp_ns or time.time_ns()))
+
+    def set_error(self, message: str = "") -> None:
+        self.status = message
+
+    def end(self, end_ns: int | None = None) -> None:
+        self.end_ns = end_ns or time.time_ns()
+        if self.sampled and _exporter is not None:
+            _exporter.add(self)
+
+
+def parse(traceparent: str | None) -> tuple[int, int, bool] | None:
+    """(trace id, span id, sampled) of a W3C ``traceparent``; None if absent or malformed."""
+    if not traceparent or len(traceparent) < 55:
+        return None
+    parts = traceparent.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or parts[0] == "ff":
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, bool(flags & 1)
+
+
+def start(
+    name: str,
+    parent: str | Span | None = None,
+    *,
+    kind: int = INTERNAL,
+    attributes: dict[str, Any] | None = None,
+    start_ns: int | None = None,
+) -> Span:
+    """A new span, the child of ``parent`` (a ``traceparent`` or a span), else of the
+    current span, else the root of a new trace."""
+    if parent is None:
+        parent = _current.get()
+    if isinstance(parent, Span):
+        return Span(
+            name, parent.trace_id, parent.span_id, kind, attributes, start_ns, parent.sampled
+        )
+    found = parse(parent)
+    if found is None:
+        trace_id = _rng.getrandbits(128) or 1
+        return Span(name, trace_id, 0, kind, attributes, start_ns, _sampler(trace_id, None))
+    trace_id, parent_id, sampled = found
+    return Span(name, trace_id, parent_id, kind, attributes, start_ns, _sampler(trace_id, sampled))
+
+
+@contextmanager
+def use(span: Span) -> Iterator[Span]:
+    """``span`` current within the block (log lines name it; new spans are its children)."""
+    token = _current.set(span)
+    try:
+        yield span
+    finally:
+        _current.reset(token)
+
+
+def current() -> Span | None:
+    return _current.get()
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) of the current span, as log lines carry them."""
+    span = _current.get()
+    if span is None:
+        return None
+    return f"{span.trace_id:032x}", f"{span.span_id:016x}"
+
+
+def record(name: str, started: float, attributes: dict[str, Any]) -> None:
+    """A span of its own that began at ``started`` (unix seconds) and ends now: a replica's
+    start, a scaling decision."""
+    start(name, "", attributes=attributes, start_ns=int(started * 1e9)).end()
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def _env_ms(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "")) / 1000
+    except ValueError:
+        return default
+
+
+def _make_sampler() -> Callable[[int, bool | None], bool]:
+    """OTEL_TRACES_SAMPLER: always_on, always_off, traceidratio and their parentbased_
+    forms (the default, parentbased_always_on, follows a caller's sampled flag)."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+    try:
+        ratio = float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError:
+        ratio = 1.0
+    bound = int(max(0.0, min(1.0, ratio)) * (1 << 64))
+    base = name.removeprefix("parentbased_")
+
+    def root(trace_id: int) -> bool:
+        if base == "always_off":
+            return False
+        if base == "traceidratio":
+            return (trace_id & ((1 << 64) - 1)) < bound
+        return True
+
+    if name.startswith("parentbased_"):
+        return lambda trace_id, parent: root(trace_id) if parent is None else parent
+    return lambda trace_id, parent: root(trace_id)
+
+
+def _resource(service: str, extra: dict[str, str]) -> dict[str, str]:
+    attributes = {}
+    for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            attributes[key.strip()] = urllib.parse.unquote(value.strip())
+    attributes.update({"service.name": service, "telemetry.sdk.name": "berth", **extra})
+    return attributes
 
 
 def configure(service: str, **attributes: str) -> bool:
     """Export this process's spans as ``service`` if OTLP is configured; whether it is."""
-    global ENABLED, _tracer
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    global ENABLED, _exporter, _sampler
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        base.rstrip("/") + "/v1/traces" if base else None
     )
-    if not endpoint or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    if not url or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
     if os.environ.get("OTEL_TRACES_EXPORTER", "otlp") == "none":
         return False
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
     )
-    if protocol != "http/protobuf":
-        log.warning("tracing off: Berth exports OTLP over http/protobuf, not %s", protocol)
+    if protocol == "grpc":
+        log.warning("tracing off: Berth sends OTLP over HTTP, not gRPC (set an HTTP endpoint)")
         return False
-    try:
-        from opentelemetry import trace
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as exc:
-        log.warning("tracing off: OpenTelemetry is not installed here (%s)", exc)
-        return False
-    resource = Resource.create({"service.name": service, **attributes})
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    atexit.register(provider.shutdown)  # what is batched still goes out at exit
-    _tracer = trace.get_tracer("berth")
+    headers = {"content-type": "application/json"}
+    raw = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_HEADERS", ""
+    )
+    for pair in raw.split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            headers[key.strip().lower()] = urllib.parse.unquote(value.strip())
+    _sampler = _make_sampler()
+    _exporter = _Exporter(
+        url,
+        headers,
+        _resource(service, attributes),
+        delay=_env_ms("OTEL_BSP_SCHEDULE_DELAY", 5.0),
+        timeout=_env_ms("OTEL_EXPORTER_OTLP_TIMEOUT", 10.0),
+        queue=int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048")),
+        batch=int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512")),
+    )
     ENABLED = True
-    log.info("tracing: spans to %s as %s", endpoint, service)
+    log.info("tracing: spans to %s as %s", url, service)
     return True
 
 
-def tracer() -> Any:
-    return _tracer
+# -- export ----------------------------------------------------------------------------------
 
 
-def record(name: str, started: float, attributes: dict[str, Any]) -> None:
-    """A span of its own that began at ``started`` (unix seconds) and ends now: a replica's
-    start, a scaling decision."""
-    _tracer.start_span(name, start_time=int(started * 1e9), attributes=attributes).end()
+def _value(v: Any) -> dict[str, Any]:
+    if isinstance(v, bool):
+        return {"boolValue": v}
+    if isinstance(v, int):
+        return {"intValue": str(v)}
+    if isinstance(v, float):
+        return {"doubleValue": v}
+    return {"stringValue": str(v)}
 
 
-def parent(value: str | None) -> Any:
-    """The context a W3C ``traceparent`` names (None: a new trace)."""
-    if not value:
-        return None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+def _encode(span: Span) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "traceId": f"{span.trace_id:032x}",
+        "spanId": f"{span.span_id:016x}",
+        "name": span.name,
+        "kind": span.kind,
+        "startTimeUnixNano": str(span.start_ns),
+        "endTimeUnixNano": str(span.end_ns),
+        "attributes": [{"key": k, "value": _value(v)} for k, v in span.attributes.items()],
+    }
+    if span.parent_id:
+        out["parentSpanId"] = f"{span.parent_id:016x}"
+    if span.events:
+        out["events"] = [{"name": n, "timeUnixNano": str(t)} for n, t in span.events]
+    if span.status is not None:
+        out["status"] = {"code": 2, "message": span.status}
+    return out
 
-    return TraceContextTextMapPropagator().extract({"traceparent": value})
+
+def _dumps(value: Any) -> bytes:
+    """orjson when installed (a third of json's time per span); json in an image without it."""
+    if _orjson is not None:
+        return bytes(_orjson.dumps(value))
+    return json.dumps(value).encode()
 
 
-def current() -> str | None:
-    """The ``traceparent`` of the span current here, if any."""
-    from opentelemetry import trace
+_orjson: Any
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the model server's images
+    _orjson = None
 
-    span = trace.get_current_span()
-    return traceparent(span) if span.get_span_context().is_valid else None
+
+class _Exporter:
+    """Spans in a bounded list; a thread sends them every ``delay`` seconds, or as soon as
+    a batch is full. A full queue drops spans (counted in the log), never blocks a request."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        resource: dict[str, str],
+        *,
+        delay: float,
+        timeout: float,
+        queue: int,
+        batch: int,
+    ):
+        self.url = url
+        self.headers = headers
+        self.resource = [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]
+        self.delay, self.timeout = delay, timeout
+        self.limit, self.batch = queue, batch
+        self.spans: list[Span] = []
+        self.dropped = 0
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, name="berth-span-export", daemon=True).start()
+        atexit.register(self.flush)
+
+    def add(self, span: Span) -> None:
+        if len(self.spans) >= self.limit:
+            self.dropped += 1
+            return
+        self.spans.append(span)  # list.append is atomic under the GIL
+        if len(self.spans) >= self.batch:
+            self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(self.delay)
+            self.wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            while self.spans:
+                taken, self.spans = self.spans[: self.batch], self.spans[self.batch :]
+                self._send(taken)
+            if self.dropped:
+                log.warning("tracing: %d span(s) dropped, the export queue was full", self.dropped)
+                self.dropped = 0
+
+    def _send(self, spans: list[Span]) -> None:
+        body = {
+            "resourceSpans": [
+                {
+                    "resource": {"attributes": self.resource},
+                    "scopeSpans": [
+                        {"scope": {"name": "berth"}, "spans": [_encode(s) for s in spans]}
+                    ],
+                }
+            ]
+        }
+        request = urllib.request.Request(
+            self.url, data=_dumps(body), headers=self.headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                resp.read()
+        except Exception as exc:  # the collector is away: these spans are lost, not retried
+            log.warning("tracing: %d span(s) not exported: %s", len(spans), exc)
 
 
-def traceparent(span: Any) -> str:
-    """The W3C ``traceparent`` of ``span``, for the next hop."""
-    ctx = span.get_span_context()
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
-
+# -- the model server ------------------------------------------------------------------------
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -103,13 +401,41 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def traced_app(app: App) -> App:
-    """The model server with a SERVER span per request (health checks left out), child of
-    the ``traceparent`` the agent sends: the model's own spans nest under it."""
-    from opentelemetry import context, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+def _model_spans(service: str) -> Callable[[Span], Any] | None:
+    """OpenTelemetry's SDK for a model's own spans, if installed: a function that makes a
+    span of ours the current OpenTelemetry context (None without the SDK)."""
+    try:
+        from opentelemetry import context, trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    except ImportError:
+        return None
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    atexit.register(provider.shutdown)
 
+    def enter(span: Span) -> Any:
+        ctx = SpanContext(
+            span.trace_id,
+            span.span_id,
+            is_remote=False,
+            trace_flags=TraceFlags(1 if span.sampled else 0),
+        )
+        return context.attach(trace.set_span_in_context(NonRecordingSpan(ctx)))
+
+    enter.detach = context.detach  # type: ignore[attr-defined]
+    return enter
+
+
+def traced_app(app: App, service: str = "berth-replica") -> App:
+    """The model server with a SERVER span per request (health checks left out), child of
+    the ``traceparent`` the agent sends; a model's own OpenTelemetry spans nest under it."""
     replica = os.environ.get("OCTOAI_REPLICA_NAME", "")
+    enter = _model_spans(service)
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/healthcheck":
@@ -119,10 +445,10 @@ def traced_app(app: App) -> App:
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), None
         )
         method, path = scope["method"], scope["path"]
-        span = _tracer.start_span(
+        span = start(
             f"{method} {path}",
-            context=parent(incoming),
-            kind=SpanKind.SERVER,
+            incoming or "",
+            kind=SERVER,
             attributes={
                 "http.request.method": method,
                 "url.path": path,
@@ -130,24 +456,26 @@ def traced_app(app: App) -> App:
                 "berth.replica": replica,
             },
         )
-        token = context.attach(trace.set_span_in_context(span))
 
         async def sending(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 code = message["status"]
-                span.set_attribute("http.response.status_code", code)
+                span.attributes["http.response.status_code"] = code
                 if code >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
+                    span.set_error()
             await send(message)
 
+        otel = enter(span) if enter is not None else None
+        token = _current.set(span)
         try:
             await app(scope, receive, sending)
         except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR))
+            span.set_error(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            context.detach(token)
+            _current.reset(token)
+            if otel is not None:
+                enter.detach(otel)  # type: ignore[union-attr]
             span.end()
 
     return wrapped

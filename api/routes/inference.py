@@ -208,36 +208,31 @@ class DataPlane:
     ) -> Answer | None:
         """The answer inside the request's SERVER span (a child of the caller's
         ``traceparent``); the agent's and the replica's spans are its children."""
-        from opentelemetry import context, trace
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
         incoming = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), None
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), ""
         )
-        endpoint = scope["path"][3:].partition("/")[0]
         method = scope["method"]
-        span = tracing.tracer().start_span(
+        span = tracing.start(
             f"{method} /e/{{endpoint_name}}/{{route}}",
-            context=tracing.parent(incoming),
-            kind=SpanKind.SERVER,
+            incoming,
+            kind=tracing.SERVER,
             attributes={
                 "http.request.method": method,
                 "http.route": "/e/{endpoint_name}/{route}",
                 "url.path": scope["path"],
-                "berth.endpoint": endpoint,
+                "berth.endpoint": scope["path"][3:].partition("/")[0],
                 "berth.request_id": scope["state"]["request_id"],
             },
         )
-        token = context.attach(trace.set_span_in_context(span))
         try:
-            answer = await self._answer(ctx, scope, receive, send)
+            with tracing.use(span):
+                answer = await self._answer(ctx, scope, receive, send)
             status = answer[0] if answer is not None else 200
-            span.set_attribute("http.response.status_code", status)
+            span.attributes["http.response.status_code"] = status
             if status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
+                span.set_error()
             return answer
         finally:
-            context.detach(token)
             span.end()
 
     async def _answer(
@@ -300,7 +295,8 @@ class DataPlane:
             elif key == b"x-berth-callback-url":
                 ask.callback_url = value.decode("latin-1").strip()
         if tracing.ENABLED:  # the next hop's parent is this request's own span
-            traceparent = tracing.current()
+            own = tracing.current()
+            traceparent = own.traceparent if own is not None else traceparent
         if spec is None:
             await ctx.auth.authenticate(token)  # whether an endpoint exists is not public
             raise NotFound(f"endpoint {name!r} does not exist")
@@ -611,10 +607,9 @@ async def _note_place(ctx: AppContext, job: JobRecord, revision: int, seq: int) 
     """Keep the job's sequence (to cancel it) and what was queued ahead (for its position)."""
     waiting = await backlog(ctx.broker, job.endpoint)
     ahead = max(0, waiting.queued - 1) if waiting else None  # less this job itself
-    if tracing.ENABLED and ahead is not None:
-        from opentelemetry import trace
-
-        trace.get_current_span().set_attribute("berth.queue_position", ahead)
+    span = tracing.current() if tracing.ENABLED else None
+    if span is not None and ahead is not None:
+        span.set_attribute("berth.queue_position", ahead)
     delivered = waiting.delivered if waiting else None
 
     def place(current: JobRecord) -> JobRecord:
