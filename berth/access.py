@@ -185,7 +185,7 @@ def add_parsers(sub: Any) -> None:
     )
     c = t.add_parser("create", help="create a token; prints it once")
     c.add_argument("name")
-    c.add_argument("--scope", action="append", choices=["admin", "inference", "agent"])
+    c.add_argument("--scope", action="append", choices=["admin", "inference", "agent", "metrics"])
     c.add_argument("--endpoint", action="append", help="limit an inference token to endpoints")
     c.add_argument("--expires-in", type=int, metavar="SECONDS")
     c.set_defaults(func=_tokens_create)

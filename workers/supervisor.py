@@ -596,11 +596,11 @@ class ReplicaSupervisor:
         }
         parent = env.traceparent or ""
         stored = published_at(delivery.msg.reply)
-        if stored is not None:
+        if stored is not None:  # its siblings' attributes say the rest
             queue = tracing.start(
                 f"queue {self.spec.name}",
                 parent,
-                attributes=dict(attributes),
+                attributes={"berth.attempt": delivery.attempt},
                 start_ns=int(stored * 1e9),
             )
             ready_at = self.record.ready_at
