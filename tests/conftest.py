@@ -120,6 +120,18 @@ class Stack(LocalStack):
         )
         return super().deploy(name, folder, **fields)
 
+    def wait_ready(self, name: str, timeout: float = 90) -> None:
+        """Until a replica of ``name`` runs (a bounded wait)."""
+        with self.client() as c:
+            wait_for(
+                lambda: any(
+                    r["status"] == "running"
+                    for r in c.get(f"/v1/endpoint/{name}").json()["replicas"]
+                ),
+                timeout,
+                f"a ready replica of {name}",
+            )
+
     def aclient(self, **kw: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kw

@@ -107,15 +107,13 @@ def shot(tab: Page, label: str) -> None:
         tab.screenshot(path=str(SHOTS / f"{label}.png"), full_page=True)
 
 
-def ready(stack: Stack, name: str) -> None:
-    with stack.client() as c:
-        wait_for(
-            lambda: any(
-                r["status"] == "running" for r in c.get(f"/v1/endpoint/{name}").json()["replicas"]
-            ),
-            90,
-            f"a ready replica of {name}",
-        )
+def try_it(page: Page, field: str, value: str) -> None:
+    """Open the endpoint page's playground, fill ``field`` and run it."""
+    page.click("button[data-tab=playground]")
+    control = page.locator(f"[name={field}]")
+    expect(control).to_be_visible(timeout=WAIT_MS)
+    control.fill(value)
+    page.click("button:has-text('Run')")
 
 
 def create(stack: Stack, **body: Any) -> None:
@@ -232,11 +230,7 @@ def test_deploy_an_example_from_the_form_and_hear_it(page: Page, stack: Stack, n
     assert ep["example"] == "tts" and ep["min_replicas"] == 1
     assert ep["max_replicas"] == 2  # the example's own default, not the form's
 
-    page.click("button[data-tab=playground]")
-    text = page.locator("textarea[name=text]")
-    expect(text).to_be_visible(timeout=WAIT_MS)
-    text.fill("Berth speaks. It says a second sentence too.")
-    page.click("button:has-text('Run')")
+    try_it(page, "text", "Berth speaks. It says a second sentence too.")
     audio = page.locator(".run-output audio")
     expect(audio).to_have_count(1, timeout=WAIT_MS)
     seconds = audio.evaluate(
@@ -339,7 +333,7 @@ def test_async_mode_shows_the_job_then_its_output_and_the_jobs_page_lists_it(
 
 def test_a_jobs_callback_log_and_sending_it_again(page: Page, stack: Stack, name: str) -> None:
     create(stack, name=name, example="echo", min_replicas=1, max_replicas=1)
-    ready(stack, name)
+    stack.wait_ready(name)
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     received: list[bytes] = []
@@ -448,7 +442,7 @@ def test_a_model_folder_uploaded_from_the_browser(page: Page, stack: Stack, name
     page.fill("input[name=min_replicas]", "1")
     page.click("form.endpoint-form button[type=submit]")
     expect(page).to_have_url(f"{stack.url}/console/endpoints/{name}", timeout=WAIT_MS)
-    ready(stack, name)
+    stack.wait_ready(name)
     with stack.client() as c:
         resp = c.post(f"/e/{name}/infer", json={"prompt": "from a folder"})
     assert resp.status_code == 200 and resp.json()["output"]["prompt"] == "from a folder"
@@ -490,7 +484,7 @@ def test_an_image_endpoint_with_a_registry_credential_and_a_secret(
 
 def test_a_queued_job_is_cancelled_from_the_jobs_page(page: Page, stack: Stack, name: str) -> None:
     create(stack, name=name, example="echo", min_replicas=1, max_replicas=1)
-    ready(stack, name)
+    stack.wait_ready(name)
     with stack.client() as c:
         busy = c.post(
             f"/e/{name}/infer", json={"prompt": "a", "sleep": 20}, headers={"X-OctoAI-Async": "1"}
@@ -522,14 +516,10 @@ def test_markup_from_a_model_is_shown_as_text_never_run(
     stack.deploy(
         name, "markup", min_replicas=1, max_replicas=1, description="<img src=x onerror=alert(1)>"
     )
-    ready(stack, name)
+    stack.wait_ready(name)
     page.goto(f"/console/endpoints/{name}")
     expect(page.locator("table.kv")).to_contain_text("<img src=x onerror=alert(1)>")
-    page.click("button[data-tab=playground]")
-    prompt = page.locator("[name=prompt]")
-    expect(prompt).to_be_visible(timeout=WAIT_MS)
-    prompt.fill("<script>window.__xss='prompt'</script><b>bold</b>")
-    page.click("button:has-text('Run')")
+    try_it(page, "prompt", "<script>window.__xss='prompt'</script><b>bold</b>")
     out = page.locator(".run-output .output")
     expect(out).to_contain_text("<script>window.__xss='script'</script>", timeout=WAIT_MS)
     expect(out).to_contain_text("<img src=x onerror=")

@@ -33,14 +33,7 @@ def first_lines(stack: Stack, path: str, count: int, timeout: float = 30.0) -> l
 
 def test_the_endpoints_stream_says_each_change(stack: Stack, name: str) -> None:
     stack.deploy(name, "probe", min_replicas=1, max_replicas=1)
-    with stack.client() as c:
-        wait_for(
-            lambda: any(
-                r["status"] == "running" for r in c.get(f"/v1/endpoint/{name}").json()["replicas"]
-            ),
-            60,
-            "a ready replica",
-        )
+    stack.wait_ready(name)
     [now] = first_lines(stack, "/v1/endpoints/stream", 1)
     mine = next(e for e in now["endpoints"] if e["name"] == name)
     assert mine["state"] == "running"

@@ -49,6 +49,10 @@ class Prometheus:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
 
+    def reaches(self, expr: str, expected: float, what: str) -> None:
+        """Until ``expr`` evaluates to ``expected`` (scrapes come every second)."""
+        wait_for(lambda: self.value(expr) == expected, 30, what)
+
 
 @pytest.fixture(scope="module")
 def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
@@ -102,7 +106,7 @@ def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 raise RuntimeError((folder / "prometheus.log").read_text()[-2000:])
             try:
                 return prom.value('count(up{job=~"berth-.*"} == 1)') == 3
-            except (httpx.HTTPError, AssertionError):
+            except (httpx.HTTPError, AssertionError, ValueError):  # still starting
                 return False
 
         wait_for(all_up, 60, "Prometheus scraping the API, the scaler and the agent")
@@ -132,14 +136,8 @@ def test_metrics_need_a_token_with_the_metrics_scope(stack: Stack) -> None:
 
 def test_promql_counts_what_was_sent(prometheus: Prometheus, stack: Stack, name: str) -> None:
     stack.deploy(name, "probe", min_replicas=1, max_replicas=1)
+    stack.wait_ready(name)
     with stack.client() as c:
-        wait_for(
-            lambda: any(
-                r["status"] == "running" for r in c.get(f"/v1/endpoint/{name}").json()["replicas"]
-            ),
-            60,
-            "a ready replica",
-        )
         for i in range(7):
             assert c.post(f"/e/{name}/infer", json={"prompt": str(i)}).status_code == 200
         assert c.post(f"/e/{name}/infer", json={"nope": 1}).status_code == 422
@@ -147,26 +145,18 @@ def test_promql_counts_what_was_sent(prometheus: Prometheus, stack: Stack, name:
         assert job.status_code == 202
 
     sel = f'endpoint="{name}"'
-    wait_for(
-        lambda: prometheus.value(f'sum(berth_requests_total{{{sel}, code="200"}})') == 7,
-        30,
-        "seven 200s counted",
-    )
+    prometheus.reaches(f'sum(berth_requests_total{{{sel}, code="200"}})', 7, "seven 200s counted")
     assert prometheus.value(f'sum(berth_requests_total{{{sel}, code="422"}})') == 1
     assert prometheus.value(f'sum(berth_requests_total{{{sel}, mode="async"}})') == 1
-    wait_for(
-        lambda: prometheus.value(f'sum(berth_jobs_total{{{sel}, status="completed"}})') == 1,
-        30,
+    prometheus.reaches(
+        f'sum(berth_jobs_total{{{sel}, status="completed"}})',
+        1,
         "the job's completion counted (by the agent)",
     )
     assert prometheus.value(f'sum(berth_jobs_total{{{sel}, status="pending"}})') == 1
     # The agent's side: queue wait and replica time, one observation per request taken.
-    wait_for(
-        lambda: (
-            prometheus.value(f"sum(berth_replica_request_duration_seconds_count{{{sel}}})") == 9
-        ),
-        30,
-        "nine replica calls",
+    prometheus.reaches(
+        f"sum(berth_replica_request_duration_seconds_count{{{sel}}})", 9, "nine replica calls"
     )
     assert prometheus.value(f"sum(berth_queue_wait_seconds_count{{{sel}}})") == 9
     assert prometheus.value(f'sum(berth_cold_start_seconds_count{{{sel}, outcome="ready"}})') == 1
@@ -175,18 +165,12 @@ def test_promql_counts_what_was_sent(prometheus: Prometheus, stack: Stack, name:
     assert (
         prometheus.value(f'sum(berth_scaler_decisions_total{{{sel}, reason="min_replicas"}})') == 1
     )
-    wait_for(
-        lambda: prometheus.value(f"sum(berth_scaler_actual_replicas{{{sel}}})") == 1,
-        30,
-        "the scaler's replica count",
+    prometheus.reaches(
+        f"sum(berth_scaler_actual_replicas{{{sel}}})", 1, "the scaler's replica count"
     )
     assert prometheus.value(f"sum(berth_scaler_desired_replicas{{{sel}}})") == 1
     # The API's sampler: replicas by state, fleet-wide.
-    wait_for(
-        lambda: prometheus.value(f'sum(berth_replicas{{{sel}, state=~"ready|busy"}})') == 1,
-        30,
-        "the replica gauge",
-    )
+    prometheus.reaches(f'sum(berth_replicas{{{sel}, state=~"ready|busy"}})', 1, "the replica gauge")
 
 
 def test_the_queue_rises_while_no_replica_can_run(
@@ -199,11 +183,7 @@ def test_the_queue_rises_while_no_replica_can_run(
                 f"/e/{name}/infer", json={"prompt": str(i)}, headers={"X-OctoAI-Async": "1"}
             )
             assert resp.status_code == 202
-    wait_for(
-        lambda: prometheus.value(f'max(berth_queue_length{{endpoint="{name}"}})') == 3,
-        30,
-        "three queued",
-    )
+    prometheus.reaches(f'max(berth_queue_length{{endpoint="{name}"}})', 3, "three queued")
     # The alert rule's own expression selects this endpoint (its `for:` is minutes).
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     expr = next(
@@ -276,8 +256,6 @@ def test_the_console_charts_and_prometheus_agree(
             return bool(points) and points[-1]["queued"] == 1
 
         wait_for(charted, 30, "the console's point")
-    wait_for(
-        lambda: prometheus.value(f'max(berth_queue_length{{endpoint="{name}"}})') == 1,
-        30,
-        "the same figure in Prometheus",
+    prometheus.reaches(
+        f'max(berth_queue_length{{endpoint="{name}"}})', 1, "the same figure in Prometheus"
     )
