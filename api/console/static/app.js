@@ -503,7 +503,7 @@ async function jobsPage(main, signal) {
     fill(detail, h("section", { class: "card" },
       h("h3", {}, "Job ", h("code", {}, job.response_id)),
       job.reason ? h("p", {}, "Reason: ", job.reason) : null,
-      h("p", {}, Object.entries(job.timings || {}).filter(([, x]) => x != null).map(([k, x]) => `${k.replace(/_/g, " ")} ${duration(x)}`).join(" · ")),
+      h("p", {}, Object.entries(job.timings || {}).filter(([, x]) => x != null).map(([k, x]) => `${k.replace(/_s$/, "").replace(/_/g, " ")} ${duration(x)}`).join(" · ")),
       cb ? [h("h4", {}, "Callback to ", h("code", {}, cb.url), " ", badge(cb.state), ` ${cb.attempts} attempt(s)`),
         h("table", { class: "list callback-log" }, h("thead", {}, h("tr", {}, ["At", "Status", "Error", "Took"].map((t) => h("th", {}, t)))),
           h("tbody", {}, (cb.log || []).map((a) => h("tr", {}, h("td", {}, clock(a.at)), h("td", {}, a.status ?? "—"), h("td", {}, a.error || ""), h("td", {}, `${Math.round(a.duration_ms)} ms`)))))] : h("p", { class: "muted" }, "No callback."),

@@ -133,7 +133,7 @@ export async function playground(root, { endpoint, example = null, demo = false,
         state.queue_position != null ? [h("dt", {}, "queue position"), h("dd", {}, String(state.queue_position))] : null,
         state.estimated_wait_s != null ? [h("dt", {}, "estimated wait"), h("dd", {}, duration(state.estimated_wait_s))] : null,
         state.waiting_for ? [h("dt", {}, "waiting for"), h("dd", {}, String(state.waiting_for.reason || state.waiting_for))] : null,
-        Object.entries(t).filter(([, v]) => v != null).map(([k, v]) => [h("dt", {}, k.replace(/_/g, " ")), h("dd", {}, duration(v))]),
+        Object.entries(t).filter(([, v]) => v != null).map(([k, v]) => [h("dt", {}, k.replace(/_s$/, "").replace(/_/g, " ")), h("dd", {}, duration(v))]),
         state.reason ? [h("dt", {}, "reason"), h("dd", {}, state.reason)] : null,
       );
       status.textContent = `job ${state.status}`;
