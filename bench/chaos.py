@@ -39,22 +39,12 @@ from typing import Any
 import httpx
 
 from bench import FAST
+from bench.harness import direct_children as children
 from berth.local import ROOT, LocalNats, LocalStack, wait_until
 
 ENDPOINT = "chaos"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 KILLS = ("replica", "agent", "nats-server", "api")
-
-
-def children(pid: int) -> list[int]:
-    """The process's children, from /proc."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
 
 
 def replica_pids(stack: LocalStack) -> list[int]:

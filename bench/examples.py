@@ -33,27 +33,12 @@ from typing import Any
 import httpx
 
 from bench import FAST
+from bench.harness import direct_children as children
+from bench.harness import rss_mib
 from bench.overhead import percentile
 from berth.local import ROOT, LocalNats, LocalStack
 
 CPU_EXAMPLES = ("echo", "ocr", "tts", "embeddings", "imagefx")
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def events(c: httpx.Client, name: str) -> list[dict[str, Any]]:

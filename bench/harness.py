@@ -106,6 +106,17 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def direct_children(pid: int) -> list[int]:
+    """The process's own children, from /proc (an agent's zygotes, a zygote's replicas)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def children(pid: int) -> list[int]:
     """Every descendant of ``pid`` (the replicas under an agent)."""
     parents: dict[int, list[int]] = {}
