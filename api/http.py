@@ -40,7 +40,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from api.middleware import with_request_id
 
-__all__ = ["HANGUP", "Answer", "ApiHttpProtocol", "Direct"]
+__all__ = ["HANGUP", "UVICORN_VERIFIED", "Answer", "ApiHttpProtocol", "Direct", "check_uvicorn"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,65 @@ Direct = Callable[[Scope, Receive, Send], Awaitable[Answer | None]]
 # scope["extensions"][HANGUP](callback): ``callback()`` when the connection is lost
 # while the request is served; ``(None)`` stops watching.
 HANGUP = "berth.hangup"
+
+
+# The protocol below extends uvicorn's httptools protocol through names uvicorn keeps
+# private. It is verified on these releases (pyproject.toml pins the same range), and
+# check_uvicorn() refuses to start on one whose private names changed.
+UVICORN_VERIFIED = ((0, 30), (0, 55))  # from, up to (not included)
+_PROTOCOL_NAMES = (
+    "_start_asgi_task",
+    "connection_made",
+    "connection_lost",
+    "on_message_begin",
+    "on_response_complete",
+)
+_PROTOCOL_STATE = ("app", "loop", "tasks", "transport", "scope", "cycle")
+_CYCLE_NAMES = ("send", "receive", "send_500_response")
+_CYCLE_STATE = (
+    "scope",
+    "transport",
+    "flow",
+    "default_headers",
+    "message_event",
+    "on_response",
+    "disconnected",
+    "keep_alive",
+    "response_started",
+    "response_complete",
+)
+
+
+def check_uvicorn() -> None:
+    """Raise RuntimeError, naming what is missing, if the installed uvicorn lacks a private
+    name this module relies on (a release outside UVICORN_VERIFIED that changed them)."""
+    import inspect
+
+    import uvicorn
+
+    missing = [
+        f"HttpToolsProtocol.{n}" for n in _PROTOCOL_NAMES if not hasattr(HttpToolsProtocol, n)
+    ]
+    missing += [
+        f"RequestResponseCycle.{n}" for n in _CYCLE_NAMES if not hasattr(RequestResponseCycle, n)
+    ]
+    for cls, names in ((HttpToolsProtocol, _PROTOCOL_STATE), (RequestResponseCycle, _CYCLE_STATE)):
+        init = inspect.getsource(cls.__init__)
+        missing += [
+            f"{cls.__name__}.{n}"
+            for n in names
+            if f"self.{n} " not in init and f"self.{n}:" not in init
+        ]
+    start = getattr(HttpToolsProtocol, "_start_asgi_task", None)
+    params = list(inspect.signature(start).parameters) if start is not None else []
+    if start is not None and params[1:] != ["cycle", "app"]:
+        missing.append(f"HttpToolsProtocol._start_asgi_task(cycle, app), found {params[1:]}")
+    if missing:
+        low, high = (".".join(map(str, v)) for v in UVICORN_VERIFIED)
+        raise RuntimeError(
+            f"uvicorn {uvicorn.__version__} is not one Berth's HTTP protocol works with "
+            f"(verified on >={low},<{high}); it lacks: {', '.join(missing)}"
+        )
 
 
 # Held writes up to this size in all are joined into one; larger ones (a big body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from api.app import create_app
-from api.http import ApiHttpProtocol
+from api.http import ApiHttpProtocol, check_uvicorn
 from shared.runner import configure_logging
 from shared.settings import ApiSettings
 from workers import tracing
@@ -16,7 +16,9 @@ def server_config(settings: ApiSettings) -> uvicorn.Config:
 
     The app is served unwrapped (no proxy-headers middleware: nothing reads the
     caller's address), so the protocol finds the data plane's direct entry on it.
+    An uvicorn whose private names the protocol relies on changed stops it here.
     """
+    check_uvicorn()
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,

@@ -396,3 +396,26 @@ def test_the_api_server_finds_the_data_planes_direct_entry(tmp_path: Path) -> No
     )
     routed.load()
     assert getattr(routed.loaded_app, "direct", "missing") is None
+
+
+def test_the_installed_uvicorn_is_one_the_protocol_was_verified_on() -> None:
+    import uvicorn
+
+    from api.http import UVICORN_VERIFIED, check_uvicorn
+
+    version = tuple(int(p) for p in uvicorn.__version__.split(".")[:2])
+    low, high = UVICORN_VERIFIED
+    assert low <= version < high, uvicorn.__version__
+    check_uvicorn()
+
+
+def test_an_uvicorn_without_the_names_the_protocol_uses_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from api.http import check_uvicorn
+
+    monkeypatch.delattr(HttpToolsProtocol, "_start_asgi_task")
+    with pytest.raises(RuntimeError, match=r"HttpToolsProtocol\._start_asgi_task"):
+        check_uvicorn()
