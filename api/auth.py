@@ -4,8 +4,8 @@ A token is either the static admin token from ``BERTH_ADMIN_TOKEN`` (for
 automation and bootstrap) or a row of the ``api_token`` table (see
 :mod:`shared.tokens`). Rows are cached for ``token_cache_ttl`` seconds, and so is
 each token that passed the full check, by its value: the data plane's hot path
-costs one dict lookup (the SHA-256s of a full check took 14 µs in the API's
-profile, OpenSSL's code running cold between requests). Only tokens that passed
+costs one dict lookup instead of a full check's SHA-256s (OpenSSL's code runs cold
+between requests). Only tokens that passed
 are kept, so guesses never reach the cache; a lookup compares strings only after
 their keyed hashes match, which tells a caller nothing of a token.
 

@@ -1,8 +1,7 @@
 """Admission against an endpoint's ``max_queue_length``, mostly without asking NATS.
 
 How many requests an endpoint has queued is a JetStream consumer-info round trip,
-450 µs on a small machine: made on every request, it was a quarter of the latency
-Berth adds on such endpoints. Here a reading is trusted for ``TRUST_FOR`` seconds,
+too slow to make on every request. Here a reading is trusted for ``TRUST_FOR`` seconds,
 with every request let in since counted as queued (some went straight to a free
 replica, which only makes the count err on the full side). A request is refused
 only on a fresh reading, so a queue that drained meanwhile turns nobody away.
@@ -16,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from broker.connection import Broker
-from broker.streams import Backlog, backlog
+from broker.jetstream import Backlog, backlog
 from shared.errors import QueueFull
 from shared.metrics import QUEUE_REJECTIONS
 

@@ -54,8 +54,7 @@ def go_threads(environ: dict[str, str] | os._Environ[str], cpus: int) -> dict[st
 
     It shares the host with Berth's own processes, each a single-threaded Python
     loop that the data path waits on; Go's idle threads spin looking for work and
-    take their CPU. On 2 cores, 1 thread cut nats-server's CPU per request by 10 %
-    and the added latency by 50 µs, and raised the throughput (docs/performance.md).
+    take their CPU; fewer threads leave it to the data path (docs/performance.md).
     """
     if "GOMAXPROCS" in environ:
         return dict(environ)

@@ -2,7 +2,7 @@
 
 ``asyncio.timeout`` works on the awaiting task: it finds the task, cancels it when
 time is up and turns the cancellation back into a TimeoutError on the way out,
-about 11 µs a use on a slow machine against 3 µs for a timer. On the data path a
+several times the cost of a timer. On the data path a
 request waits like this several times (for JetStream's ack, for its reply, in the
 agent for its delivery and for the replica's answer), so those waits end the
 future itself instead.

@@ -9,9 +9,9 @@ and ``OTEL_RESOURCE_ATTRIBUTES``. Off, nothing here runs on a request: callers t
 :data:`ENABLED` first.
 
 Berth's own spans (the API's, the agent's, the scaler's, the replica server's) are
-recorded here, not by the OpenTelemetry SDK: the SDK spent about 90 µs of CPU making
-a span and 110 more encoding it on this project's machine, and a request crosses
-three of them. A :class:`Span` is a few slots; a thread sends batches as OTLP/JSON
+recorded here, not by the OpenTelemetry SDK, whose span objects and encoders cost
+more CPU per span than the rest of a request's path (docs/performance.md), and a
+request crosses three processes. A :class:`Span` is a few slots; a thread sends batches as OTLP/JSON
 (the OTLP/HTTP JSON encoding, which collectors, Jaeger and Tempo take). In a replica
 the SDK is configured too, with the replica's span as the current OpenTelemetry
 context, so that a model's own spans (made with OpenTelemetry's API) nest under it.
