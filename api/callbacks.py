@@ -29,9 +29,10 @@ from tenacity import RetryCallState, wait_exponential, wait_random
 from api.context import AppContext
 from api.jobs import job_view
 from broker.callbacks import CallbackQueue
-from broker.jobs import get_job, get_response, modify, request_callback
+from broker.jobs import apply, get_job, get_response, request_callback
 from shared.egress import BlockedAddress, blocked_reason, guarded_client, literal_address
 from shared.errors import InvalidRequest
+from shared.lifecycle import CallbackAgain, CallbackTried
 from shared.messages import CallbackAttempt, CallbackState, JobRecord
 from shared.metrics import CALLBACKS
 from shared.stores import Kind, SecretStore
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 MAX_URL = 2048
 INLINE_RESPONSE = 256 * 1024
-KEEP_ATTEMPTS = 20
 # Receivers that answer 410 Gone want no more deliveries (as Standard Webhooks senders do).
 GIVE_UP_STATUS = frozenset({410})
 
@@ -227,26 +227,13 @@ class Dispatcher:
         )
         delay = None if ok or give_up else self.delay(attempts)
 
-        def record(current: JobRecord) -> JobRecord | None:
-            cb = current.callback
-            if cb is None:
-                return None
-            log_ = [*cb.log, attempt][-KEEP_ATTEMPTS:]
-            state = CallbackState.DELIVERED if ok else CallbackState.PENDING
-            if give_up and not ok:
-                state = CallbackState.FAILED
-            new_cb = cb.model_copy(
-                update={
-                    "attempts": cb.attempts + 1,
-                    "log": log_,
-                    "state": state,
-                    "delivered_at": attempt.at if ok else cb.delivered_at,
-                    "next_attempt_at": attempt.at + delay if delay is not None else None,
-                }
-            )
-            return current.model_copy(update={"callback": new_cb})
-
-        await modify(self._ctx.broker, response_id, record)
+        tried = CallbackTried(
+            attempt=attempt,
+            delivered=ok,
+            given_up=give_up,
+            next_at=attempt.at + delay if delay is not None else None,
+        )
+        await apply(self._ctx.broker, response_id, tried)
         outcome = "delivered" if ok else "failed" if give_up else "retry"
         CALLBACKS.labels(job.endpoint, outcome).inc()
         with tracing.use(span) if span is not None else contextlib.nullcontext():
@@ -280,16 +267,11 @@ class Dispatcher:
 async def redeliver(ctx: AppContext, job: JobRecord) -> JobRecord | None:
     """Send a finished job's callback again (a fresh message; the log keeps earlier attempts)."""
 
-    def reset(current: JobRecord) -> JobRecord | None:
-        if current.callback is None:
-            return None
-        cb = current.callback.model_copy(update={"state": CallbackState.PENDING})
-        return current.model_copy(update={"callback": cb})
-
-    updated = await modify(ctx.broker, job.response_id, reset)
-    if updated is not None and updated.status.terminal:
-        assert updated.callback is not None
-        await request_callback(ctx.broker, updated, attempt=updated.callback.attempts + 1)
+    updated = await apply(ctx.broker, job.response_id, CallbackAgain())
+    if not isinstance(updated, JobRecord):
+        return None
+    assert updated.callback is not None
+    await request_callback(ctx.broker, updated, attempt=updated.callback.attempts + 1)
     return updated
 
 

@@ -20,8 +20,8 @@ from typing import Any
 from api.context import AppContext
 from broker.connection import Broker
 from broker.events import last_event
+from broker.jetstream import backlog
 from broker.jobs import expire_if_due, get_job
-from broker.streams import backlog
 from shared.messages import EndpointSpec, JobRecord, JobStatus, ReplicaRecord, ReplicaState
 
 __all__ = ["DeadlineTimers", "job_view", "waiting_for"]

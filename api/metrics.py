@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.connection import BROKER_FAILURES
-from broker.streams import backlog
+from broker.jetstream import backlog
 from shared.messages import ReplicaRecord, ReplicaState
 from shared.metrics import IN_FLIGHT, QUEUE_LENGTH, REPLICAS, REQUEST_SECONDS, REQUESTS
 

@@ -51,7 +51,7 @@ from bench.overhead import measure_cold_start, measure_overhead
 from bench.scaler import burst
 from berth.local import ROOT, LocalNats, LocalStack, free_port, wait_until
 from broker.connection import connect
-from broker.streams import backlog
+from broker.jetstream import backlog
 
 ECHO = ROOT / "examples" / "echo"
 WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")

@@ -81,19 +81,18 @@ async def replica_target(nats_url: str, endpoint: str, data_dir: Path) -> tuple[
     """A running replica of ``endpoint``: its URL, and its key (which its agent keeps in
     the data directory; None from a Berth that had no keys)."""
     from broker.connection import connect
+    from broker.registry import read_models
     from shared import names
     from shared.messages import ReplicaRecord
 
     broker = await connect(nats_url, "bench")
     try:
-        kv = await broker.kv(names.KV_REPLICAS)
-        for key in await kv.keys():
-            if key.startswith(endpoint + "."):
-                record = ReplicaRecord.model_validate_json((await kv.get(key)).value or b"{}")
-                if record.url:
-                    path = data_dir / f"agent-{record.agent_id}" / "replica-keys"
-                    path /= record.replica_id
-                    return record.url, path.read_text() if path.exists() else None
+        replicas = await read_models(broker, names.KV_REPLICAS, ReplicaRecord)
+        for key, record in replicas.items():
+            if key.startswith(endpoint + ".") and record.url:
+                path = data_dir / f"agent-{record.agent_id}" / "replica-keys"
+                path /= record.replica_id
+                return record.url, path.read_text() if path.exists() else None
     finally:
         await broker.close()
     raise RuntimeError(f"no replica of {endpoint} found")

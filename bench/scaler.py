@@ -34,6 +34,7 @@ from bench import FAST
 from berth.local import ROOT, LocalNats, LocalStack
 from broker.artifacts import pack_dir
 from broker.connection import connected
+from broker.registry import delete_key, put_model, read_models
 from shared import names
 from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord, ReplicaState
 
@@ -99,19 +100,13 @@ def _heartbeats(url: str, specs: list[EndpointSpec], stop: threading.Event) -> N
 
     async def run() -> None:
         async with connected(url, "bench-heartbeats") as broker:
-            replicas, agents = await broker.kv(names.KV_REPLICAS), await broker.kv(names.KV_AGENTS)
-            stored = await broker.kv(names.KV_ENDPOINTS)
             # The specs as the API stored them: a replica of another digest is outdated.
-            digests = {
-                spec.name: EndpointSpec.model_validate_json(
-                    (await stored.get(spec.name)).value or b""
-                ).replica_digest()
-                for spec in specs
-            }
+            stored = await read_models(broker, names.KV_ENDPOINTS, EndpointSpec)
+            digests = {spec.name: stored[spec.name].replica_digest() for spec in specs}
             while not stop.is_set():
                 now = time.time()
                 agent = AgentRecord(agent_id="bench", slots=10**6, used_slots=len(specs))
-                await agents.put("bench", agent.model_dump_json().encode())
+                await put_model(broker, names.KV_AGENTS, "bench", agent)
                 for spec in specs:
                     record = ReplicaRecord(
                         endpoint=spec.name,
@@ -123,11 +118,12 @@ def _heartbeats(url: str, specs: list[EndpointSpec], stop: threading.Event) -> N
                         ready_at=now - 59,
                         updated_at=now,
                     )
-                    key = names.replica_key(spec.name, "r0")
-                    await replicas.put(key, record.model_dump_json(exclude_defaults=True).encode())
+                    await put_model(
+                        broker, names.KV_REPLICAS, names.replica_key(spec.name, "r0"), record
+                    )
                 await asyncio.sleep(2.0)
             for spec in specs:
-                await replicas.delete(names.replica_key(spec.name, "r0"))
+                await delete_key(broker, names.KV_REPLICAS, names.replica_key(spec.name, "r0"))
 
     asyncio.run(run())
 

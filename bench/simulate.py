@@ -46,8 +46,8 @@ from typing import Any, Literal, Protocol
 
 from bench.virtual_time import VirtualTimeLoop
 from broker.envelope import Reply
-from broker.streams import Backlog
-from scaler.lease import Lease
+from broker.jetstream import Backlog
+from broker.lease import Lease
 from scaler.loop import Scaler
 from shared import names
 from shared.messages import (

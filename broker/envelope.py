@@ -13,7 +13,7 @@ import orjson
 
 from shared.errors import HeadersTooLarge
 
-__all__ = ["MAX_HEADER_BLOCK", "H", "Reply", "RequestEnvelope"]
+__all__ = ["MAX_HEADER_BLOCK", "H", "Reply", "RequestEnvelope", "StreamPart"]
 
 # JetStream refuses a message whose header block is 64 KiB or more. A request's
 # envelope gains a reply subject, a deadline and perhaps a claim check after the
@@ -151,3 +151,16 @@ class Reply:
         return cls(
             status=status, body=body, headers=[("content-type", "application/json")], error=code
         )
+
+
+@dataclass(slots=True)
+class StreamPart:
+    """One message of a streamed reply: ``kind`` is "head", "chunk" or "end", or None for
+    a whole answer sent instead (an error, or Berth's own)."""
+
+    kind: str | None
+    headers: dict[str, str] | None
+    data: bytes
+
+    def reply(self) -> Reply:
+        return Reply.from_message(self.headers, self.data)

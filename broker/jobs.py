@@ -10,9 +10,11 @@ is never lost between the two (the API may be down meanwhile). The
        │           │
        └───────────┴──────▶ cancelled | expired
 
-Every change is a compare-and-set on the entry's revision, so a cancel racing
-a replica's answer has exactly one winner: a result that loses is purged, a
-cancel that loses changes nothing. Both keep entries for ``BERTH_RESULT_TTL``.
+:func:`apply` is the only writer of a job after :func:`create_job`: it asks
+:func:`shared.lifecycle.advance` what an event makes of the job and writes that
+with a compare-and-set on the entry's revision, so a cancel racing a replica's
+answer has exactly one winner: a result that loses is purged, a cancel that
+loses changes nothing. Both keep entries for ``BERTH_RESULT_TTL``.
 
 A job with a callback URL also gets one message on ``berth.cb.<id>``, published
 *before* its terminal state is written: a crash between the two leaves a
@@ -24,10 +26,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from nats.aio.msg import Msg
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import (
     BucketNotFoundError,
     KeyWrongLastSequenceError,
@@ -37,41 +47,32 @@ from nats.js.errors import (
 from broker.bodies import ensure_bodies, resolve
 from broker.connection import Broker
 from broker.envelope import Reply
-from broker.streams import (
-    WrongLastRevision,
-    dequeue,
-    ensure_stream,
-    js_publish,
-    kv_read,
-    kv_write,
-)
+from broker.jetstream import WrongLastRevision, js_publish, kv_read, kv_write
+from broker.streams import dequeue, ensure_stream
 from shared import names
+from shared.errors import BrokerUnavailable
+from shared.lifecycle import Answered, Event, Expired, Refusal, advance
 from shared.messages import JobRecord, JobStatus
 from shared.metrics import JOBS
 
 __all__ = [
-    "EXPIRED_IN_QUEUE",
-    "LIVE",
+    "answered",
+    "apply",
     "claim_idempotency",
     "create_job",
     "ensure_results",
     "expire_if_due",
-    "finish",
-    "finish_with",
     "get_job",
     "get_response",
     "is_job",
     "job_id",
-    "modify",
+    "recent_jobs",
     "release_idempotency",
     "request_callback",
     "store_response",
-    "transition",
     "watch_result",
 ]
 
-LIVE = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
-EXPIRED_IN_QUEUE = "its deadline passed while it was queued"
 _CAS_TRIES = 20
 
 
@@ -151,16 +152,20 @@ async def create_job(broker: Broker, job: JobRecord) -> int:
     return revision
 
 
-async def modify(
+async def apply(
     broker: Broker,
     response_id: str,
-    change: Callable[[JobRecord], JobRecord | None],
+    event: Event,
     *,
     known: tuple[JobRecord, int] | None = None,
-) -> JobRecord | None:
-    """Apply ``change`` atomically (retried on a concurrent write); None if it declined or no job.
+) -> JobRecord | Refusal | None:
+    """The job after ``event`` (:func:`shared.lifecycle.advance`), written by compare-and-set
+    and tried again on a concurrent write; its refusal, or None if there is no such job.
 
-    ``known`` is the job and revision the caller read or wrote last: tried first, without a read.
+    A job with a callback that ends here has its callback queued before its end is written:
+    a crash between the two leaves a callback that waits for the state, never a state
+    without its callback. ``known`` is the job and revision the caller read or wrote last:
+    tried first, without a read.
     """
     for _ in range(_CAS_TRIES):
         found = known or await _read(broker, response_id)
@@ -168,9 +173,12 @@ async def modify(
         if found is None:
             return None
         job, revision = found
-        new = change(job)
-        if new is None:
-            return None
+        new = advance(job, event)
+        if isinstance(new, Refusal):
+            return new
+        ends = new.status.terminal and not job.status.terminal
+        if ends and new.callback is not None:
+            await request_callback(broker, new)
         value = new.model_dump_json(exclude_none=True).encode()
         try:
             await kv_write(broker, names.KV_JOBS, response_id, value, last=revision)
@@ -179,18 +187,7 @@ async def modify(
         if new.status is not job.status:
             JOBS.labels(new.endpoint, new.status.value).inc()
         return new
-    raise RuntimeError(f"job {response_id}: too many concurrent writers")
-
-
-async def transition(
-    broker: Broker, response_id: str, allowed: frozenset[JobStatus], **changes: object
-) -> JobRecord | None:
-    """Change a job whose status is one of ``allowed``; None if it was in another state."""
-
-    def change(job: JobRecord) -> JobRecord | None:
-        return job.model_copy(update=changes) if job.status in allowed else None
-
-    return await modify(broker, response_id, change)
+    raise BrokerUnavailable(f"job {response_id}: too many concurrent writers")
 
 
 async def request_callback(broker: Broker, job: JobRecord, attempt: int = 0) -> None:
@@ -199,60 +196,35 @@ async def request_callback(broker: Broker, job: JobRecord, attempt: int = 0) -> 
     await js_publish(broker, names.callback_subject(job.response_id), b"", {"Nats-Msg-Id": msg_id})
 
 
-async def finish(
-    broker: Broker,
-    response_id: str,
-    status: JobStatus,
-    *,
-    reason: str | None = None,
-    replica_id: str | None = None,
-) -> JobRecord | None:
-    """Move a live job to a terminal state (and queue its callback); None if it had ended already."""
-    found = await _read(broker, response_id)
-    if found is None or found[0].status.terminal:
-        return None
-    if found[0].callback is not None:
-        await request_callback(broker, found[0])
-    changes: dict[str, object] = {"status": status, "finished_at": time.time(), "reason": reason}
-    if replica_id:
-        changes["replica_id"] = replica_id
-
-    def end(job: JobRecord) -> JobRecord | None:
-        return job.model_copy(update=changes) if job.status in LIVE else None
-
-    return await modify(broker, response_id, end, known=found)
-
-
 async def expire_if_due(broker: Broker, job: JobRecord) -> JobRecord:
     """A queued job past its deadline is expired now (and leaves the queue), not when pulled."""
     if job.status is not JobStatus.PENDING or not job.deadline or time.time() < job.deadline:
         return job
-    done = await finish(broker, job.response_id, JobStatus.EXPIRED, reason=EXPIRED_IN_QUEUE)
-    if done is None:
+    done = await apply(broker, job.response_id, Expired(at=time.time()))
+    if not isinstance(done, JobRecord):
         return job
     if job.seq:
         await dequeue(broker, job.seq)
     return done
 
 
-async def store_response(broker: Broker, subject: str, reply: Reply, replica_id: str) -> None:
+async def store_response(broker: Broker, subject: str, reply: Reply) -> None:
     """Keep a job's response (acked by JetStream), then say it is done.
 
     A job cancelled or expired meanwhile keeps that state, and the response is purged.
     """
     await js_publish(broker, subject, reply.body, reply.to_headers())
-    done = await finish_with(broker, job_id(subject), reply)
-    if done is None:
-        job = await get_job(broker, job_id(subject))
-        if job is not None and job.status in (JobStatus.CANCELLED, JobStatus.EXPIRED):
-            await broker.js.purge_stream(names.RESULTS_STREAM, subject=subject)
+    done = await apply(broker, job_id(subject), answered(reply))
+    if isinstance(done, Refusal) and done.job.status in (JobStatus.CANCELLED, JobStatus.EXPIRED):
+        await broker.js.purge_stream(names.RESULTS_STREAM, subject=subject)
 
 
-async def finish_with(broker: Broker, response_id: str, reply: Reply) -> JobRecord | None:
-    """End a job with the state its (stored) reply means: completed, or failed for Berth's errors."""
-    status = JobStatus.FAILED if reply.error else JobStatus.COMPLETED
-    reason = reply.body.decode("utf-8", "replace")[:2000] if reply.error else None
-    return await finish(broker, response_id, status, reason=reason, replica_id=reply.replica_id)
+def answered(reply: Reply) -> Answered:
+    """The event a (stored) reply means: completed, or failed for Berth's own errors."""
+    reason = reply.body.decode("utf-8", "replace") if reply.error else None
+    return Answered(
+        at=time.time(), error=bool(reply.error), reason=reason, replica_id=reply.replica_id
+    )
 
 
 @contextlib.asynccontextmanager
@@ -277,3 +249,40 @@ async def get_response(broker: Broker, response_id: str) -> Reply | None:
     except NotFoundError:
         return None
     return await resolve(broker, Reply.from_message(msg.headers, msg.data or b""), drop=False)
+
+
+async def recent_jobs(broker: Broker, scan: int) -> list[JobRecord]:
+    """The jobs among the jobs bucket's last ``scan`` changes (each job's newest state, once)."""
+    stream = f"KV_{names.KV_JOBS}"
+    info = await broker.js.stream_info(stream)
+    if not info.state.messages:
+        return []
+    start = max(info.state.first_seq, info.state.last_seq - scan + 1)
+    sub = await broker.js.pull_subscribe(
+        f"$KV.{names.KV_JOBS}.>",
+        stream=stream,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+        ),
+    )
+    found: dict[str, JobRecord] = {}
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(256, timeout=broker.timeout)
+            except NatsTimeout:
+                break
+            for msg in batch:
+                key = msg.subject.rpartition(".")[2]
+                if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
+                    found.pop(key, None)
+                elif msg.data:
+                    found[key] = JobRecord.model_validate_json(msg.data)
+            if batch[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return list(found.values())

@@ -17,8 +17,9 @@ import secrets
 
 from broker.bodies import fits, put_body
 from broker.connection import Broker
-from broker.envelope import Reply, RequestEnvelope
-from broker.streams import dequeue, js_publish, pin_queue_tail
+from broker.envelope import H, Reply, RequestEnvelope, StreamPart
+from broker.jetstream import js_publish
+from broker.streams import dequeue, pin_queue_tail
 from broker.wire import Message, Wire
 from shared import names
 from shared.errors import BrokerUnavailable
@@ -41,7 +42,7 @@ class Requester:
         self._broker = broker
         self._prefix = f"_INBOX.berth.{instance_id or secrets.token_hex(8)}"
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
-        self._streams: dict[str, asyncio.Queue[Message]] = {}
+        self._streams: dict[str, asyncio.Queue[StreamPart]] = {}
         self._wire: Wire | None = None
         self._nudged: dict[str, tuple[float, str]] = {}  # endpoint → (loop time, digest)
         self._trailing: dict[str, asyncio.TimerHandle] = {}
@@ -59,7 +60,9 @@ class Requester:
         request_id = msg.subject.rsplit(".", 1)[-1]
         queue = self._streams.get(request_id)
         if queue is not None:
-            queue.put_nowait(msg)
+            headers = msg.headers
+            part = headers.get(H.PART) if headers else None
+            queue.put_nowait(StreamPart(part, headers, msg.data))
             return
         fut = self._waiting.get(request_id)
         if fut is not None and not fut.done():
@@ -71,9 +74,9 @@ class Requester:
         self._waiting[request_id] = fut
         return fut
 
-    def expect_stream(self, request_id: str) -> asyncio.Queue[Message]:
+    def expect_stream(self, request_id: str) -> asyncio.Queue[StreamPart]:
         """Every message sent to the request's inbox, in order (a streamed reply has many)."""
-        queue: asyncio.Queue[Message] = asyncio.Queue()
+        queue: asyncio.Queue[StreamPart] = asyncio.Queue()
         self._streams[request_id] = queue
         return queue
 

@@ -27,22 +27,26 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
-
 from broker.bodies import drop_body, fits, get_body, put_body
 from broker.connection import BROKER_FAILURES, Broker
 from broker.envelope import H, Reply, RequestEnvelope
-from broker.jobs import EXPIRED_IN_QUEUE, LIVE, finish, is_job, job_id, store_response, transition
+from broker.jetstream import (
+    HEARTBEAT,
+    NOTHING,
+    ack_fields,
+    next_request,
+    next_subject,
+    status,
+)
+from broker.jobs import is_job, job_id, store_response
 from broker.streams import MAX_DELIVER
 from broker.wire import Message, Wire
 from shared import names
 from shared.errors import BerthError, BrokerUnavailable
-from shared.messages import JobStatus
 from shared.waiting import wait_by
 
 __all__ = ["Delivery", "Holdings", "KeepAlive", "Puller", "fail_queued"]
@@ -54,8 +58,6 @@ log = logging.getLogger(__name__)
 EXPIRY_GRACE = 1.0
 # Pauses between tries to store a job's answer while NATS is away (a restart: seconds).
 STORE_RETRIES = (0.5, 1.0, 2.0, 4.0)
-# Statuses that end a pull with nothing, normally: it expired, or found nothing.
-_NOTHING = frozenset({"404", "408"})
 
 
 @dataclass(slots=True)
@@ -66,10 +68,21 @@ class Delivery:
     envelope: RequestEnvelope
     body: bytes
     attempt: int
+    queued_at: float  # when JetStream stored the request (unix time)
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
 
     @property
     def last_attempt(self) -> bool:
         return self.attempt >= MAX_DELIVER
+
+    @property
+    def job_id(self) -> str | None:
+        """The async job this request is, or None for a sync or streamed request."""
+        reply_to = self.envelope.reply_to
+        return job_id(reply_to) if is_job(reply_to) else None
 
 
 class Holdings:
@@ -86,8 +99,8 @@ class Holdings:
         self._wire: Wire | None = None
         self._sid = 0
 
-    async def open(self, wire: Wire) -> None:
-        self._wire = wire
+    async def open(self, broker: Broker) -> None:
+        self._wire = wire = await broker.wire()
         self._sid = wire.subscribe(f"{names.HELD_SUBJECT_PREFIX}*", self._on_ask)
 
     def close(self) -> None:
@@ -144,9 +157,7 @@ class Puller:
         self._broker = broker
         self.endpoint = endpoint
         self._holdings = holdings
-        self._next_subject = (
-            f"$JS.API.CONSUMER.MSG.NEXT.{names.REQUESTS_STREAM}.{names.consumer_name(endpoint)}"
-        )
+        self._next_subject = next_subject(endpoint)
         self._inbox = f"_INBOX.{secrets.token_hex(11)}"
         self._wire: Wire | None = None
         self._sid = 0
@@ -175,7 +186,7 @@ class Puller:
         """One request from the consumer, or None once ``expires`` seconds passed without."""
         while self._arrived:  # left from an earlier pull: a late delivery, or a stale status
             msg = self._arrived.popleft()
-            if _status(msg) is None:
+            if status(msg) is None:
                 return msg
         if not self.wire.is_connected:
             # A pull made now would wait in the connection's buffer and reach the server
@@ -186,8 +197,7 @@ class Puller:
                 async with asyncio.timeout(expires):
                     await self.wire.wait_connected()
             return None
-        request = orjson.dumps({"batch": 1, "expires": int(expires * 1e9)})
-        self.wire.publish(self._next_subject, request, reply=self._inbox)
+        self.wire.publish(self._next_subject, next_request(expires), reply=self._inbox)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + expires + EXPIRY_GRACE
         while True:
@@ -200,16 +210,16 @@ class Puller:
                 finally:
                     self._waiter = None
             msg = self._arrived.popleft()
-            status = _status(msg)
-            if status is None:
+            code = status(msg)
+            if code is None:
                 return msg
-            if status in _NOTHING:
+            if code in NOTHING:
                 return None
-            if status != "100":  # not a heartbeat: the pull failed
+            if code != HEARTBEAT:  # the pull failed
                 # The consumer was deleted (its endpoint is going away), or JetStream is
                 # briefly unavailable (a restart, a cluster election): nothing this time.
                 why = (msg.headers or {}).get("Description", "")
-                log.info("pull from %s: %s %s", self.endpoint, status, why)
+                log.info("pull from %s: %s %s", self.endpoint, code, why)
                 await asyncio.sleep(min(expires, 0.5))
                 return None
 
@@ -219,7 +229,10 @@ class Puller:
         if msg is None:
             return None
         envelope = RequestEnvelope.from_headers(msg.headers or {})
-        delivery = Delivery(msg=msg, envelope=envelope, body=msg.data, attempt=attempt(msg.reply))
+        delivered, stored_ns = ack_fields(msg.reply)
+        delivery = Delivery(
+            msg=msg, envelope=envelope, body=msg.data, attempt=delivered, queued_at=stored_ns / 1e9
+        )
         holdings = self._holdings
         if holdings is not None:
             rid = envelope.request_id
@@ -272,8 +285,7 @@ class Puller:
             self.wire.publish(reply_to, reply.body, headers=reply.to_headers())
         await self._done(delivery)
         # Out now, in one write: the caller is waiting, and the reply should not wait for
-        # the slot's next pull to be built (with nats-py that cost 50 µs at concurrency
-        # 1; on the wire no difference was measured either way, docs/performance.md).
+        # the slot's next pull to be built.
         self.wire.flush()
 
     async def _store(self, delivery: Delivery, reply: Reply) -> None:
@@ -283,7 +295,7 @@ class Puller:
         reply_to = delivery.envelope.reply_to
         for pause in (*STORE_RETRIES, None):
             try:
-                await store_response(self._broker, reply_to, reply, reply.replica_id or "")
+                await store_response(self._broker, reply_to, reply)
                 return
             except BROKER_FAILURES as exc:
                 if pause is None:
@@ -295,45 +307,6 @@ class Puller:
                     pause,
                 )
                 await asyncio.sleep(pause)
-
-    async def started(self, delivery: Delivery, replica_id: str, ready_at: float) -> bool:
-        """An async job becomes ``running``; False if it must not run (cancelled, expired, done).
-
-        A sync request always runs. A job found ended is acked here: nothing is left to do.
-        """
-        reply_to = delivery.envelope.reply_to
-        if not is_job(reply_to):
-            return True
-        job = await transition(
-            self._broker,
-            job_id(reply_to),
-            LIVE,
-            status=JobStatus.RUNNING,
-            started_at=time.time(),
-            replica_id=replica_id,
-            replica_ready_at=ready_at,
-        )
-        if job is None:
-            await self._done(delivery)
-            return False
-        return True
-
-    async def expire(self, delivery: Delivery) -> None:
-        """The request's deadline passed while it was queued: it ends without reaching a replica."""
-        reply_to = delivery.envelope.reply_to
-        if is_job(reply_to):
-            await finish(
-                self._broker,
-                job_id(reply_to),
-                JobStatus.EXPIRED,
-                reason=EXPIRED_IN_QUEUE,
-            )
-            await self._done(delivery)
-        else:
-            reply = Reply.failure(
-                504, "timeout", "the request's deadline passed while it was queued"
-            )
-            await self.reply(delivery, reply)
 
     async def send_part(
         self, delivery: Delivery, part: str, body: bytes = b"", head: Reply | None = None
@@ -383,36 +356,6 @@ class KeepAlive:
         self._handle.cancel()
 
 
-def _status(msg: Message) -> str | None:
-    """A status message's code (JetStream's answers to a pull carry no payload), or None."""
-    if msg.data or not msg.headers:
-        return None
-    return msg.headers.get("Status")
-
-
-def _ack_fields(reply: str) -> tuple[int, int]:
-    """(times delivered, when stored in ns) from a JetStream delivery's reply subject.
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or the
-    longer form with a domain and an account hash after ``$JS.ACK``.
-    """
-    tokens = reply.split(".")
-    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
-        raise ValueError(f"not a JetStream delivery: {reply!r}")
-    at = 2 if len(tokens) == 9 else 4
-    return int(tokens[at + 2]), int(tokens[at + 5])
-
-
-def attempt(reply: str) -> int:
-    """How many times this request has been delivered, this time included."""
-    return _ack_fields(reply)[0]
-
-
-def queued_at(reply: str) -> float:
-    """When the request entered the queue (unix time)."""
-    return _ack_fields(reply)[1] / 1e9
-
-
 async def fail_queued(
     broker: Broker, endpoint: str, reply: Reply, *, before: float, limit: int = 100_000
 ) -> int:
@@ -429,7 +372,7 @@ async def fail_queued(
             delivery = await puller.next(0.05)
             if delivery is None:
                 break
-            if queued_at(delivery.msg.reply) > before:
+            if delivery.queued_at > before:
                 await puller.retry(delivery)
                 break
             await puller.reply(delivery, reply)

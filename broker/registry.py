@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel, ValidationError
 
 from broker.connection import Broker
 
-__all__ = ["KvView", "delete_key", "put_model"]
+__all__ = ["KvView", "delete_key", "put_model", "read_models"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -100,3 +101,20 @@ async def delete_key(broker: Broker, bucket: str, key: str) -> None:
     kv = await broker.kv(bucket)
     with contextlib.suppress(Exception):
         await kv.delete(key)
+
+
+async def read_models(broker: Broker, bucket: str, model: type[M]) -> dict[str, M]:
+    """Every entry of ``bucket`` read once, as ``model`` (an entry deleted meanwhile, or
+    malformed, is left out)."""
+    kv = await broker.kv(bucket)
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return {}
+    found: dict[str, M] = {}
+    for key in keys:
+        with contextlib.suppress(KeyNotFoundError, ValidationError):
+            entry = await kv.get(key)
+            if entry.value:
+                found[key] = model.model_validate_json(entry.value)
+    return found

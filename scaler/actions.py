@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-import orjson
-
+from broker.commands import send_start, send_stop
 from broker.connection import Broker
 from broker.envelope import Reply
 from broker.events import publish_event
+from broker.jetstream import Backlog, backlog
 from broker.pull import fail_queued
 from broker.registry import delete_key, put_model
-from broker.streams import Backlog, backlog
 from shared import names
 from shared.messages import EndpointHealth, StartReplica, StopReplica
 
@@ -61,19 +60,11 @@ class NatsActions:
         return await backlog(self.broker, endpoint)
 
     async def start(self, agent_id: str, cmd: StartReplica) -> bool:
-        resp = await self.broker.nc.request(
-            names.agent_subject(agent_id, "start"),
-            cmd.model_dump_json().encode(),
-            timeout=self.timeout,
-        )
-        return bool(orjson.loads(resp.data).get("ok"))
+        ok, _ = await send_start(self.broker, agent_id, cmd)
+        return ok
 
     async def stop(self, agent_id: str, cmd: StopReplica) -> None:
-        await self.broker.nc.request(
-            names.agent_subject(agent_id, "stop"),
-            cmd.model_dump_json().encode(),
-            timeout=self.timeout,
-        )
+        await send_stop(self.broker, agent_id, cmd)
 
     async def event(
         self,

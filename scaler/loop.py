@@ -17,17 +17,16 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-import orjson
-from nats.aio.msg import Msg
-
+from broker.commands import on_demand, on_replica_events
 from broker.connection import Broker
 from broker.envelope import Reply
+from broker.jetstream import Backlog
+from broker.lease import Lease
 from broker.registry import KvView
-from broker.streams import Backlog
 from scaler.actions import Actions, NatsActions
-from scaler.lease import Lease
 from scaler.placement import place
 from scaler.policy import (
     BURST_WINDOW,
@@ -82,6 +81,38 @@ class StartFailure:
     digest: str
 
 
+@dataclass(slots=True)
+class EndpointState:
+    """What the scaler keeps of one endpoint between passes."""
+
+    # When a request last arrived (None: none since this scaler started).
+    activity: float | None = None
+    # Its replicas fail to start: backing off, and since when it is marked failing.
+    failure: StartFailure | None = None
+    failing: EndpointHealth | None = None
+    # When it was last evaluated, and since when a pass waits (MIN_PASS_INTERVAL).
+    last_pass: float = 0.0
+    deferred: float | None = None
+    # Its recent traffic, and the last service and cold-start times its replicas showed
+    # (kept while it is at zero).
+    traffic: Traffic = field(default_factory=Traffic)
+    service_s: float | None = None
+    cold_start_s: float | None = None
+    # At rest (nothing waiting or running, nothing to shrink but to zero): until when the
+    # timer can leave it to the idle sweep.
+    resting_until: float | None = None
+    # Its keys in the replicas bucket, with what the policy cares about in each record:
+    # a pass reads its own records only, and a heartbeat wakes nothing.
+    keys: dict[str, tuple[ReplicaState, int, str]] = field(default_factory=dict)
+
+    def forget(self) -> None:
+        """The endpoint was deleted: all but its replicas (drained by the next pass) goes."""
+        keys, failing = self.keys, self.failing
+        fresh = EndpointState(keys=keys, failing=failing)
+        for name in self.__slots__:
+            setattr(self, name, getattr(fresh, name))
+
+
 class Scaler:
     """The scaling loop. ``actions`` and ``clock`` are the world it observes and acts on:
     NATS and the wall clock in production, a modelled fleet and a virtual clock in the
@@ -106,29 +137,24 @@ class Scaler:
             broker, names.KV_REPLICAS, ReplicaRecord, self._replica_changed
         )
         self.agents: KvView[AgentRecord] = KvView(broker, names.KV_AGENTS, AgentRecord)
-        self.activity: dict[str, float] = {}
         self.pending: dict[str, PendingStart] = {}
-        self.failures: dict[str, StartFailure] = {}
-        # Endpoints marked failing (EndpointHealth in the health KV bucket).
-        self.failing: dict[str, EndpointHealth] = {}
+        self.state: dict[str, EndpointState] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._started_at = clock()
-        self._last_pass: dict[str, float] = {}
-        self._deferred: dict[str, float] = {}
-        # Per endpoint: its recent traffic, and the last service and cold-start times its
-        # replicas showed (kept while it is at zero).
-        self._traffic: dict[str, Traffic] = {}
-        self._service_s: dict[str, float] = {}
-        self._cold_start_s: dict[str, float] = {}
-        # The replicas bucket's keys by endpoint (with what the policy cares about in each
-        # record): a pass reads its own records only, and a heartbeat wakes nothing.
-        self._keys: dict[str, dict[str, tuple[ReplicaState, int, str]]] = {}
-        # Endpoints at rest (nothing waiting or running, nothing to shrink but to zero):
-        # until when the timer can leave them to the idle sweep.
-        self._resting_until: dict[str, float] = {}
         self.lease = Lease(broker, f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
+
+    def of(self, endpoint: str) -> EndpointState:
+        """The endpoint's state (made on first use)."""
+        state = self.state.get(endpoint)
+        if state is None:
+            state = self.state[endpoint] = EndpointState()
+        return state
+
+    def failure(self, endpoint: str) -> StartFailure | None:
+        state = self.state.get(endpoint)
+        return state.failure if state is not None else None
 
     @property
     def leader(self) -> bool:
@@ -136,28 +162,19 @@ class Scaler:
         return self.lease.held
 
     def _spec_changed(self, endpoint: str, spec: EndpointSpec | None) -> None:
+        state = self.of(endpoint)
         if spec is None:  # deleted: forget it (its replicas are drained by the next pass)
-            for state in (
-                self.activity,
-                self.failures,
-                self._last_pass,
-                self._deferred,
-                self._traffic,
-                self._service_s,
-                self._cold_start_s,
-                self._resting_until,
-            ):
-                state.pop(endpoint, None)
-        failure = self.failures.get(endpoint)
+            state.forget()
+        failure = state.failure
         if failure is not None and (spec is None or spec.replica_digest() != failure.digest):
             # New code or config (a fix, or a new endpoint of the same name): a start
             # failure of the old one says nothing about it, so try at once.
-            del self.failures[endpoint]
+            state.failure = None
         self._mark(endpoint)
 
     def _replica_changed(self, key: str, record: ReplicaRecord | None) -> None:
         endpoint, _, replica_id = key.partition(".")
-        seen = self._keys.setdefault(endpoint, {})
+        seen = self.of(endpoint).keys
         state = None if record is None else (record.state, record.in_flight, record.digest)
         if state == seen.get(key):
             return  # a heartbeat: nothing the policy acts on has changed
@@ -181,10 +198,9 @@ class Scaler:
     async def run(self) -> None:
         for view in (self.endpoints, self.replicas, self.agents):
             await view.start()
-        nc = self.broker.nc
         subs = [
-            await nc.subscribe(f"{names.DEMAND_SUBJECT_PREFIX}*", cb=self._on_demand),
-            await nc.subscribe(f"{names.EVENT_SUBJECT_PREFIX}replica.*", cb=self._on_replica_event),
+            await on_demand(self.broker, self.demand),
+            await on_replica_events(self.broker, self._on_replica_event),
         ]
         log.info(
             "scaler %s running (%d endpoints known)", self.lease.holder, len(self.endpoints.items)
@@ -198,8 +214,7 @@ class Scaler:
                 await lease
             await self.lease.release()
             for sub in subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                await sub.close()
             for view in (self.endpoints, self.replicas, self.agents):
                 await view.stop()
 
@@ -208,7 +223,8 @@ class Scaler:
             was = self.leader
             if await self.lease.hold() and not was:
                 log.info("scaler %s is the leader", self.lease.holder)
-                self._traffic.clear()  # a new leader judges from what it has seen
+                for state in self.state.values():  # a new leader judges from what it has seen
+                    state.traffic = Traffic()
                 # Starts the old leader had in flight are unknown here; their replicas
                 # show up in the replicas bucket within moments.
                 self.pending.clear()
@@ -231,14 +247,16 @@ class Scaler:
         now = self.clock() if now is None else now
         busy = {r.endpoint for r in self.replicas.items.values()}
         busy |= {p.endpoint for p in self.pending.values()}
-        busy |= set(self.failures)
+        busy |= {name for name, state in self.state.items() if state.failure is not None}
         slices = max(1, round(IDLE_SWEEP / self.settings.tick_interval))
         chosen = busy - set(self.endpoints.items)  # deleted, with replicas left to drain
         for name, spec in self.endpoints.items.items():
-            watch = name in busy and self._resting_until.get(name, 0.0) <= now
+            state = self.state.get(name)
+            resting_until = state.resting_until if state is not None else None
+            watch = name in busy and (resting_until or 0.0) <= now
             if (
                 watch
-                or (spec.min_replicas > 0 and name not in self._resting_until)
+                or (spec.min_replicas > 0 and resting_until is None)
                 or zlib.crc32(name.encode()) % slices == tick % slices
             ):
                 chosen.add(name)
@@ -250,7 +268,8 @@ class Scaler:
         next_tick = self.clock()
         while not self._shutdown.is_set():
             now = self.clock()
-            wake_at = min([next_tick, *(t + MIN_PASS_INTERVAL for t in self._deferred.values())])
+            deferred = [st.deferred for st in self.state.values() if st.deferred is not None]
+            wake_at = min([next_tick, *(t + MIN_PASS_INTERVAL for t in deferred)])
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wake_at - now)):
                     await self._wake.wait()
@@ -265,34 +284,33 @@ class Scaler:
                 tick += 1
                 next_tick = now + self.settings.tick_interval
             if not self.leader:  # observe only; the holder acts
-                self._deferred.clear()
+                for state in self.state.values():
+                    state.deferred = None
                 continue
             for endpoint in sorted(todo):
-                last = self._last_pass.get(endpoint, 0.0)
+                state = self.of(endpoint)
+                last = state.last_pass
                 # A stream of requests to a serving endpoint costs a few passes a second,
                 # not one per request; an endpoint with nothing live is looked at at once.
                 if now < last + MIN_PASS_INTERVAL and self._live(endpoint, now):
-                    self._deferred[endpoint] = last
+                    state.deferred = last
                     continue
-                self._deferred.pop(endpoint, None)
-                self._last_pass[endpoint] = now
+                state.deferred = None
+                state.last_pass = now
                 try:
                     await self.evaluate(endpoint)
                 except Exception:
                     log.exception("evaluating %s failed", endpoint)
-            self._dirty |= set(self._deferred)
+            self._dirty |= {n for n, st in self.state.items() if st.deferred is not None}
 
     # -- inputs ----------------------------------------------------------------------------
-
-    async def _on_demand(self, msg: Msg) -> None:
-        # The payload is the digest of the spec the API served the request under.
-        await self.demand(msg.subject.removeprefix(names.DEMAND_SUBJECT_PREFIX), msg.data.decode())
 
     async def demand(self, endpoint: str, seen: str) -> None:
         """A request for ``endpoint`` just arrived (served under spec digest ``seen``)."""
         now = self.clock()
-        self.activity[endpoint] = now
-        failure = self.failures.get(endpoint)
+        state = self.of(endpoint)
+        state.activity = now
+        failure = state.failure
         if (
             self.leader
             and failure is not None
@@ -302,19 +320,15 @@ class Scaler:
         ):
             # The model cannot start right now: answer at once instead of queueing.
             await self._fail_waiting(endpoint, failure)
-        if endpoint not in self._deferred:  # a pass is already due; don't wake for each request
+        if state.deferred is None:  # a pass is already due; don't wake for each request
             self._mark(endpoint)
 
-    async def _on_replica_event(self, msg: Msg) -> None:
-        try:
-            event = orjson.loads(msg.data)["event"]
-        except (ValueError, KeyError):
-            return
+    async def _on_replica_event(self, event: dict[str, Any], replica_id: str | None) -> None:
         endpoint, type_ = event.get("endpoint", ""), event.get("type")
         now = self.clock()
-        self.pending.pop(msg_replica(msg) or "", None)
+        self.pending.pop(replica_id or "", None)
         if type_ == "replica_start_failed":
-            previous = self.failures.get(endpoint)
+            previous = self.failure(endpoint)
             count = previous.count + 1 if previous else 1
             delay = min(
                 self.settings.start_backoff * 2 ** (count - 1), self.settings.start_backoff_max
@@ -326,7 +340,7 @@ class Scaler:
                 reason=details.get("reason", "unknown"),
                 digest=details.get("digest", ""),
             )
-            self.failures[endpoint] = failure
+            self.of(endpoint).failure = failure
             if not self.leader:
                 return
             await self.actions.event(
@@ -342,7 +356,7 @@ class Scaler:
                 await self._mark_failing(
                     endpoint, failure, first=count == self.settings.failing_after
                 )
-            if not self._live(endpoint, now, exclude=msg_replica(msg)):
+            if not self._live(endpoint, now, exclude=replica_id):
                 await self._fail_waiting(endpoint, failure)
         elif type_ == "replica_ready":
             await self._clear_failure(endpoint, "a replica became ready")
@@ -352,7 +366,7 @@ class Scaler:
         """Past ``failing_after`` failed starts in a row the endpoint is marked failing:
         shown on the endpoint, said once in its events; starts go on being tried at
         the back-off's pace, and requests are answered at once with the reason."""
-        previous = self.failing.get(endpoint)
+        previous = self.of(endpoint).failing
         since = previous.since if previous else self.clock()
         health = EndpointHealth(
             endpoint=endpoint,
@@ -362,7 +376,7 @@ class Scaler:
             retry_at=failure.until,
             digest=failure.digest,
         )
-        self.failing[endpoint] = health
+        self.of(endpoint).failing = health
         await self.actions.mark_health(endpoint, health)
         if first or previous is None:
             await self.actions.event(
@@ -375,8 +389,9 @@ class Scaler:
             )
 
     async def _clear_failure(self, endpoint: str, why: str) -> None:
-        self.failures.pop(endpoint, None)
-        if self.failing.pop(endpoint, None) is not None and self.leader:
+        state = self.of(endpoint)
+        was_failing, state.failure, state.failing = state.failing, None, None
+        if was_failing is not None and self.leader:
             await self.actions.mark_health(endpoint, None)
             await self.actions.event("scale", endpoint, "endpoint_recovered", reason=why)
 
@@ -401,7 +416,8 @@ class Scaler:
     def records(self, endpoint: str, now: float) -> list[ReplicaRecord]:
         """The endpoint's replicas, as their agents last reported them (fresh ones only)."""
         items = self.replicas.items
-        found = [items.get(key) for key in self._keys.get(endpoint, ())]
+        state = self.state.get(endpoint)
+        found = [items.get(key) for key in state.keys] if state is not None else []
         return [r for r in found if r is not None and r.fresh(now)]
 
     # -- decide and act --------------------------------------------------------------------
@@ -411,20 +427,19 @@ class Scaler:
         for rid, p in list(self.pending.items()):
             if now - p.issued_at > self.settings.start_timeout:
                 del self.pending[rid]
+        state = self.of(endpoint)
         last = max(
-            [self.activity.get(endpoint, self._started_at)]
+            [state.activity if state.activity is not None else self._started_at]
             + [r.last_done_at for r in records if r.last_done_at]
         )
-        failure = self.failures.get(endpoint)
+        failure = state.failure
         digest = spec.replica_digest()
         current = [r for r in records if r.digest == digest]
         if served := [r.service_s for r in current if r.service_s is not None]:
-            self._service_s[endpoint] = sum(served) / len(served)
+            state.service_s = sum(served) / len(served)
         if starts := [r.ready_at - r.started_at for r in current if r.ready_at is not None]:
-            self._cold_start_s[endpoint] = sum(starts) / len(starts)
-        traffic = self._traffic.get(endpoint)
-        if traffic is None:
-            traffic = self._traffic[endpoint] = Traffic()
+            state.cold_start_s = sum(starts) / len(starts)
+        traffic = state.traffic
         traffic.add(now, bl, records)
         return Observation(
             spec=spec,
@@ -443,8 +458,8 @@ class Scaler:
             arrival_rate=traffic.rate(BURST_WINDOW),
             stalled_s=traffic.stalled(now),
             mean_in_flight=traffic.busy(STABLE_WINDOW),
-            service_s=self._service_s.get(endpoint),
-            cold_start_s=self._cold_start_s.get(endpoint),
+            service_s=state.service_s,
+            cold_start_s=state.cold_start_s,
             utilisation=self.settings.target_utilisation,
         )
 
@@ -458,7 +473,7 @@ class Scaler:
             for r in self.records(endpoint, now):
                 await self._stop(r, "endpoint deleted", only_if_idle=False)
             return Decision()
-        failure = self.failures.get(endpoint)
+        failure = self.failure(endpoint)
         if failure is not None and failure.digest and failure.digest != spec.replica_digest():
             # A new config is a new chance: the old one's failures do not hold it back.
             await self._clear_failure(endpoint, "the endpoint's config changed")
@@ -525,7 +540,7 @@ class Scaler:
                     reason=unsatisfiable,
                     digest=spec.replica_digest(),
                 )
-                self.failures[endpoint] = failure
+                self.of(endpoint).failure = failure
                 await self._fail_waiting(endpoint, failure)
         return decision
 
@@ -539,16 +554,16 @@ class Scaler:
             decision.noop
             and obs.queued + obs.in_flight == 0
             and obs.pending_starts == 0
-            and endpoint not in self.failures
+            and self.failure(endpoint) is None
             and settled
             and len(obs.replicas) <= max(spec.min_replicas, 1)
         ):
             due = obs.last_activity + spec.scale_to_zero
-            self._resting_until[endpoint] = (
+            self.of(endpoint).resting_until = (
                 due if len(obs.replicas) > spec.min_replicas else float("inf")
             )
         else:
-            self._resting_until.pop(endpoint, None)
+            self.of(endpoint).resting_until = None
 
     def _unsatisfiable(self, spec: EndpointSpec, now: float) -> str | None:
         """Why no agent of the fleet, even idle, could run a replica of ``spec``; None if one could."""
@@ -644,10 +659,3 @@ class Scaler:
             await self.actions.stop(record.agent_id, cmd)
         except Exception as exc:
             log.warning("agent %s did not take a stop: %r", record.agent_id, exc)
-
-
-def msg_replica(msg: Msg) -> str | None:
-    try:
-        return orjson.loads(msg.data).get("replica_id")  # type: ignore[no-any-return]
-    except ValueError:
-        return None

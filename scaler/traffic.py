@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from broker.streams import Backlog
+from broker.jetstream import Backlog
 from scaler.policy import BURST_WINDOW, STABLE_WINDOW
 from shared.messages import ReplicaRecord
 

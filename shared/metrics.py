@@ -39,7 +39,6 @@ __all__ = [
     "REQUEST_SECONDS",
     "RESTARTS",
     "RUNNING",
-    "published_at",
     "serve",
 ]
 
@@ -130,22 +129,10 @@ ACTUAL = Gauge(
 __all__ += ["ACTUAL"]
 
 
-def published_at(ack_subject: str) -> float | None:
-    """When JetStream stored a message, from its ack subject (``$JS.ACK...``): unix seconds."""
-    tokens = ack_subject.split(".")
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        raw = tokens[7]
-    elif len(tokens) >= 11:  # with domain and account hash in front (nats-server 2.10+)
-        raw = tokens[9]
-    else:
-        return None
-    return int(raw) / 1e9 if raw.isdigit() else None
-
-
-def observe_queue_wait(endpoint: str, ack_subject: str) -> None:
-    stored = published_at(ack_subject)
-    if stored is not None:
-        QUEUE_WAIT.labels(endpoint).observe(max(0.0, time.time() - stored))
+def observe_queue_wait(endpoint: str, queued_at: float) -> None:
+    """A request's time in the queue, from when JetStream stored it (unix time)."""
+    if queued_at:
+        QUEUE_WAIT.labels(endpoint).observe(max(0.0, time.time() - queued_at))
 
 
 def serve(host: str, port: int | None, what: str) -> None:

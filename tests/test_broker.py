@@ -18,24 +18,22 @@ from broker.bodies import ensure_bodies
 from broker.connection import Broker, connect
 from broker.envelope import Reply, RequestEnvelope
 from broker.events import publish_event, read_events
-from broker.jobs import create_job, ensure_results, get_job, modify
+from broker.jetstream import WrongLastRevision, attempt, backlog, kv_read, kv_write, queued_at
+from broker.jobs import apply, create_job, ensure_results, get_job
 from broker.publish import NUDGE_EVERY, Requester
-from broker.pull import Holdings, Puller, attempt, fail_queued, queued_at
+from broker.pull import Holdings, Puller, fail_queued
 from broker.streams import (
     MAX_DELIVER,
     MAX_ENDPOINTS,
-    WrongLastRevision,
-    backlog,
     delete_endpoint_consumer,
     ensure_endpoint_consumer,
     ensure_layout,
-    kv_read,
-    kv_write,
     pin_queue_tail,
 )
 from shared import names
 from shared.errors import BrokerUnavailable, TooManyEndpoints
-from shared.messages import EndpointSpec, JobRecord
+from shared.lifecycle import Answered, CallbackTried, Cancelled, Refusal
+from shared.messages import CallbackAttempt, CallbackLog, EndpointSpec, JobRecord
 
 
 @contextlib.asynccontextmanager
@@ -445,15 +443,43 @@ async def test_kv_reads_and_writes_and_concurrent_changes_all_land(broker: Broke
     await (await broker.kv(names.KV_JOBS)).delete(key)
     assert await kv_read(broker, names.KV_JOBS, key) is None  # a delete marker is no value
 
-    job = JobRecord(response_id=f"job-{secrets.token_hex(4)}", endpoint="e", created_at=time.time())
+
+async def test_job_writers_racing_are_judged_by_the_lifecycle_one_at_a_time(broker: Broker) -> None:
+    """Concurrent events on one job: each is applied by compare-and-set, none is lost,
+    and of two that end it exactly one wins."""
+    await ensure_results(broker, 3600)
+    now = time.time()
+    for _ in range(3):
+        job = JobRecord(response_id=f"job-{secrets.token_hex(4)}", endpoint="e", created_at=now)
+        await create_job(broker, job)
+        cancel, answer = await asyncio.gather(
+            apply(broker, job.response_id, Cancelled(at=now)),
+            apply(broker, job.response_id, Answered(at=now, replica_id="r")),
+        )
+        won = [r for r in (cancel, answer) if isinstance(r, JobRecord)]
+        lost = [r for r in (cancel, answer) if isinstance(r, Refusal)]
+        assert len(won) == 1 and len(lost) == 1, (cancel, answer)
+        stored = await get_job(broker, job.response_id)
+        assert stored is not None and stored.status is won[0].status
+
+    job = JobRecord(
+        response_id=f"job-{secrets.token_hex(4)}",
+        endpoint="e",
+        created_at=now,
+        callback=CallbackLog(url="http://127.0.0.1:9/cb"),
+    )
     revision = await create_job(broker, job)
-
-    def one_more(current: JobRecord) -> JobRecord:
-        return current.model_copy(update={"queued_ahead": (current.queued_ahead or 0) + 1})
-
-    await asyncio.gather(*(modify(broker, job.response_id, one_more) for _ in range(10)))
-    assert (await get_job(broker, job.response_id)).queued_ahead == 10  # type: ignore[union-attr]
+    assert isinstance(await apply(broker, job.response_id, Answered(at=now)), JobRecord)
+    tries = [
+        CallbackTried(attempt=CallbackAttempt(at=now + i, status=500), delivered=False)
+        for i in range(10)
+    ]
+    await asyncio.gather(*(apply(broker, job.response_id, t) for t in tries))
+    stored = await get_job(broker, job.response_id)
+    assert stored is not None and stored.callback is not None
+    assert stored.callback.attempts == 10 and len(stored.callback.log) == 10
     assert revision < (await (await broker.kv(names.KV_JOBS)).get(job.response_id)).revision
+    assert await apply(broker, "no-such-job", Cancelled(at=now)) is None
 
 
 async def test_a_request_delivered_again_runs_only_where_no_live_agent_holds_it(
@@ -463,14 +489,13 @@ async def test_a_request_delivered_again_runs_only_where_no_live_agent_holds_it(
     await ensure_endpoint_consumer(own_broker, s, ack_wait=1.0)
     requester = Requester(own_broker)
     await requester.start()
-    wire = await own_broker.wire()
 
     async def two() -> int:
         return 2
 
     a, b = Holdings(two, wait=5.0), Holdings(two, wait=5.0)
-    await a.open(wire)
-    await b.open(wire)
+    await a.open(own_broker)
+    await b.open(own_broker)
     pa, pb = Puller(own_broker, s.name, a), Puller(own_broker, s.name, b)
     await pa.open()
     await pb.open()

@@ -232,7 +232,7 @@ def test_callback_survives_an_api_restart(
 
 
 def test_callback_url_leaves_the_query_and_the_rest_stays_byte_for_byte() -> None:
-    from api.routes.inference import _take_callback
+    from api.dataplane.asks import take_callback as _take_callback
 
     assert _take_callback("a=b%20c&callback_url=http%3A%2F%2Fh%2Fhook&z=1+2") == (
         "a=b%20c&z=1+2",

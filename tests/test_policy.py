@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from broker.streams import Backlog
+from broker.jetstream import Backlog
 from scaler.placement import place
 from scaler.policy import Decision, Observation, ReplicaView, decide
 from shared.messages import AgentRecord, EndpointSpec, ReplicaRecord, ReplicaState
@@ -244,7 +244,7 @@ def test_timer_passes_skip_idle_endpoints_but_sweep_them() -> None:
         endpoint="gone", replica_id="r2", agent_id="a", state=ReplicaState.READY, started_at=0
     )
     scaler.pending["p1"] = PendingStart("starting", "a", 0.0)
-    scaler.failures["failing"] = StartFailure(1, 0.0, "boom", "d")
+    scaler.of("failing").failure = StartFailure(1, 0.0, "boom", "d")
     always = {"kept-warm", "serving", "starting", "failing", "gone"}
     seen: Counter[str] = Counter()
     ticks = round(IDLE_SWEEP)

@@ -18,9 +18,10 @@ import pytest
 from broker.artifacts import ModelCache
 from broker.connection import Broker
 from broker.envelope import Reply, RequestEnvelope
+from broker.jetstream import backlog
 from broker.publish import Requester
 from broker.pull import Puller
-from broker.streams import backlog, ensure_endpoint_consumer
+from broker.streams import ensure_endpoint_consumer
 from shared.messages import EndpointSpec, ReplicaRecord
 from shared.settings import AgentSettings
 from workers.http import ReplicaClient
@@ -93,7 +94,7 @@ async def running_request(broker: Broker, tmp_path: Path) -> AsyncIterator[Runni
         delivery = await puller.next(5.0)
         assert delivery is not None
         r.sup, r.replica, r.request_id, r.waiter, r.endpoint = sup, replica, rid, waiter, spec.name
-        r.task = asyncio.create_task(sup._handle(puller, delivery, client, client))
+        r.task = asyncio.create_task(sup.path._handle(puller, delivery, client, client))
         async with asyncio.timeout(5):
             await replica.got_request.wait()
         yield r

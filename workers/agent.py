@@ -16,14 +16,11 @@ import os
 import time
 from pathlib import Path
 
-import orjson
-from nats.aio.msg import Msg
-from pydantic import ValidationError
-
 from broker.artifacts import ArchiveLimits, ModelCache
+from broker.commands import serve_agent
 from broker.connection import Broker
 from broker.pull import Holdings
-from broker.registry import delete_key, put_model
+from broker.registry import delete_key, put_model, read_models
 from shared import names
 from shared.instance_types import parse_instance_type
 from shared.messages import (
@@ -69,7 +66,6 @@ class Agent:
         self._cpus, self._memory_mib = os.cpu_count() or 0, host_memory_mib()
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown = asyncio.Event()
-        self._subs: list[object] = []
         # The requests this agent's slots hold: asked about by agents given one again.
         self.holdings = Holdings(self._fleet_size, settings.held_wait)
 
@@ -104,13 +100,10 @@ class Agent:
         for runtime in (self.runtime, self.docker):
             if runtime is not None and hasattr(runtime, "prepare"):
                 await runtime.prepare()
-        nc = self.broker.nc
-        self._subs = [
-            await nc.subscribe(names.agent_subject(self.id, "start"), cb=self._on_start),
-            await nc.subscribe(names.agent_subject(self.id, "stop"), cb=self._on_stop),
-            await nc.subscribe(f"{names.CANCEL_SUBJECT_PREFIX}*", cb=self._on_cancel),
-        ]
-        await self.holdings.open(await self.broker.wire())
+        commands = await serve_agent(
+            self.broker, self.id, start=self._on_start, stop=self._on_stop, cancel=self._on_cancel
+        )
+        await self.holdings.open(self.broker)
         await put_model(self.broker, names.KV_AGENTS, self.id, self.record())
         log.info(
             "agent %s ready (%s runtime, %d slots, GPUs: %s)",
@@ -124,9 +117,7 @@ class Agent:
             await self._shutdown.wait()
         finally:
             heartbeat.cancel()
-            for sub in self._subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()  # type: ignore[attr-defined]
+            await commands.close()
             await self._drain()
             self.holdings.close()
             with contextlib.suppress(Exception):
@@ -149,23 +140,17 @@ class Agent:
 
     async def _fleet_size(self) -> int:
         """Agents with a fresh record, this one included."""
-        kv = await self.broker.kv(names.KV_AGENTS)
-        now, fresh = time.time(), 0
-        for key in await kv.keys():
-            with contextlib.suppress(Exception):  # deleted meanwhile, or unreadable
-                entry = await kv.get(key)
-                if entry.value and AgentRecord.model_validate_json(entry.value).fresh(now):
-                    fresh += 1
-        return max(fresh, 1)
+        agents = await read_models(self.broker, names.KV_AGENTS, AgentRecord)
+        now = time.time()
+        return max(sum(1 for a in agents.values() if a.fresh(now)), 1)
 
     async def _forget_previous_life(self) -> None:
         """Records left by an earlier run of this agent describe replicas that are gone."""
-        kv = await self.broker.kv(names.KV_REPLICAS)
         with contextlib.suppress(Exception):
-            for key in await kv.keys():
-                entry = await kv.get(key)
-                if entry.value and orjson.loads(entry.value).get("agent_id") == self.id:
-                    await kv.delete(key)
+            replicas = await read_models(self.broker, names.KV_REPLICAS, ReplicaRecord)
+            for key, record in replicas.items():
+                if record.agent_id == self.id:
+                    await delete_key(self.broker, names.KV_REPLICAS, key)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -193,35 +178,21 @@ class Agent:
 
     # -- commands --------------------------------------------------------------------------
 
-    async def _respond(self, msg: Msg, ok: bool, reason: str = "") -> None:
-        if msg.reply:
-            await msg.respond(orjson.dumps({"ok": ok, "reason": reason}))
-
-    async def _on_start(self, msg: Msg) -> None:
-        try:
-            cmd = StartReplica.model_validate_json(msg.data)
-        except ValidationError as exc:
-            await self._respond(msg, False, f"bad command: {exc}")
-            return
+    async def _on_start(self, cmd: StartReplica) -> tuple[bool, str]:
         if cmd.replica_id in self.replicas:
-            await self._respond(msg, True, "already running")
-            return
+            return True, "already running"
         if self.used_slots >= self.settings.slots or self._shutdown.is_set():
-            await self._respond(msg, False, "no free slot")
-            return
+            return False, "no free slot"
         runtime = self.docker if cmd.spec.image_url else self.runtime
         if runtime is None:
-            await self._respond(msg, False, "no Docker engine on this agent")
-            return
+            return False, "no Docker engine on this agent"
         try:
             need = parse_instance_type(cmd.spec.instance_type)
         except ValueError as exc:
-            await self._respond(msg, False, str(exc))
-            return
+            return False, str(exc)
         gpus = self.gpus.take(cmd.replica_id, need)
         if isinstance(gpus, str):
-            await self._respond(msg, False, gpus)
-            return
+            return False, gpus
 
         async def changed(record: ReplicaRecord) -> None:
             await self._publish_record(record, sup)
@@ -245,7 +216,7 @@ class Agent:
         task = asyncio.create_task(self._supervise(sup), name=f"replica:{cmd.replica_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await self._respond(msg, True)
+        return True, ""
 
     async def _supervise(self, sup: ReplicaSupervisor) -> None:
         try:
@@ -259,23 +230,15 @@ class Agent:
                     self.broker, names.KV_REPLICAS, names.replica_key(sup.spec.name, sup.replica_id)
                 )
 
-    async def _on_cancel(self, msg: Msg) -> None:
+    async def _on_cancel(self, endpoint: str, request_id: str) -> None:
         """A request was cancelled: if one of this agent's replicas works on it, stop waiting."""
-        endpoint = msg.subject.removeprefix(names.CANCEL_SUBJECT_PREFIX)
-        request_id = msg.data.decode("ascii", "replace")
         for sup in self.replicas.values():
             if sup.spec.name == endpoint and sup.cancel(request_id):
                 return
 
-    async def _on_stop(self, msg: Msg) -> None:
-        try:
-            cmd = StopReplica.model_validate_json(msg.data)
-        except ValidationError as exc:
-            await self._respond(msg, False, f"bad command: {exc}")
-            return
+    async def _on_stop(self, cmd: StopReplica) -> tuple[bool, str]:
         sup = self.replicas.get(cmd.replica_id)
         if sup is None:
-            await self._respond(msg, True, "not running")
-            return
+            return True, "not running"
         ok = sup.request_stop(cmd.reason, only_if_idle=cmd.only_if_idle)
-        await self._respond(msg, ok, "" if ok else "busy or starting")
+        return ok, "" if ok else "busy or starting"

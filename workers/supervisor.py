@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any
@@ -22,29 +22,23 @@ from typing import Any
 import orjson
 
 from broker.artifacts import ModelCache
-from broker.bodies import HEADER_ROOM
-from broker.connection import BROKER_FAILURES, Broker
-from broker.envelope import Reply
+from broker.connection import Broker
 from broker.events import publish_event
-from broker.jobs import is_job
-from broker.pull import Delivery, Holdings, Puller
+from broker.pull import Holdings
 from broker.secrets import ReplicaSecrets, fetch_replica_secrets
 from shared.errors import BerthError
 from shared.messages import EndpointSpec, GpuInfo, ReplicaRecord, ReplicaState
 from shared.metrics import (
     COLD_STARTS,
-    REPLICA_SECONDS,
     RESTARTS,
     RUNNING,
-    observe_queue_wait,
-    published_at,
 )
 from shared.settings import AgentSettings
 from workers import tracing
-from workers.forward import ReplicaGone, ReplicaTimeout, forward, forward_stream
 from workers.gpus import visible_devices_env
 from workers.http import ReplicaClient
 from workers.logship import LogShipper
+from workers.request_path import RequestPath
 from workers.runtimes.base import Launch, Replica, Runtime, failure_reason
 from workers.service import REPLICA_KEY_ENV
 
@@ -122,7 +116,6 @@ class ReplicaSupervisor:
             digest=spec.replica_digest(),
             busy_s=0.0,
         )
-        self.in_flight = 0
         self._counted: ReplicaState | None = None  # its state in berth_agent_replicas
         self._stop = asyncio.Event()
         self._broken = asyncio.Event()
@@ -131,12 +124,22 @@ class ReplicaSupervisor:
         # Secret values this replica was given: never repeated in a reason or an event.
         self._secret_values: list[str] = []
         self._background: set[asyncio.Task[None]] = set()
-        # The requests in flight, by id: a cancel ends the wait for the replica's answer.
-        # A plain request's is its slot's task (cancelled, the id in _cancelled to tell
-        # it from the agent stopping): no timeout scope per request, which cost 4 µs;
-        # a stream's is the scope that also bounds it.
-        self._running: dict[str, asyncio.Task[None] | asyncio.Timeout] = {}
-        self._cancelled: set[str] = set()
+        self.path = RequestPath(
+            broker=broker,
+            spec=spec,
+            replica_id=replica_id,
+            settings=settings,
+            record=self.record,
+            holdings=holdings,
+            stopping=self._stop,
+            broken=self._broken,
+            healthy=self._healthy,
+            break_=self._break,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return self.path.in_flight
 
     # -- control ---------------------------------------------------------------------------
 
@@ -158,15 +161,7 @@ class ReplicaSupervisor:
 
     def cancel(self, request_id: str) -> bool:
         """Stop waiting for the replica's answer to ``request_id`` (its connection is closed)."""
-        running = self._running.pop(request_id, None)
-        if running is None:
-            return False
-        if isinstance(running, asyncio.Timeout):  # a stream: its scope ends it
-            running.reschedule(asyncio.get_running_loop().time())
-        else:  # the slot's task, waiting for the answer: told by a cancellation
-            self._cancelled.add(request_id)
-            running.cancel()
-        return True
+        return self.path.cancel(request_id)
 
     def _redact(self, text: str) -> str:
         """A replica's log tail may print its secrets; reasons and events never do."""
@@ -437,7 +432,7 @@ class ReplicaSupervisor:
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(self.spec.concurrency_per_replica):
-                    tg.create_task(self._slot(data, client))
+                    tg.create_task(self.path.slot(data, client))
                 tg.create_task(self._watch(replica, client))
         finally:
             data.close()
@@ -488,227 +483,3 @@ class ReplicaSupervisor:
         finally:
             for fut in (exited, stop, broken):
                 fut.cancel()
-
-    async def _slot(self, data: ReplicaClient, health: ReplicaClient) -> None:
-        """One concurrency slot: pull a request only while free, answer it, repeat."""
-        puller = Puller(self._broker, self.spec.name, self._holdings)
-        await puller.open()
-        # In-progress acks from the moment a request is taken until it is acked or
-        # handed back: JetStream gives it to another agent ack_wait after the last one.
-        every = max(0.2, self._settings.ack_wait / 5)
-        try:
-            while not self._stop.is_set() and not self._broken.is_set():
-                delivery = await puller.next(self._settings.pull_expires)
-                if delivery is None:
-                    continue
-                if self._stop.is_set():  # pulled while being stopped: another replica takes it
-                    await puller.retry(delivery)
-                    break
-                self.in_flight += 1
-                began = time.monotonic()
-                observe_queue_wait(self.spec.name, delivery.msg.reply)
-                beat = puller.keepalive(delivery, every=every)
-                try:
-                    if tracing.ENABLED:
-                        await self._handle_traced(puller, delivery, data, health)
-                    else:
-                        await self._handle(puller, delivery, data, health)
-                except BROKER_FAILURES as exc:
-                    # NATS is away for longer than the answer could wait: the request,
-                    # unacked, is delivered again once it is back; this slot goes on.
-                    log.warning(
-                        "request %s: NATS unavailable while answering it (%s); it will be "
-                        "delivered again",
-                        delivery.envelope.request_id,
-                        exc,
-                    )
-                    with contextlib.suppress(Exception):
-                        await puller.retry(delivery)
-                except BaseException:
-                    # Whatever went wrong here, the request goes back to the queue.
-                    with contextlib.suppress(Exception):
-                        await puller.retry(delivery)
-                    raise
-                finally:
-                    beat.cancel()
-                    puller.release(delivery)
-                    self.in_flight -= 1
-                    self.record.last_done_at = time.time()
-                    took = time.monotonic() - began
-                    self.record.busy_s = (self.record.busy_s or 0.0) + took
-                    prev = self.record.service_s
-                    self.record.service_s = took if prev is None else 0.8 * prev + 0.2 * took
-        finally:
-            await puller.close()
-
-    async def _stream(
-        self, puller: Puller, delivery: Delivery, data: ReplicaClient, timeout: float
-    ) -> None:
-        """A streamed request, bounded by ``timeout`` and ended by a cancel; the replica's
-        failures (ReplicaTimeout for its head, ReplicaGone) are the caller's to handle."""
-        env = delivery.envelope
-        scope = asyncio.timeout(asyncio.get_running_loop().time() + timeout)
-        self._running[env.request_id] = scope
-        try:
-            async with scope:
-                head, chunks = await forward_stream(
-                    data, env, delivery.body, timeout, self.replica_id
-                )
-                await self._relay(puller, delivery, head, chunks)
-        except TimeoutError:
-            # A cancel (the caller gave up: nobody waits for a reply), or the deadline.
-            log.info("stream %s cancelled or cut at its deadline", env.request_id)
-            await puller.discard(delivery)
-
-    async def _relay(
-        self, puller: Puller, delivery: Delivery, head: Reply, chunks: AsyncIterator[bytes]
-    ) -> None:
-        """A streamed reply: its head, each chunk as the replica sends it, then the end."""
-        await puller.send_part(delivery, "head", head=head)
-        limit = self._broker.max_payload - HEADER_ROOM
-        try:
-            async for chunk in chunks:
-                for i in range(0, len(chunk), limit):
-                    await puller.send_part(delivery, "chunk", chunk[i : i + limit])
-        except ConnectionError as exc:  # the replica died mid-stream: the caller sees it end
-            log.warning("stream %s broken: %s", delivery.envelope.request_id, exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
-        await puller.send_part(delivery, "end")
-        await puller.discard(delivery)
-
-    async def _handle_traced(
-        self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: ReplicaClient
-    ) -> None:
-        """:meth:`_handle` in the request's trace: its wait in the queue (with the cold
-        start it waited for, as events), then a CONSUMER span around its processing,
-        whose context goes on to the replica in the ``traceparent`` header."""
-        env = delivery.envelope
-        subject = delivery.msg.subject
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.destination.name": subject,
-            "berth.endpoint": self.spec.name,
-            "berth.replica": self.replica_id,
-            "berth.request_id": env.request_id,
-            "berth.attempt": delivery.attempt,
-        }
-        parent = env.traceparent or ""
-        stored = published_at(delivery.msg.reply)
-        if stored is not None:  # its siblings' attributes say the rest
-            queue = tracing.start(
-                f"queue {self.spec.name}",
-                parent,
-                attributes={"berth.attempt": delivery.attempt},
-                start_ns=int(stored * 1e9),
-            )
-            ready_at = self.record.ready_at
-            # Its replica became ready after it was queued: it waited for that start.
-            cold = ready_at is not None and ready_at > stored
-            queue.attributes["berth.cold_start"] = cold
-            if cold and ready_at is not None:
-                if self.record.started_at > stored:
-                    queue.add_event("replica starting", int(self.record.started_at * 1e9))
-                queue.add_event("replica ready", int(ready_at * 1e9))
-            queue.end()
-        attributes["messaging.operation.type"] = "process"
-        span = tracing.start(
-            f"process {subject}", parent, kind=tracing.CONSUMER, attributes=attributes
-        )
-        try:
-            env.headers = [(k, v) for k, v in env.headers if k != "traceparent"]
-            env.headers.append(("traceparent", span.traceparent))
-            with tracing.use(span):
-                await self._handle(puller, delivery, data, health)
-        except BaseException as exc:
-            span.set_error(f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            span.end()
-
-    async def _handle(
-        self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: ReplicaClient
-    ) -> None:
-        env = delivery.envelope
-        now = time.time()
-        if env.expired(now):
-            await puller.expire(delivery)
-            return
-        if self._broken.is_set():
-            await puller.retry(delivery)
-            return
-        timeout = self.spec.request_timeout
-        if env.deadline:
-            timeout = min(timeout, env.deadline - now)
-        if not await puller.started(delivery, self.replica_id, self.record.ready_at or now):
-            return  # a job cancelled or expired meanwhile: it never reaches the replica
-        rid = env.request_id
-        task = asyncio.current_task()
-        assert task is not None
-        self._running[rid] = task  # a stream's own scope takes its place
-        gone: ReplicaGone | None = None
-        try:
-            if env.stream and not is_job(env.reply_to):
-                await self._stream(puller, delivery, data, timeout)
-                return
-            called = time.perf_counter()
-            reply = await forward(data, env, delivery.body, timeout, self.replica_id)
-            REPLICA_SECONDS.labels(self.spec.name).observe(time.perf_counter() - called)
-        except asyncio.CancelledError:
-            if rid not in self._cancelled:
-                raise  # the agent is stopping, not a cancel of this request
-            self._cancelled.discard(rid)
-            task.uncancel()
-            log.info("request %s cancelled while the replica worked on it", rid)
-            await puller.discard(delivery)  # the caller gave up: nobody waits for a reply
-            return
-        except ReplicaTimeout:
-            reply = Reply.failure(
-                504, "timeout", f"the replica did not answer within {timeout:.3g} s"
-            )
-        except ReplicaGone as exc:
-            gone = exc
-        finally:
-            # Before any other wait: a cancel from now on finds nothing to stop.
-            self._running.pop(rid, None)
-        if gone is not None:
-            # Dead, or a passing connection fault? A dead replica fails its health
-            # check too (its exit is seen by _watch at once); then it restarts.
-            if not await self._healthy(health):
-                self._break(f"replica connection lost: {gone}")
-            if not delivery.last_attempt:
-                await puller.retry(delivery)
-                return
-            reply = Reply.failure(
-                502,
-                "replica_failed",
-                f"the replica failed while handling this request ({delivery.attempt} attempts): {gone}",
-            )
-        limit = self._settings.max_response_bytes
-        if len(reply.body) > limit:
-            reply = Reply.failure(
-                502,
-                "response_too_large",
-                f"the replica's response is {len(reply.body)} bytes, over the {limit}-byte limit "
-                "(BERTH_MAX_RESPONSE_BYTES)",
-            )
-        if tracing.ENABLED:
-            await self._reply_traced(puller, delivery, reply)
-            return
-        await puller.reply(delivery, reply)
-
-    async def _reply_traced(self, puller: Puller, delivery: Delivery, reply: Reply) -> None:
-        span = tracing.current()
-        if span is not None:
-            span.attributes["http.response.status_code"] = reply.status
-        if not is_job(delivery.envelope.reply_to):
-            await puller.reply(delivery, reply)
-            return
-        store = tracing.start(
-            "store result", attributes={"berth.request_id": delivery.envelope.request_id}
-        )
-        try:
-            await puller.reply(delivery, reply)
-        finally:
-            store.end()

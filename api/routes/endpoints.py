@@ -17,8 +17,9 @@ from api.examples import catalog
 from api.openapi import errors
 from broker.artifacts import ArchiveLimits, model_exists, pack_dir, store_model
 from broker.events import publish_event
+from broker.jetstream import Backlog, backlog
 from broker.registry import delete_key, put_model
-from broker.streams import Backlog, backlog, delete_endpoint_consumer, ensure_endpoint_consumer
+from broker.streams import delete_endpoint_consumer, ensure_endpoint_consumer
 from shared import names
 from shared.errors import Conflict, InvalidRequest, NotFound, TooManyEndpoints
 from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState

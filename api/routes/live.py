@@ -17,8 +17,6 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep
@@ -26,10 +24,9 @@ from api.jobs import timings
 from api.metrics import replica_counts
 from api.routes.endpoints import get_endpoint_row
 from broker.connection import BROKER_FAILURES
-from broker.streams import backlog
-from shared import names
+from broker.jetstream import backlog
+from broker.jobs import recent_jobs
 from shared.errors import BrokerUnavailable
-from shared.messages import JobRecord
 
 router = APIRouter(prefix="/v1", tags=["console"], dependencies=[AdminDep])
 
@@ -129,7 +126,7 @@ async def list_requests(
 ) -> list[dict[str, Any]]:
     """The newest async jobs (all tokens'), newest first, with timings and callback log."""
     try:
-        jobs = await _recent_jobs(ctx)
+        jobs = await recent_jobs(ctx.broker, _JOB_SCAN)
     except BROKER_FAILURES as exc:
         raise BrokerUnavailable(f"the jobs bucket could not be read: {exc}") from exc
     now = time.time()
@@ -153,40 +150,3 @@ async def list_requests(
         }
         for j in chosen
     ]
-
-
-async def _recent_jobs(ctx: AppContext) -> list[JobRecord]:
-    """The jobs among the bucket's last changes (each job's newest state, once)."""
-    stream = f"KV_{names.KV_JOBS}"
-    info = await ctx.broker.js.stream_info(stream)
-    if not info.state.messages:
-        return []
-    start = max(info.state.first_seq, info.state.last_seq - _JOB_SCAN + 1)
-    sub = await ctx.broker.js.pull_subscribe(
-        f"$KV.{names.KV_JOBS}.>",
-        stream=stream,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0,
-        ),
-    )
-    found: dict[str, JobRecord] = {}
-    try:
-        while True:
-            try:
-                batch = await sub.fetch(256, timeout=ctx.broker.timeout)
-            except NatsTimeout:
-                break
-            for msg in batch:
-                key = msg.subject.rpartition(".")[2]
-                if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
-                    found.pop(key, None)
-                elif msg.data:
-                    found[key] = JobRecord.model_validate_json(msg.data)
-            if batch[-1].metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return list(found.values())

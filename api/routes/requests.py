@@ -14,6 +14,7 @@ token, any other id is a 401.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,11 +23,12 @@ from fastapi.responses import Response
 from api.auth import AdminDep, PrincipalDep, bearer_token
 from api.callbacks import redeliver
 from api.context import AppContext, ContextDep
+from api.dataplane.asks import NOT_RETURNED
 from api.jobs import job_view
 from api.openapi import errors
-from api.routes.inference import NOT_RETURNED
-from broker.jobs import LIVE, expire_if_due, finish, get_job, get_response
+from broker.jobs import apply, expire_if_due, get_job, get_response
 from shared.errors import BerthError, Conflict, NotFound
+from shared.lifecycle import LIVE, Cancelled, Refusal
 from shared.messages import JobRecord, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["async"])
@@ -58,14 +60,13 @@ async def get_request(response_id: str, request: Request, ctx: ContextDep) -> di
 async def cancel_request(response_id: str, request: Request, ctx: ContextDep) -> dict[str, Any]:
     """Cancel a job: queued, it never runs; running, its replica's answer is not waited for."""
     job = await _job(request, ctx, response_id)
-    done = await finish(
-        ctx.broker, response_id, JobStatus.CANCELLED, reason="cancelled by the caller"
-    )
+    done = await apply(ctx.broker, response_id, Cancelled(at=time.time()))
     if done is None:
-        current = await get_job(ctx.broker, response_id) or job
-        if current.status is JobStatus.CANCELLED:
-            return await job_view(ctx, current)  # cancelling twice is not an error
-        raise Conflict(f"request {response_id!r} has ended already ({current.status.value})")
+        raise NotFound(f"no request {response_id!r} (results are kept for a limited time)")
+    if isinstance(done, Refusal):
+        if done.job.status is JobStatus.CANCELLED:
+            return await job_view(ctx, done.job)  # cancelling twice is not an error
+        raise Conflict(f"request {response_id!r} has ended already ({done.job.status.value})")
     await ctx.requester.cancel(job.endpoint, response_id, job.seq)
     return await job_view(ctx, done)
 
