@@ -83,6 +83,7 @@ class Recorder:
         self._points: dict[str, deque[dict[str, Any]]] = {}
         self._keep = max(1, int(HOUR / interval))
         self._task: asyncio.Task[None] | None = None
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, path: str, status: int, seconds: float, mode: str) -> None:
         """One answered data-plane request (``/e/<endpoint>/...``), here and for Prometheus."""
@@ -93,8 +94,14 @@ class Recorder:
                 return  # unknown names never grow this table, nor Prometheus's labels
             bucket = self._open[name] = _Bucket()
         bucket.add(status, seconds)
-        REQUESTS.labels(name, mode, _CODES.get(status) or str(status)).inc()
-        REQUEST_SECONDS.labels(name, mode).observe(seconds)
+        # Each series looked up once: a label lookup costs more than the update.
+        series = self._series.get((name, mode, status))
+        if series is None:
+            code = _CODES.get(status) or str(status)
+            series = REQUESTS.labels(name, mode, code), REQUEST_SECONDS.labels(name, mode)
+            self._series[(name, mode, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def points(self, name: str, since: float = 0.0) -> list[dict[str, Any]]:
         return [p for p in self._points.get(name, ()) if p["t"] >= since]
@@ -102,6 +109,8 @@ class Recorder:
     def forget(self, name: str) -> None:
         self._open.pop(name, None)
         self._points.pop(name, None)
+        for key in [k for k in self._series if k[0] == name]:
+            del self._series[key]
         for gauge in (QUEUE_LENGTH, IN_FLIGHT):
             with contextlib.suppress(KeyError):
                 gauge.remove(name)

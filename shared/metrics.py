@@ -13,7 +13,6 @@ deleted endpoint's gauges are removed.
 from __future__ import annotations
 
 import logging
-import time
 
 from prometheus_client import (
     Counter,
@@ -129,12 +128,6 @@ ACTUAL = Gauge(
 __all__ += ["ACTUAL"]
 
 
-def observe_queue_wait(endpoint: str, queued_at: float) -> None:
-    """A request's time in the queue, from when JetStream stored it (unix time)."""
-    if queued_at:
-        QUEUE_WAIT.labels(endpoint).observe(max(0.0, time.time() - queued_at))
-
-
 def serve(host: str, port: int | None, what: str) -> None:
     """Serve this process's metrics on ``host:port`` (a thread), unless ``port`` is None."""
     if port is None:
@@ -145,6 +138,3 @@ def serve(host: str, port: int | None, what: str) -> None:
         log.warning("%s metrics: cannot listen on %s:%d: %s", what, host, port, exc)
         return
     log.info("%s metrics on http://%s:%d/metrics", what, host, port)
-
-
-__all__ += ["observe_queue_wait"]

@@ -22,7 +22,7 @@ from broker.jobs import apply
 from broker.pull import Delivery, Holdings, Puller
 from shared.lifecycle import Expired, Started
 from shared.messages import EndpointSpec, JobRecord, ReplicaRecord
-from shared.metrics import REPLICA_SECONDS, observe_queue_wait
+from shared.metrics import QUEUE_WAIT, REPLICA_SECONDS
 from shared.settings import AgentSettings
 from workers import tracing
 from workers.forward import ReplicaGone, ReplicaTimeout, forward, forward_stream
@@ -67,6 +67,9 @@ class RequestPath:
         # a stream's is the scope that also bounds it.
         self._running: dict[str, asyncio.Task[None] | asyncio.Timeout] = {}
         self._cancelled: set[str] = set()
+        # This endpoint's series, looked up once: a label lookup costs more than the update.
+        self._queue_wait = QUEUE_WAIT.labels(spec.name)
+        self._replica_seconds = REPLICA_SECONDS.labels(spec.name)
 
     def cancel(self, request_id: str) -> bool:
         """Stop waiting for the replica's answer to ``request_id`` (its connection is closed)."""
@@ -97,7 +100,8 @@ class RequestPath:
                     break
                 self.in_flight += 1
                 began = time.monotonic()
-                observe_queue_wait(self.spec.name, delivery.queued_at)
+                if delivery.queued_at:
+                    self._queue_wait.observe(max(0.0, time.time() - delivery.queued_at))
                 beat = puller.keepalive(delivery, every=every)
                 try:
                     if tracing.ENABLED:
@@ -247,7 +251,7 @@ class RequestPath:
                 return
             called = time.perf_counter()
             reply = await forward(data, env, delivery.body, timeout, self.replica_id)
-            REPLICA_SECONDS.labels(self.spec.name).observe(time.perf_counter() - called)
+            self._replica_seconds.observe(time.perf_counter() - called)
         except asyncio.CancelledError:
             if rid not in self._cancelled:
                 raise  # the agent is stopping, not a cancel of this request
