@@ -12,7 +12,7 @@ alike. Each round measures:
 * c=1: ``--requests`` sequential requests through each revision's Berth and as
   many straight to that revision's replica, every revision's calls interleaved
   in a shuffled order; the added latency is the difference of percentiles;
-* c=64: wrk for ``--seconds``, with the CPU time of Berth's processes (API,
+* c=64: wrk for ``--seconds``, with the CPU time of Berth's processes (API, span exporters,
   agent, scaler, nats-server) per request.
 
 Every round starts every revision's stack afresh (in turn, the order flipping too):
@@ -87,6 +87,7 @@ def serve(replicas: int, per: int) -> None:
                 direct_url, direct_key = asyncio.run(overhead.replica_url(nats.url, "ab")), None
             assert nats.proc is not None
             pids = [p.pid for p in stack.procs.values()] + [nats.proc.pid]
+            pids += span_exporters(pids)  # their CPU is Berth's too
             ready = {
                 "ready": True,
                 "berth": stack.url,
@@ -106,6 +107,25 @@ def serve(replicas: int, per: int) -> None:
         finally:
             stack.close()
             nats.stop()
+
+
+def span_exporters(pids: list[int]) -> list[int]:
+    """The span exporter children (workers/tracing.py) of these processes, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+            if parent not in pids:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if b"--berth-span-export" in fh.read():
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def _sink() -> str:

@@ -11,8 +11,9 @@ and ``OTEL_RESOURCE_ATTRIBUTES``. Off, nothing here runs on a request: callers t
 Berth's own spans (the API's, the agent's, the scaler's, the replica server's) are
 recorded here, not by the OpenTelemetry SDK, whose span objects and encoders cost
 more CPU per span than the rest of a request's path (docs/performance.md), and a
-request crosses three processes. A :class:`Span` is a few slots; a thread sends batches as OTLP/JSON
-(the OTLP/HTTP JSON encoding, which collectors, Jaeger and Tempo take). In a replica
+request crosses three processes. A :class:`Span` is a few slots; an exporter child
+process encodes what ended as OTLP/JSON (the OTLP/HTTP JSON encoding, which
+collectors, Jaeger and Tempo take) and sends it, so neither costs the event loop. In a replica
 the SDK is configured too, with the replica's span as the current OpenTelemetry
 context, so that a model's own spans (made with OpenTelemetry's API) nest under it.
 
@@ -23,12 +24,16 @@ standard library, and OpenTelemetry for a model's own spans when it is installed
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import http.client
 import json
 import logging
+import marshal
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -299,22 +304,23 @@ def _attribute(key: str, v: Any) -> dict[str, Any]:
     return {"key": key, "value": {"stringValue": str(v)}}
 
 
-def _encode(span: Span) -> dict[str, Any]:
+def _encode(span: tuple[Any, ...]) -> dict[str, Any]:
+    trace_id, span_id, parent_id, name, kind, start_ns, end_ns, attributes, events, status = span
     out: dict[str, Any] = {
-        "traceId": f"{span.trace_id:032x}",
-        "spanId": f"{span.span_id:016x}",
-        "name": span.name,
-        "kind": span.kind,
-        "startTimeUnixNano": str(span.start_ns),
-        "endTimeUnixNano": str(span.end_ns),
-        "attributes": [_attribute(k, v) for k, v in span.attributes.items()],
+        "traceId": f"{trace_id:032x}",
+        "spanId": f"{span_id:016x}",
+        "name": name,
+        "kind": kind,
+        "startTimeUnixNano": str(start_ns),
+        "endTimeUnixNano": str(end_ns),
+        "attributes": [_attribute(k, v) for k, v in attributes.items()],
     }
-    if span.parent_id:
-        out["parentSpanId"] = f"{span.parent_id:016x}"
-    if span.events:
-        out["events"] = [{"name": n, "timeUnixNano": str(t)} for n, t in span.events]
-    if span.status is not None:
-        out["status"] = {"code": 2, "message": span.status}
+    if parent_id:
+        out["parentSpanId"] = f"{parent_id:016x}"
+    if events:
+        out["events"] = [{"name": n, "timeUnixNano": str(t)} for n, t in events]
+    if status is not None:
+        out["status"] = {"code": 2, "message": status}
     return out
 
 
@@ -333,8 +339,15 @@ except ImportError:  # pragma: no cover - the model server's images
 
 
 class _Exporter:
-    """Spans in a bounded list; a thread sends them every ``delay`` seconds, or as soon as
-    a batch is full. A full queue drops spans (counted in the log), never blocks a request."""
+    """Spans handed to a child process that encodes and sends them, so that neither the
+    encoding nor the HTTP ever holds this process's GIL while its event loop waits.
+
+    A span ends as a plain tuple in a bounded list; a thread writes the list every
+    ``delay`` seconds (or as soon as a batch is full) to the child's stdin as one
+    ``marshal`` frame, one C call and one write. The child is this file run as a script
+    (:func:`_export_main`): it builds OTLP/JSON and posts it on a kept-alive connection.
+    A full list drops spans (counted in the log), never blocks a request.
+    """
 
     def __init__(
         self,
@@ -348,46 +361,108 @@ class _Exporter:
         batch: int,
     ):
         self.url = url
-        parts = urllib.parse.urlsplit(url)
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        # One kept-alive connection to the collector (a new one per batch cost a tenth
-        # of the agent's CPU under load).
-        self.conn: http.client.HTTPConnection | None = None
-        self.headers = headers
-        self.resource = [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]
-        self.delay, self.timeout = delay, timeout
+        self.delay = delay
         self.limit, self.batch = queue, batch
-        self.spans: list[Span] = []
+        self.spans: list[tuple[Any, ...]] = []
         self.dropped = 0
         self.wake = threading.Event()
         self.lock = threading.Lock()
+        config = {"url": url, "headers": headers, "resource": resource, "timeout": timeout}
+        self.child = subprocess.Popen(
+            # -I: the script's folder (workers/, with its own http.py) not on the path
+            [sys.executable, "-I", os.path.abspath(__file__), _EXPORT_FLAG],
+            stdin=subprocess.PIPE,
+            env={**os.environ, _CONFIG_ENV: json.dumps(config)},
+        )
+        self.pipe = self.child.stdin
         threading.Thread(target=self._run, name="berth-span-export", daemon=True).start()
-        atexit.register(self.flush)
+        atexit.register(self.close)
 
     def add(self, span: Span) -> None:
         if len(self.spans) >= self.limit:
             self.dropped += 1
             return
-        self.spans.append(span)  # list.append is atomic under the GIL
+        self.spans.append(  # list.append is atomic under the GIL
+            (
+                span.trace_id,
+                span.span_id,
+                span.parent_id,
+                span.name,
+                span.kind,
+                span.start_ns,
+                span.end_ns,
+                span.attributes,
+                span.events,
+                span.status,
+            )
+        )
         if len(self.spans) >= self.batch:
             self.wake.set()
 
     def _run(self) -> None:
-        while True:
+        while self.pipe is not None:
             self.wake.wait(self.delay)
             self.wake.clear()
             self.flush()
 
     def flush(self) -> None:
         with self.lock:
-            while self.spans:
+            while self.spans and self.pipe is not None:
                 taken, self.spans = self.spans[: self.batch], self.spans[self.batch :]
-                self._send(taken)
+                self._write(taken)
             if self.dropped:
                 log.warning("tracing: %d span(s) dropped, the export queue was full", self.dropped)
                 self.dropped = 0
 
-    def _send(self, spans: list[Span]) -> None:
+    def _write(self, spans: list[tuple[Any, ...]]) -> None:
+        try:
+            frame = marshal.dumps(spans)
+        except ValueError:  # an attribute of a type marshal does not take: as text
+            spans = [(*s[:7], {k: _plain(v) for k, v in s[7].items()}, *s[8:]) for s in spans]
+            frame = marshal.dumps(spans)
+        try:
+            assert self.pipe is not None
+            self.pipe.write(len(frame).to_bytes(4, "little") + frame)
+            self.pipe.flush()
+        except (OSError, ValueError) as exc:  # the exporter died: tracing stops here
+            log.warning("tracing: the span exporter is gone (%s); spans are dropped", exc)
+            self.pipe = None
+
+    def close(self) -> None:
+        """Send what is left and let the child finish its last post (bounded)."""
+        self.flush()
+        pipe, self.pipe = self.pipe, None
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.child.wait(timeout=5)
+
+
+def _plain(v: Any) -> Any:
+    return v if type(v) in (str, bool, int, float) else str(v)
+
+
+_EXPORT_FLAG = "--berth-span-export"
+_CONFIG_ENV = "BERTH_SPAN_EXPORT"
+
+
+class _Sender:
+    """The child's side: spans from frames, OTLP/JSON out over HTTP."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.url = config["url"]
+        parts = urllib.parse.urlsplit(self.url)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.headers = config["headers"]
+        self.timeout = config["timeout"]
+        resource = config["resource"]
+        self.resource = [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]
+        # One kept-alive connection to the collector (a new one per batch cost a tenth
+        # of the agent's CPU under load).
+        self.conn: http.client.HTTPConnection | None = None
+
+    def send(self, spans: list[tuple[Any, ...]]) -> None:
         body = {
             "resourceSpans": [
                 {
@@ -424,6 +499,19 @@ class _Exporter:
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         )
         return kind(parts.hostname or "localhost", parts.port, timeout=self.timeout)
+
+
+def _export_main() -> None:
+    """The exporter child: frames from stdin until it closes, each posted as one batch."""
+    logging.basicConfig(level="WARNING", format="%(asctime)s span-export %(message)s")
+    sender = _Sender(json.loads(os.environ[_CONFIG_ENV]))
+    stdin = sys.stdin.buffer
+    while True:
+        head = stdin.read(4)
+        if len(head) < 4:
+            return  # the parent closed the pipe (or exited): everything it sent is sent
+        frame = stdin.read(int.from_bytes(head, "little"))
+        sender.send(marshal.loads(frame))
 
 
 # -- the model server ------------------------------------------------------------------------
@@ -516,3 +604,7 @@ def traced_app(app: App, service: str = "berth-replica") -> App:
             span.end()
 
     return wrapped
+
+
+if __name__ == "__main__" and _EXPORT_FLAG in sys.argv:
+    _export_main()
