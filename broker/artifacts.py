@@ -21,6 +21,7 @@ from nats.js.errors import ObjectNotFoundError
 from broker.connection import Broker
 from shared import names
 from shared.errors import BodyTooLarge, InvalidRequest, NotFound
+from shared.packing import pack_dir
 from shared.settings import CommonSettings
 
 __all__ = [
@@ -35,24 +36,6 @@ __all__ = [
 ]
 
 MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
-
-
-def pack_dir(path: Path) -> bytes:
-    """A reproducible tar.gz of a model folder (caches and VCS folders left out)."""
-    skip = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache"}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
-        for file in sorted(path.rglob("*")):
-            rel = file.relative_to(path)
-            if any(part in skip for part in rel.parts) or not file.is_file():
-                continue
-            info = tar.gettarinfo(str(file), arcname=str(rel))
-            info.mtime = 0
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with file.open("rb") as fh:
-                tar.addfile(info, fh)
-    return buf.getvalue()
 
 
 @dataclass(frozen=True, slots=True)

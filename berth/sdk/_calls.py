@@ -1,0 +1,286 @@
+"""Every API call the SDK makes, described once (a :class:`~berth.sdk._core.Call`) for both
+clients to carry out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import TypeAdapter
+
+from berth.sdk._core import Call, Settings, check, json_or_text, new_idempotency_key
+from berth.sdk.models import (
+    Accepted,
+    Credential,
+    Endpoint,
+    Event,
+    Example,
+    Job,
+    Response,
+    Secret,
+    Token,
+    TokenCreated,
+)
+from shared.packing import pack_dir
+
+_ENDPOINTS = TypeAdapter(list[Endpoint])
+_EVENTS = TypeAdapter(list[Event])
+_TOKENS = TypeAdapter(list[Token])
+_CREDENTIALS = TypeAdapter(list[Credential])
+_EXAMPLES = TypeAdapter(list[Example])
+_JOBS = TypeAdapter(list[Job])
+
+
+def _model(adapter: Any) -> Any:
+    def parse(resp: httpx.Response) -> Any:
+        return adapter.validate_json(check(resp).content)
+
+    return parse
+
+
+def _of(model: Any) -> Any:
+    def parse(resp: httpx.Response) -> Any:
+        return model.model_validate_json(check(resp).content)
+
+    return parse
+
+
+def _json(resp: httpx.Response) -> Any:
+    return check(resp).json()
+
+
+def _nothing(resp: httpx.Response) -> None:
+    check(resp)
+
+
+# -- inference ------------------------------------------------------------------------------
+
+
+def _infer_headers(
+    headers: dict[str, str] | None, deadline: float | None, callback_url: str | None
+) -> dict[str, str]:
+    out = {k.lower(): v for k, v in (headers or {}).items()}
+    if deadline is not None:
+        out["x-berth-deadline"] = f"{deadline:g}"
+    if callback_url is not None:
+        out["x-berth-callback-url"] = callback_url
+    return out
+
+
+def infer(
+    s: Settings,
+    endpoint: str,
+    inputs: Any,
+    path: str,
+    headers: dict[str, str] | None,
+    deadline: float | None,
+    timeout: float | None,
+) -> Call[Any]:
+    def parse(resp: httpx.Response) -> Any:
+        return json_or_text(check(resp))
+
+    return Call(
+        "POST",
+        s.endpoint(endpoint, path),
+        parse,
+        json=inputs,
+        headers=_infer_headers(headers, deadline, None),
+        timeout=timeout,
+    )
+
+
+def submit(
+    s: Settings,
+    endpoint: str,
+    inputs: Any,
+    path: str,
+    headers: dict[str, str] | None,
+    deadline: float | None,
+    callback_url: str | None,
+    idempotency_key: str | None,
+) -> Call[Accepted]:
+    """An async request: 202 with its id. Always sent with an Idempotency-Key (the caller's,
+    else a new one), so sending it again after a lost answer makes no second job."""
+    sent = _infer_headers(headers, deadline, callback_url)
+    sent["x-octoai-async"] = "1"
+    sent["idempotency-key"] = idempotency_key or new_idempotency_key()
+    return Call(
+        "POST", s.endpoint(endpoint, path), _of(Accepted), json=inputs, headers=sent, safe=True
+    )
+
+
+def stream_request(
+    s: Settings,
+    endpoint: str,
+    inputs: Any,
+    path: str,
+    headers: dict[str, str] | None,
+    deadline: float | None,
+) -> Call[None]:
+    sent = _infer_headers(headers, deadline, None)
+    sent["accept"] = "text/event-stream"
+    return Call("POST", s.endpoint(endpoint, path), _nothing, json=inputs, headers=sent)
+
+
+def health_check(s: Settings, endpoint: str, path: str) -> Call[int]:
+    return Call("GET", s.endpoint(endpoint, path), lambda resp: resp.status_code, safe=True)
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+def get_job(s: Settings, response_id: str) -> Call[Job]:
+    return Call("GET", s.api(f"/v1/requests/{response_id}"), _of(Job), safe=True)
+
+
+def cancel_job(s: Settings, response_id: str) -> Call[Job]:
+    return Call("DELETE", s.api(f"/v1/requests/{response_id}"), _of(Job), safe=True)
+
+
+def get_response(s: Settings, response_id: str) -> Call[Response]:
+    def parse(resp: httpx.Response) -> Response:
+        if "x-berth-replica" not in resp.headers:  # not a replica's answer: Berth's own
+            check(resp)
+        headers = {k: v for k, v in resp.headers.items() if k.lower() != "x-user-request-id"}
+        return Response(status=resp.status_code, headers=headers, content=resp.content)
+
+    return Call("GET", s.api(f"/v1/responses/{response_id}"), parse, safe=True)
+
+
+def list_jobs(s: Settings, endpoint: str | None, limit: int) -> Call[list[Job]]:
+    params: dict[str, Any] = {"limit": limit}
+    if endpoint:
+        params["endpoint"] = endpoint
+    return Call("GET", s.api("/v1/requests"), _model(_JOBS), params=params, safe=True)
+
+
+def redeliver_callback(s: Settings, response_id: str) -> Call[Job]:
+    return Call("POST", s.api(f"/v1/requests/{response_id}/callback"), _of(Job), safe=True)
+
+
+# -- endpoints ------------------------------------------------------------------------------
+
+
+def upload_model(s: Settings, folder: str | Path) -> Call[str]:
+    archive = pack_dir(Path(folder))
+
+    def parse(resp: httpx.Response) -> str:
+        return str(check(resp).json()["model_id"])
+
+    # The same folder is the same content digest: sending it again stores nothing twice.
+    return Call(
+        "POST",
+        s.api("/v1/models"),
+        parse,
+        content=archive,
+        headers={"content-type": "application/gzip"},
+        safe=True,
+    )
+
+
+def create_endpoint(s: Settings, fields: dict[str, Any]) -> Call[Endpoint]:
+    return Call("POST", s.api("/v1/endpoint"), _of(Endpoint), json=fields)
+
+
+def get_endpoint(s: Settings, name: str) -> Call[Endpoint]:
+    return Call("GET", s.api(f"/v1/endpoint/{name}"), _of(Endpoint), safe=True)
+
+
+def list_endpoints(s: Settings) -> Call[list[Endpoint]]:
+    return Call("GET", s.api("/v1/endpoints"), _model(_ENDPOINTS), safe=True)
+
+
+def update_endpoint(s: Settings, name: str, fields: dict[str, Any]) -> Call[Endpoint]:
+    return Call("PATCH", s.api(f"/v1/endpoint/{name}"), _of(Endpoint), json=fields, safe=True)
+
+
+def delete_endpoint(s: Settings, name: str) -> Call[None]:
+    return Call("DELETE", s.api(f"/v1/endpoint/{name}"), _nothing, safe=True)
+
+
+def events(s: Settings, name: str, max_lines: int) -> Call[list[Event]]:
+    def parse(resp: httpx.Response) -> list[Event]:
+        body = check(resp).json()
+        return _EVENTS.validate_python(body.get("events", body) if isinstance(body, dict) else body)
+
+    return Call(
+        "GET", s.api(f"/v1/events/{name}"), parse, params={"max_lines": max_lines}, safe=True
+    )
+
+
+def logs(s: Settings, name: str, max_lines: int) -> Call[list[dict[str, Any]]]:
+    def parse(resp: httpx.Response) -> list[dict[str, Any]]:
+        body = check(resp).json()
+        return list(body.get("lines", body) if isinstance(body, dict) else body)
+
+    return Call("GET", s.api(f"/v1/logs/{name}"), parse, params={"max_lines": max_lines}, safe=True)
+
+
+def examples(s: Settings) -> Call[list[Example]]:
+    return Call("GET", s.api("/v1/examples"), _model(_EXAMPLES), safe=True)
+
+
+# -- access ---------------------------------------------------------------------------------
+
+
+def create_token(
+    s: Settings, name: str, scopes: list[str], endpoints: list[str] | None, expires_in: int | None
+) -> Call[TokenCreated]:
+    body: dict[str, Any] = {"name": name, "scopes": scopes}
+    if endpoints is not None:
+        body["endpoints"] = endpoints
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    return Call("POST", s.api("/v1/tokens"), _of(TokenCreated), json=body)
+
+
+def list_tokens(s: Settings) -> Call[list[Token]]:
+    return Call("GET", s.api("/v1/tokens"), _model(_TOKENS), safe=True)
+
+
+def delete_token(s: Settings, token_id: str) -> Call[None]:
+    return Call("DELETE", s.api(f"/v1/tokens/{token_id}"), _nothing, safe=True)
+
+
+def update_secret(s: Settings, key: str, value: str) -> Call[Secret]:
+    return Call("PUT", s.api(f"/v1/secret/{key}"), _of(Secret), json={"value": value}, safe=True)
+
+
+def create_secret(s: Settings, key: str, value: str) -> Call[Secret]:
+    return Call("POST", s.api("/v1/secret"), _of(Secret), json={"key": key, "value": value})
+
+
+def list_secrets(s: Settings) -> Call[list[str]]:
+    return Call("GET", s.api("/v1/secrets"), _json, safe=True)
+
+
+def delete_secret(s: Settings, key: str) -> Call[None]:
+    return Call("DELETE", s.api(f"/v1/secret/{key}"), _nothing, safe=True)
+
+
+def create_credential(s: Settings, key: str, username: str, password: str) -> Call[Credential]:
+    body = {"key": key, "username": username, "password": password}
+    return Call("POST", s.api("/v1/registry-credential"), _of(Credential), json=body)
+
+
+def update_credential(s: Settings, key: str, username: str, password: str) -> Call[Credential]:
+    body = {"username": username, "password": password}
+    return Call(
+        "PUT", s.api(f"/v1/registry-credential/{key}"), _of(Credential), json=body, safe=True
+    )
+
+
+def list_credentials(s: Settings) -> Call[list[Credential]]:
+    return Call("GET", s.api("/v1/registry-credentials"), _model(_CREDENTIALS), safe=True)
+
+
+def delete_credential(s: Settings, key: str) -> Call[None]:
+    return Call("DELETE", s.api(f"/v1/registry-credential/{key}"), _nothing, safe=True)
+
+
+def webhook_secret(s: Settings) -> Call[str]:
+    def parse(resp: httpx.Response) -> str:
+        return str(check(resp).json()["secret"])
+
+    return Call("GET", s.api("/v1/webhook-secret"), parse, safe=True)

@@ -1,0 +1,352 @@
+"""The asyncio client: :class:`AsyncClient` and its job handle, :class:`AsyncJobHandle`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import tenacity
+
+from berth.sdk import _calls as calls
+from berth.sdk._core import (
+    Call,
+    Settings,
+    achunks,
+    asse_events,
+    backoff,
+    check,
+    poll_interval,
+    retryable,
+    transport_error,
+)
+from berth.sdk.client import _exception
+from berth.sdk.errors import BerthError, JobFailed, NotFound
+from berth.sdk.models import (
+    Credential,
+    Endpoint,
+    Event,
+    Example,
+    Job,
+    JobStatus,
+    Response,
+    Secret,
+    Token,
+    TokenCreated,
+)
+
+__all__ = ["AsyncClient", "AsyncJobHandle"]
+
+T = TypeVar("T")
+Progress = Callable[[int, int], None]
+
+
+class AsyncClient:
+    """Berth's API, with asyncio. ``url`` and ``token`` default to ``BERTH_URL`` and
+    ``BERTH_TOKEN`` (else what ``berth up`` wrote); ``retries`` bounds the tries of a call
+    that may safely be sent again."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float | None = 330.0,
+        retries: int = 3,
+        http: httpx.AsyncClient | None = None,
+    ):
+        self._s = Settings(url, token, timeout, retries)
+        self._http = http or httpx.AsyncClient(headers=self._s.headers(), timeout=timeout)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the one place a call is sent --------------------------------------------------------
+
+    async def _send(self, call: Call[T], progress: Progress | None = None) -> T:
+        content: Any = call.content
+        if progress is not None and content is not None:
+            content = achunks(content, progress)
+        try:
+            resp = await self._http.request(
+                call.method,
+                call.url,
+                json=call.json,
+                content=content,
+                params=call.params,
+                headers=call.headers,
+                timeout=call.timeout or httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
+        return call.parse(resp)
+
+    async def _do(self, call: Call[T], progress: Progress | None = None) -> T:
+        try:
+            return await self._send(call, progress)  # most calls: once, without tenacity's loop
+        except BerthError as exc:
+            if self._s.retries < 1 or not retryable(call, exc):
+                raise
+            await asyncio.sleep(backoff(0, exc))
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self._s.retries),
+            retry=tenacity.retry_if_exception(lambda e: retryable(call, e)),
+            wait=lambda state: backoff(state.attempt_number, _exception(state)),
+            reraise=True,
+        )
+        answer: T = await retrying(self._send, call, progress)
+        return answer
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        endpoint: str,
+        inputs: Any,
+        *,
+        path: str = "/infer",
+        headers: dict[str, str] | None = None,
+        deadline: float | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """The model's answer (JSON decoded; text or bytes otherwise). ``endpoint``: a name
+        or an endpoint's URL; ``deadline``: seconds the request may take in all."""
+        return await self._do(
+            calls.infer(self._s, endpoint, inputs, path, headers, deadline, timeout)
+        )
+
+    async def infer_async(
+        self,
+        endpoint: str,
+        inputs: Any,
+        *,
+        path: str = "/infer",
+        headers: dict[str, str] | None = None,
+        deadline: float | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncJobHandle:
+        """Queue the request as a job; its handle (poll, wait, result, cancel)."""
+        call = calls.submit(
+            self._s, endpoint, inputs, path, headers, deadline, callback_url, idempotency_key
+        )
+        return AsyncJobHandle(self, (await self._do(call)).response_id)
+
+    async def stream(
+        self,
+        endpoint: str,
+        inputs: Any,
+        *,
+        path: str = "/infer",
+        headers: dict[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """The model's server-sent events as they come (each event's data, JSON decoded)."""
+        call = calls.stream_request(self._s, endpoint, inputs, path, headers, deadline)
+        try:
+            async with self._http.stream(
+                call.method, call.url, json=call.json, headers=call.headers
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    check(resp)
+                async for data in asse_events(resp.aiter_lines()):
+                    yield data
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
+
+    async def health_check(self, endpoint: str, *, path: str = "/healthcheck") -> int:
+        """The endpoint's health check status (200 when a replica answers it)."""
+        return await self._do(calls.health_check(self._s, endpoint, path))
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def job(self, response_id: str) -> AsyncJobHandle:
+        return AsyncJobHandle(self, response_id)
+
+    async def get_job(self, response_id: str) -> Job:
+        return await self._do(calls.get_job(self._s, response_id))
+
+    async def cancel_job(self, response_id: str) -> Job:
+        return await self._do(calls.cancel_job(self._s, response_id))
+
+    async def get_response(self, response_id: str) -> Response:
+        return await self._do(calls.get_response(self._s, response_id))
+
+    async def list_jobs(self, endpoint: str | None = None, *, limit: int = 50) -> list[Job]:
+        return await self._do(calls.list_jobs(self._s, endpoint, limit))
+
+    async def redeliver_callback(self, response_id: str) -> Job:
+        return await self._do(calls.redeliver_callback(self._s, response_id))
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def upload_model(self, folder: str | Path, *, progress: Progress | None = None) -> str:
+        """Pack and upload a model folder; its ``model_id``. ``progress(sent, total)``."""
+        return await self._do(calls.upload_model(self._s, folder), progress)
+
+    async def create_endpoint(
+        self,
+        name: str,
+        *,
+        example: str | None = None,
+        model_folder: str | Path | None = None,
+        image: str | None = None,
+        progress: Progress | None = None,
+        **settings: Any,
+    ) -> Endpoint:
+        """An endpoint from an example, a model folder (uploaded first) or an image, with
+        any of the endpoint's settings (min_replicas, max_replicas, visibility, ...)."""
+        fields = dict(settings, name=name)
+        if example is not None:
+            fields["example"] = example
+        if image is not None:
+            fields["image_url"] = image
+        if model_folder is not None:
+            fields["model_id"] = await self.upload_model(model_folder, progress=progress)
+        return await self._do(calls.create_endpoint(self._s, fields))
+
+    async def get_endpoint(self, name: str) -> Endpoint:
+        return await self._do(calls.get_endpoint(self._s, name))
+
+    async def list_endpoints(self) -> list[Endpoint]:
+        return await self._do(calls.list_endpoints(self._s))
+
+    async def update_endpoint(
+        self, name: str, *, model_folder: str | Path | None = None, **fields: Any
+    ) -> Endpoint:
+        if model_folder is not None:
+            fields["model_id"] = await self.upload_model(model_folder)
+        return await self._do(calls.update_endpoint(self._s, name, fields))
+
+    async def delete_endpoint(self, name: str) -> None:
+        await self._do(calls.delete_endpoint(self._s, name))
+
+    async def wait_until_ready(self, name: str, *, timeout: float = 300.0) -> Endpoint:
+        """The endpoint once a replica runs; raises the reason if its replicas keep failing
+        to start, TimeoutError past ``timeout``."""
+        deadline = time.monotonic() + timeout
+        tries = 0
+        while True:
+            endpoint = await self.get_endpoint(name)
+            if endpoint.ready:
+                return endpoint
+            if endpoint.failing is not None:
+                raise BerthError(f"endpoint {name!r} is failing: {endpoint.failing.reason}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"endpoint {name!r} had no running replica in {timeout:g} s")
+            await asyncio.sleep(poll_interval(tries))
+            tries += 1
+
+    async def events(self, name: str, *, max_lines: int = 100) -> list[Event]:
+        return await self._do(calls.events(self._s, name, max_lines))
+
+    async def logs(self, name: str, *, max_lines: int = 100) -> list[dict[str, Any]]:
+        return await self._do(calls.logs(self._s, name, max_lines))
+
+    async def examples(self) -> list[Example]:
+        return await self._do(calls.examples(self._s))
+
+    # -- access ------------------------------------------------------------------------------
+
+    async def create_token(
+        self,
+        name: str,
+        scopes: list[str],
+        *,
+        endpoints: list[str] | None = None,
+        expires_in: int | None = None,
+    ) -> TokenCreated:
+        return await self._do(calls.create_token(self._s, name, scopes, endpoints, expires_in))
+
+    async def list_tokens(self) -> list[Token]:
+        return await self._do(calls.list_tokens(self._s))
+
+    async def delete_token(self, token_id: str) -> None:
+        await self._do(calls.delete_token(self._s, token_id))
+
+    async def set_secret(self, key: str, value: str) -> Secret:
+        """Create the secret, or change its value (replicas get it at their next start)."""
+        try:
+            return await self._do(calls.update_secret(self._s, key, value))
+        except NotFound:
+            return await self._do(calls.create_secret(self._s, key, value))
+
+    async def list_secrets(self) -> list[str]:
+        return await self._do(calls.list_secrets(self._s))
+
+    async def delete_secret(self, key: str) -> None:
+        await self._do(calls.delete_secret(self._s, key))
+
+    async def set_registry_credential(self, key: str, username: str, password: str) -> Credential:
+        try:
+            return await self._do(calls.update_credential(self._s, key, username, password))
+        except NotFound:
+            return await self._do(calls.create_credential(self._s, key, username, password))
+
+    async def list_registry_credentials(self) -> list[Credential]:
+        return await self._do(calls.list_credentials(self._s))
+
+    async def delete_registry_credential(self, key: str) -> None:
+        await self._do(calls.delete_credential(self._s, key))
+
+    async def webhook_secret(self) -> str:
+        """The secret this token's callbacks are signed with (for :func:`verify_webhook`)."""
+        return await self._do(calls.webhook_secret(self._s))
+
+
+class AsyncJobHandle:
+    """An async request: its state, its end, its response, its cancel."""
+
+    def __init__(self, client: AsyncClient, response_id: str):
+        self.client = client
+        self.response_id = response_id
+        self.last: Job | None = None
+
+    def __repr__(self) -> str:
+        status = self.last.status.value if self.last else "?"
+        return f"AsyncJobHandle({self.response_id!r}, {status})"
+
+    async def status(self) -> Job:
+        """Its state now (status, queue position, timings, callback log)."""
+        self.last = await self.client.get_job(self.response_id)
+        return self.last
+
+    async def wait(self, timeout: float | None = None) -> Job:
+        """Its state once it has ended (completed, failed, cancelled or expired);
+        TimeoutError past ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tries = 0
+        while True:
+            job = await self.status()
+            if job.status.ended:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.response_id} has not ended ({job.status.value})")
+            pause = poll_interval(tries)
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(pause)
+            tries += 1
+
+    async def result(self, timeout: float | None = None) -> Response:
+        """The replica's response once it has completed; :class:`JobFailed` if it ended
+        otherwise (its state says why)."""
+        job = await self.wait(timeout)
+        if job.status is not JobStatus.COMPLETED:
+            raise JobFailed(job)
+        return await self.client.get_response(self.response_id)
+
+    async def cancel(self) -> Job:
+        """Cancel it: queued, it never runs; running, its answer is not waited for."""
+        self.last = await self.client.cancel_job(self.response_id)
+        return self.last

@@ -1,0 +1,217 @@
+"""The Python SDK against a real Berth: inference in every mode, jobs to their end, typed
+errors with the request id, endpoints from a model folder, a callback verified."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from berth import (
+    AsyncClient,
+    Client,
+    Endpoint,
+    JobFailed,
+    JobStatus,
+    NotFound,
+    RateLimited,
+    Unprocessable,
+    WebhookVerificationError,
+    from_media,
+    to_media,
+    verify_webhook,
+)
+from berth.sdk import _core
+from tests.conftest import MODELS, Stack, wait_for
+from tests.test_callbacks import Receiver
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def berth(stack: Stack) -> Iterator[Client]:
+    with Client(stack.url, stack.token, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def probe(stack: Stack, name: str) -> str:
+    stack.deploy(name, "probe", min_replicas=1, max_replicas=1)
+    stack.wait_ready(name)
+    return name
+
+
+def test_sync_inference_and_health(berth: Client, probe: str, stack: Stack) -> None:
+    answer = berth.infer(probe, {"prompt": "hi"})
+    assert answer["output"]["prompt"] == "hi" and answer["output"]["replica"]
+    by_url = berth.infer(f"{stack.url}/e/{probe}", {"prompt": "by url"})
+    assert by_url["output"]["prompt"] == "by url"
+    assert berth.health_check(probe) == 200
+
+
+def test_errors_are_typed_and_carry_the_request_id(berth: Client, probe: str) -> None:
+    with pytest.raises(NotFound) as missing:
+        berth.infer("no-such-endpoint", {"prompt": "x"})
+    assert missing.value.status == 404 and missing.value.request_id
+    assert missing.value.code  # Berth's own error code
+    with pytest.raises(Unprocessable) as bad:
+        berth.infer(probe, {"prompt": ["not", "a", "string"]})
+    assert bad.value.status == 422 and bad.value.request_id and bad.value.details
+    with pytest.raises(NotFound):
+        berth.get_job("0f0e0d0c-0000-4000-8000-000000000000")
+
+
+def test_an_async_job_runs_to_its_end_and_a_queued_one_is_cancelled(
+    berth: Client, probe: str
+) -> None:
+    slow = berth.infer_async(probe, {"prompt": "slow", "sleep": 1.5})
+    queued = berth.infer_async(probe, {"prompt": "behind"})  # one replica, one slot: it waits
+    state = queued.status()
+    assert state.status in (JobStatus.PENDING, JobStatus.RUNNING)
+    cancelled = queued.cancel()
+    assert cancelled.status is JobStatus.CANCELLED
+    with pytest.raises(JobFailed) as failed:
+        queued.result(timeout=10)
+    assert failed.value.job.status is JobStatus.CANCELLED
+
+    done = slow.wait(timeout=30)
+    assert done.status is JobStatus.COMPLETED and done.finished_at
+    response = slow.result()
+    assert response.status == 200 and response.json()["output"]["prompt"] == "slow"
+    assert any(j.response_id == slow.response_id for j in berth.list_jobs(probe))
+
+
+def test_a_retried_submission_makes_one_job(berth: Client, probe: str) -> None:
+    first = berth.infer_async(probe, {"prompt": "once"}, idempotency_key="k-" + probe)
+    again = berth.infer_async(probe, {"prompt": "once"}, idempotency_key="k-" + probe)
+    assert first.response_id == again.response_id
+
+
+def test_a_stream_arrives_chunk_by_chunk(berth: Client, probe: str) -> None:
+    got = list(berth.stream(probe, {"prompt": "s", "n": 3}, path="/chunks"))
+    assert [c["text"] for c in got] == ["s 0", "s 1", "s 2"]
+
+
+def test_an_endpoint_from_a_model_folder_holds_its_cold_start(berth: Client, name: str) -> None:
+    sent: list[tuple[int, int]] = []
+    endpoint = berth.create_endpoint(
+        name,
+        model_folder=MODELS / "probe",
+        min_replicas=0,
+        max_replicas=1,
+        progress=lambda done, total: sent.append((done, total)),
+    )
+    assert isinstance(endpoint, Endpoint) and endpoint.name == name and not endpoint.ready
+    assert sent and sent[-1][0] == sent[-1][1]  # the upload reported its progress to the end
+    answer = berth.infer(name, {"prompt": "cold"})  # waits through the replica's start
+    assert answer["output"]["prompt"] == "cold"
+    assert berth.wait_until_ready(name, timeout=30).ready
+    updated = berth.update_endpoint(name, max_replicas=2, description="via the SDK")
+    assert (updated.max_replicas, updated.description) == (2, "via the SDK")
+    assert name in {e.name for e in berth.list_endpoints()}
+    assert any(e.event.get("type") for e in berth.events(name))
+    berth.delete_endpoint(name)
+    with pytest.raises(NotFound):
+        berth.get_endpoint(name)
+
+
+def test_a_callback_is_verified_with_the_sdks_helper(berth: Client, probe: str) -> None:
+    receiver = Receiver().start()
+    try:
+        job = berth.infer_async(probe, {"prompt": "call me"}, callback_url=receiver.url)
+        job.wait(timeout=30)
+        wait_for(lambda: receiver.got, 30, "the callback")
+        headers, body = receiver.got[0]
+        secret = berth.webhook_secret()
+        verify_webhook(headers, body, secret)  # raises if it was not Berth's
+        assert job.response_id.encode() in body
+        with pytest.raises(WebhookVerificationError):
+            verify_webhook(headers, body + b" ", secret)
+    finally:
+        receiver.stop()
+
+
+def test_secrets_and_tokens(berth: Client, name: str) -> None:
+    key = name.replace("-", "_").upper()
+    berth.set_secret(key, "one")
+    berth.set_secret(key, "two")  # changed, not created twice
+    assert key in berth.list_secrets()
+    berth.delete_secret(key)
+    assert key not in berth.list_secrets()
+    token = berth.create_token(name, ["inference"], endpoints=[name])
+    assert token.token and token.scopes == ["inference"]
+    assert token.id in {t.id for t in berth.list_tokens()}
+    berth.delete_token(token.id)
+
+
+def test_the_async_client(stack: Stack, probe: str) -> None:
+    async def run() -> None:
+        async with AsyncClient(stack.url, stack.token, timeout=60) as berth:
+            answer, job = await asyncio.gather(
+                berth.infer(probe, {"prompt": "a"}),
+                berth.infer_async(probe, {"prompt": "b"}),
+            )
+            assert answer["output"]["prompt"] == "a"
+            assert (await job.wait(timeout=30)).status is JobStatus.COMPLETED
+            assert (await job.result()).json()["output"]["prompt"] == "b"
+            chunks = [c async for c in berth.stream(probe, {"prompt": "c", "n": 2}, path="/chunks")]
+            assert [c["i"] for c in chunks] == [0, 1]
+            with pytest.raises(NotFound) as missing:
+                await berth.get_endpoint("no-such-endpoint")
+            assert missing.value.request_id
+            assert (await berth.get_endpoint(probe)).ready
+
+    asyncio.run(run())
+
+
+def test_media_round_trip(tmp_path: Any) -> None:
+    raw = bytes(range(256))
+    (tmp_path / "f.bin").write_bytes(raw)
+    assert from_media(to_media(raw)) == raw == from_media(to_media(tmp_path / "f.bin"))
+    with pytest.raises(ValueError, match="URL"):
+        from_media({"data": {"url": "https://example.test/x.png"}})
+
+
+def _scripted(answers: list[httpx.Response | Exception]) -> tuple[Client, list[httpx.Request]]:
+    """A client whose transport answers from a script (the retry rules, without a server)."""
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    http = httpx.Client(transport=httpx.MockTransport(handle))
+    return Client("http://berth.test", "t", retries=3, http=http), seen
+
+
+def test_only_safe_calls_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_core, "BACKOFF_BASE", 0.001)
+    busy = httpx.Response(429, headers={"retry-after": "0"}, json={"error": {"code": "queue_full"}})
+    ok = httpx.Response(200, json={"ok": True})
+    # A 429 refused the request: any call is sent again.
+    client, seen = _scripted([busy, busy, ok])
+    assert client.infer("e", {}) == {"ok": True} and len(seen) == 3
+    # A connection lost mid-call: a sync inference may have run, so it is not sent again...
+    client, seen = _scripted([httpx.ReadError("lost"), ok])
+    with pytest.raises(Exception, match="ReadError"):
+        client.infer("e", {})
+    assert len(seen) == 1
+    # ...but a job submission carries an idempotency key, the same on every try.
+    accepted = httpx.Response(202, json={"response_id": "r", "poll_url": "http://x"})
+    client, seen = _scripted([httpx.ReadError("lost"), accepted])
+    assert client.infer_async("e", {}).response_id == "r"
+    keys = {r.headers["idempotency-key"] for r in seen}
+    assert len(seen) == 2 and len(keys) == 1
+    # A 429 that keeps coming ends, typed, after the retries.
+    client, seen = _scripted([busy] * 4)
+    started = time.monotonic()
+    with pytest.raises(RateLimited):
+        client.infer("e", {})
+    assert len(seen) == 4 and time.monotonic() - started < 5
