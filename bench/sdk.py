@@ -54,17 +54,19 @@ def main() -> None:
         try:
             stack.start()
             headers = {"Authorization": f"Bearer {stack.token}"}
-            with httpx.Client(base_url=stack.url, headers=headers, timeout=60) as bare:
+            with httpx.Client(headers=headers, timeout=60) as bare:
                 bare.post(
-                    "/v1/endpoint",
+                    f"{stack.url}/v1/endpoint",
                     json={"name": "echo", "example": "echo", "min_replicas": 1, "max_replicas": 1},
                 ).raise_for_status()
                 sdk = Client(stack.url, stack.token, timeout=60)
                 sdk.wait_until_ready("echo", timeout=120)
                 body = {"prompt": "hi"}
 
+                url = f"{stack.url}/e/echo/infer"  # a whole URL, as the SDK builds it
+
                 def plain() -> Any:
-                    resp = bare.post("/e/echo/infer", json=body)
+                    resp = bare.post(url, json=body)
                     resp.raise_for_status()
                     return resp.json()
 

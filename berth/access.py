@@ -46,7 +46,7 @@ def _tokens_create(args: argparse.Namespace) -> None:
         body["endpoints"] = args.endpoint
     if args.expires_in:
         body["expires_in"] = args.expires_in
-    made = _client().call("POST", "/v1/tokens", body)
+    made = _client().request("POST", "/v1/tokens", json=body)
     print(made["token"])
     print(
         f"token {made['id']} ({', '.join(made['scopes'])}); shown this once: keep it now",
@@ -56,7 +56,7 @@ def _tokens_create(args: argparse.Namespace) -> None:
 
 def _tokens_list(_: argparse.Namespace) -> None:
     print(f"{'ID':<14} {'NAME':<28} {'SCOPES':<18} {'ENDPOINTS':<20} EXPIRES")
-    for t in _client().call("GET", "/v1/tokens"):
+    for t in _client().request("GET", "/v1/tokens"):
         endpoints = ",".join(t["endpoints"]) if t["endpoints"] is not None else "*"
         print(
             f"{t['id']:<14} {t['name'][:28]:<28} {','.join(t['scopes']):<18} "
@@ -65,7 +65,7 @@ def _tokens_list(_: argparse.Namespace) -> None:
 
 
 def _tokens_delete(args: argparse.Namespace) -> None:
-    print(_client().call("DELETE", f"/v1/tokens/{args.id}")["message"])
+    print(_client().request("DELETE", f"/v1/tokens/{args.id}")["message"])
 
 
 def _tokens_bootstrap(args: argparse.Namespace) -> None:
@@ -90,12 +90,12 @@ def _create_or_update(kind: str, key: str, fields: dict[str, str]) -> None:
     client = _client()
     noun = kind.replace("-", " ")
     try:
-        client.call("POST", f"/v1/{kind}", {"key": key, **fields})
+        client.request("POST", f"/v1/{kind}", json={"key": key, **fields})
         print(f"{noun} {key} created")
     except ApiError as exc:
         if exc.status != 409:
             raise
-        client.call("PUT", f"/v1/{kind}/{key}", fields)
+        client.request("PUT", f"/v1/{kind}/{key}", json=fields)
         print(f"{noun} {key} updated (endpoints using it get new replicas)")
 
 
@@ -104,12 +104,12 @@ def _secrets_set(args: argparse.Namespace) -> None:
 
 
 def _secrets_list(_: argparse.Namespace) -> None:
-    for key in _client().call("GET", "/v1/secrets"):
+    for key in _client().request("GET", "/v1/secrets"):
         print(key)
 
 
 def _secrets_delete(args: argparse.Namespace) -> None:
-    print(_client().call("DELETE", f"/v1/secret/{args.key}")["message"])
+    print(_client().request("DELETE", f"/v1/secret/{args.key}")["message"])
 
 
 def _rotate_key(args: argparse.Namespace) -> None:
@@ -172,11 +172,11 @@ def _credentials_set(args: argparse.Namespace) -> None:
 
 
 def _credentials_list(_: argparse.Namespace) -> None:
-    print(json.dumps(_client().call("GET", "/v1/registry-credentials"), indent=2))
+    print(json.dumps(_client().request("GET", "/v1/registry-credentials"), indent=2))
 
 
 def _credentials_delete(args: argparse.Namespace) -> None:
-    print(_client().call("DELETE", f"/v1/registry-credential/{args.key}")["message"])
+    print(_client().request("DELETE", f"/v1/registry-credential/{args.key}")["message"])
 
 
 def add_parsers(sub: Any) -> None:

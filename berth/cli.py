@@ -22,9 +22,9 @@ def _examples(args: argparse.Namespace) -> None:
 
     client = from_environment()
     if args.name:
-        print(json.dumps(client.call("GET", f"/v1/examples/{args.name}"), indent=2))
+        print(json.dumps(client.request("GET", f"/v1/examples/{args.name}"), indent=2))
         return
-    for ex in client.call("GET", "/v1/examples"):
+    for ex in client.request("GET", "/v1/examples"):
         needs = f"  (needs {', '.join(ex['needs'])})" if ex["needs"] else ""
         print(f"{ex['name']:<12} {ex['description']}{needs}")
     print("\ndeploy one: berth deploy --example <name>")
@@ -33,7 +33,7 @@ def _examples(args: argparse.Namespace) -> None:
 def _snippets(args: argparse.Namespace) -> None:
     from berth.client import from_environment
 
-    found = from_environment().call("GET", f"/v1/endpoint/{args.name}/snippets")
+    found = from_environment().request("GET", f"/v1/endpoint/{args.name}/snippets")
     for lang, text in found["snippets"].items():
         if args.lang in (None, lang):
             if args.lang is None:
@@ -43,7 +43,6 @@ def _snippets(args: argparse.Namespace) -> None:
 
 def _deploy(args: argparse.Namespace) -> None:
     from berth.client import ApiError, from_environment
-    from broker.artifacts import pack_dir
 
     client = from_environment()
     given = {
@@ -72,7 +71,7 @@ def _deploy(args: argparse.Namespace) -> None:
         else:
             raise SystemExit(f"berth: endpoint {name} exists; delete it or give --name")
         endpoint = client.create_endpoint(name=name, example=args.example, **fields)
-        print(f"endpoint {name} created (example {args.example})\n  URL: {endpoint['endpoint']}")
+        print(f"endpoint {name} created (example {args.example})\n  URL: {endpoint.endpoint}")
         print(f"  try it: berth snippets {name}")
         return
     if args.image:  # a container image, from any registry
@@ -89,7 +88,7 @@ def _deploy(args: argparse.Namespace) -> None:
         folder = Path(args.path)
         if not (folder / "service.py").is_file():
             raise SystemExit(f"berth: {folder} has no service.py")
-        model_id = client.upload_model(pack_dir(folder))
+        model_id = client.upload_model(folder)
         fields.update(model_id=model_id, image_url=None)
         name = args.name or folder.resolve().name.lower().replace("_", "-")
         what = f"{model_id[:19]}…"
@@ -103,7 +102,7 @@ def _deploy(args: argparse.Namespace) -> None:
     else:
         endpoint = client.update_endpoint(name, **fields)
         verb = "updated"
-    print(f"endpoint {name} {verb} ({what})\n  URL: {endpoint['endpoint']}")
+    print(f"endpoint {name} {verb} ({what})\n  URL: {endpoint.endpoint}")
 
 
 def _endpoints(args: argparse.Namespace) -> None:
@@ -111,9 +110,9 @@ def _endpoints(args: argparse.Namespace) -> None:
 
     client = from_environment()
     if args.name:
-        print(json.dumps(client.get_endpoint(args.name), indent=2))
+        print(json.dumps(client.get_endpoint(args.name).model_dump(mode="json"), indent=2))
         return
-    rows = client.list_endpoints()
+    rows = [e.model_dump(mode="json") for e in client.list_endpoints()]
     print(f"{'NAME':<24} {'STATE':<9} {'MIN':>3} {'MAX':>3} {'REPLICAS':<20} URL")
     for ep in rows:
         states: dict[str, int] = {}
@@ -126,20 +125,19 @@ def _endpoints(args: argparse.Namespace) -> None:
 
 
 def _infer(args: argparse.Namespace) -> None:
-    from berth.client import from_environment
+    from berth.client import ApiError, from_environment
 
     payload = json.loads(args.data) if args.data else {}
-    resp = from_environment().infer(args.name, payload, path=args.route)
     try:
-        print(json.dumps(resp.json(), indent=2))
-    except ValueError:
-        print(resp.text)
-    if resp.status_code >= 400:
-        print(
-            f"berth: HTTP {resp.status_code} (request id {resp.headers.get('x-user-request-id')})",
-            file=sys.stderr,
-        )
-        raise SystemExit(1)
+        answer = from_environment().infer(args.name, payload, path=args.route)
+    except ApiError as exc:
+        if not exc.status:
+            raise
+        body = exc.body
+        print(json.dumps(body, indent=2) if not isinstance(body, str) else body)
+        print(f"berth: HTTP {exc.status} (request id {exc.request_id})", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(answer, indent=2) if not isinstance(answer, str | bytes) else answer)
 
 
 def _event_line(item: dict[str, Any]) -> str:
@@ -157,44 +155,30 @@ def _events(args: argparse.Namespace) -> None:
     from berth.client import from_environment
 
     if not args.follow:
-        for item in from_environment().events(args.name, args.max_lines):
-            print(_event_line(item))
+        for event in from_environment().events(args.name, max_lines=args.max_lines):
+            print(_event_line(event.model_dump()))
         return
     # Live: the last ten minutes, then each event as it happens; an image pull as a bar.
     client = from_environment(timeout=None)
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
-    path = f"/v1/events/{args.name}/stream"
-    with client.http.stream("GET", path, params={"begin_time": since}) as resp:
-        if resp.status_code >= 400:
-            client.call("GET", f"/v1/endpoint/{args.name}")  # raises with the API's error
-        for line in resp.iter_lines():
-            item = json.loads(line)
-            details = item["event"].get("details") or {}
-            if item["event"]["type"] == "image_pull_progress" and details.get("total_bytes"):
-                print(f"pulling {details['image']} ", end="", file=sys.stderr)
-                _progress_bar(details["bytes"], details["total_bytes"])
-                continue
-            print(_event_line(item), flush=True)
+    for item in client.follow_events(args.name, since=since):
+        details = item["event"].get("details") or {}
+        if item["event"]["type"] == "image_pull_progress" and details.get("total_bytes"):
+            print(f"pulling {details['image']} ", end="", file=sys.stderr)
+            _progress_bar(details["bytes"], details["total_bytes"])
+            continue
+        print(_event_line(item), flush=True)
 
 
 def _logs(args: argparse.Namespace) -> None:
     from berth.client import from_environment
 
     client = from_environment(timeout=None if args.follow else 330.0)
-    params: dict[str, Any] = {}
-    if args.replica:
-        params["replica_id"] = args.replica
     if args.follow:
-        with client.http.stream("GET", f"/v1/logs/{args.name}/stream", params=params) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                client.call("GET", f"/v1/logs/{args.name}")  # raises with the API's error
-            for line in resp.iter_lines():
-                item = json.loads(line)
-                print(f"{item['timestamp']}  {item['replica_id']}  {item['data']}", flush=True)
+        for item in client.follow_logs(args.name, replica_id=args.replica):
+            print(f"{item['timestamp']}  {item['replica_id']}  {item['data']}", flush=True)
         return
-    params["max_lines"] = args.max_lines
-    for item in client.http.get(f"/v1/logs/{args.name}", params=params).json():
+    for item in client.logs(args.name, max_lines=args.max_lines, replica_id=args.replica):
         print(f"{item['timestamp']}  {item['replica_id']}  {item['data']}")
 
 
@@ -240,7 +224,7 @@ def _push(args: argparse.Namespace) -> None:
 def _delete(args: argparse.Namespace) -> None:
     from berth.client import from_environment
 
-    print(from_environment().delete_endpoint(args.name)["message"])
+    print(from_environment().request("DELETE", f"/v1/endpoint/{args.name}")["message"])
 
 
 def _process(kind: str) -> None:

@@ -209,12 +209,27 @@ def events(s: Settings, name: str, max_lines: int) -> Call[list[Event]]:
     )
 
 
-def logs(s: Settings, name: str, max_lines: int) -> Call[list[dict[str, Any]]]:
+def logs(
+    s: Settings, name: str, max_lines: int, replica_id: str | None
+) -> Call[list[dict[str, Any]]]:
     def parse(resp: httpx.Response) -> list[dict[str, Any]]:
         body = check(resp).json()
         return list(body.get("lines", body) if isinstance(body, dict) else body)
 
-    return Call("GET", s.api(f"/v1/logs/{name}"), parse, params={"max_lines": max_lines}, safe=True)
+    params: dict[str, Any] = {"max_lines": max_lines}
+    if replica_id:
+        params["replica_id"] = replica_id
+    return Call("GET", s.api(f"/v1/logs/{name}"), parse, params=params, safe=True)
+
+
+def raw(s: Settings, method: str, path: str, body: Any, params: dict[str, Any] | None) -> Call[Any]:
+    """Any API call by its path; the decoded JSON answer (text when not JSON)."""
+
+    def parse(resp: httpx.Response) -> Any:
+        return json_or_text(check(resp))
+
+    safe = method.upper() in ("GET", "HEAD", "PUT", "DELETE")
+    return Call(method.upper(), s.api(path), parse, json=body, params=params, safe=safe)
 
 
 def examples(s: Settings) -> Call[list[Example]]:

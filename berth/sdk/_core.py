@@ -56,7 +56,7 @@ class Settings:
     what ``berth up`` wrote in the data directory (``BERTH_DATA_DIR``)."""
 
     def __init__(self, url: str | None, token: str | None, timeout: float | None, retries: int):
-        data_dir = Path(os.environ.get("BERTH_DATA_DIR") or Path.home() / ".berth")
+        data_dir = data_directory()
         url = url or os.environ.get("BERTH_URL") or _read(data_dir / "api-url")
         if not url:
             raise ValueError("no Berth API given: pass url=, or set BERTH_URL, or run `berth up`")
@@ -87,6 +87,14 @@ class Settings:
         if path and not path.startswith("/"):
             path = "/" + path
         return base + path
+
+
+def data_directory() -> Path:
+    """Where ``berth up`` keeps its state (and writes the API's URL and admin token)."""
+    if os.environ.get("BERTH_DATA_DIR"):
+        return Path(os.environ["BERTH_DATA_DIR"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "berth"
 
 
 def _read(path: Path) -> str | None:

@@ -250,8 +250,16 @@ class AsyncClient:
     async def events(self, name: str, *, max_lines: int = 100) -> list[Event]:
         return await self._do(calls.events(self._s, name, max_lines))
 
-    async def logs(self, name: str, *, max_lines: int = 100) -> list[dict[str, Any]]:
-        return await self._do(calls.logs(self._s, name, max_lines))
+    async def logs(
+        self, name: str, *, max_lines: int = 100, replica_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self._do(calls.logs(self._s, name, max_lines, replica_id))
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """Any API call by its path (``/v1/...``): the decoded JSON answer."""
+        return await self._do(calls.raw(self._s, method, path, json, params))
 
     async def examples(self) -> list[Example]:
         return await self._do(calls.examples(self._s))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -245,8 +246,38 @@ class Client:
     def events(self, name: str, *, max_lines: int = 100) -> list[Event]:
         return self._do(calls.events(self._s, name, max_lines))
 
-    def logs(self, name: str, *, max_lines: int = 100) -> list[dict[str, Any]]:
-        return self._do(calls.logs(self._s, name, max_lines))
+    def logs(
+        self, name: str, *, max_lines: int = 100, replica_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        return self._do(calls.logs(self._s, name, max_lines, replica_id))
+
+    def follow_events(self, name: str, *, since: str | None = None) -> Iterator[dict[str, Any]]:
+        """The endpoint's events as they happen (from ``since``, an ISO 8601 time)."""
+        params = {"begin_time": since} if since else None
+        yield from self._lines(f"/v1/events/{name}/stream", params)
+
+    def follow_logs(self, name: str, *, replica_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """The endpoint's log lines as its replicas write them."""
+        params = {"replica_id": replica_id} if replica_id else None
+        yield from self._lines(f"/v1/logs/{name}/stream", params)
+
+    def _lines(self, path: str, params: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+        try:
+            with self._http.stream("GET", self._s.api(path), params=params, timeout=None) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    check(resp)
+                for line in resp.iter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
+
+    def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """Any API call by its path (``/v1/...``): the decoded JSON answer."""
+        return self._do(calls.raw(self._s, method, path, json, params))
 
     def examples(self) -> list[Example]:
         return self._do(calls.examples(self._s))
