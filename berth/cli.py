@@ -88,7 +88,7 @@ def _deploy(args: argparse.Namespace) -> None:
         folder = Path(args.path)
         if not (folder / "service.py").is_file():
             raise SystemExit(f"berth: {folder} has no service.py")
-        model_id = client.upload_model(folder)
+        model_id = client.upload_model(folder, progress=_upload_progress)
         fields.update(model_id=model_id, image_url=None)
         name = args.name or folder.resolve().name.lower().replace("_", "-")
         what = f"{model_id[:19]}…"
@@ -193,6 +193,14 @@ def _build(args: argparse.Namespace) -> None:
 
     image = build_image(_docker_client(args.docker_host), Path(args.path), args.tag, base=args.base)
     print(f"built {args.tag} ({image[:19]})")
+
+
+def _upload_progress(done: int, total: int) -> None:
+    """A folder's upload as a bar on stderr (for archives big enough to wait for)."""
+    if total > 1_000_000:
+        _progress_bar(done, total)
+        if done >= total:
+            print(file=sys.stderr)
 
 
 def _progress_bar(done: int, total: int) -> None:

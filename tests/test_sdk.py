@@ -114,6 +114,9 @@ def test_an_endpoint_from_a_model_folder_holds_its_cold_start(berth: Client, nam
     assert (updated.max_replicas, updated.description) == (2, "via the SDK")
     assert name in {e.name for e in berth.list_endpoints()}
     assert any(e.event.get("type") for e in berth.events(name))
+    followed = berth.follow_events(name, since="2000-01-01T00:00:00Z")
+    assert next(followed)["event"]["type"] == "endpoint_created"
+    followed.close()
     berth.delete_endpoint(name)
     with pytest.raises(NotFound):
         berth.get_endpoint(name)
@@ -164,6 +167,10 @@ def test_the_async_client(stack: Stack, probe: str) -> None:
                 await berth.get_endpoint("no-such-endpoint")
             assert missing.value.request_id
             assert (await berth.get_endpoint(probe)).ready
+            async with asyncio.timeout(30):  # history first, then live: its creation is there
+                async for item in berth.follow_events(probe, since="2000-01-01T00:00:00Z"):
+                    assert item["event"]["type"]
+                    break
 
     asyncio.run(run())
 
@@ -215,3 +222,14 @@ def test_only_safe_calls_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RateLimited):
         client.infer("e", {})
     assert len(seen) == 4 and time.monotonic() - started < 5
+
+
+def test_a_misspelt_setting_fails_before_anything_is_sent() -> None:
+    from pydantic import ValidationError
+
+    client, seen = _scripted([])
+    with pytest.raises(ValidationError, match="min_replica"):
+        client.create_endpoint("e", example="echo", min_replica=1)
+    with pytest.raises(ValidationError, match="max_replicas"):
+        client.update_endpoint("e", max_replicas=-1)
+    assert seen == []

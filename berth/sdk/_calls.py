@@ -14,6 +14,7 @@ from berth.sdk.models import (
     Accepted,
     Credential,
     Endpoint,
+    EndpointSettings,
     Event,
     Example,
     Job,
@@ -179,8 +180,9 @@ def upload_model(s: Settings, folder: str | Path) -> Call[str]:
     )
 
 
-def create_endpoint(s: Settings, fields: dict[str, Any]) -> Call[Endpoint]:
-    return Call("POST", s.api("/v1/endpoint"), _of(Endpoint), json=fields)
+def create_endpoint(s: Settings, name: str, settings: EndpointSettings) -> Call[Endpoint]:
+    body = {**settings.fields(), "name": name}
+    return Call("POST", s.api("/v1/endpoint"), _of(Endpoint), json=body)
 
 
 def get_endpoint(s: Settings, name: str) -> Call[Endpoint]:
@@ -191,8 +193,9 @@ def list_endpoints(s: Settings) -> Call[list[Endpoint]]:
     return Call("GET", s.api("/v1/endpoints"), _model(_ENDPOINTS), safe=True)
 
 
-def update_endpoint(s: Settings, name: str, fields: dict[str, Any]) -> Call[Endpoint]:
-    return Call("PATCH", s.api(f"/v1/endpoint/{name}"), _of(Endpoint), json=fields, safe=True)
+def update_endpoint(s: Settings, name: str, settings: EndpointSettings) -> Call[Endpoint]:
+    body = settings.fields()
+    return Call("PATCH", s.api(f"/v1/endpoint/{name}"), _of(Endpoint), json=body, safe=True)
 
 
 def delete_endpoint(s: Settings, name: str) -> Call[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from berth.sdk.errors import BerthError, JobFailed, NotFound
 from berth.sdk.models import (
     Credential,
     Endpoint,
+    EndpointSettings,
     Event,
     Example,
     Job,
@@ -206,14 +208,14 @@ class AsyncClient:
     ) -> Endpoint:
         """An endpoint from an example, a model folder (uploaded first) or an image, with
         any of the endpoint's settings (min_replicas, max_replicas, visibility, ...)."""
-        fields = dict(settings, name=name)
+        fields = EndpointSettings(**settings)
         if example is not None:
-            fields["example"] = example
+            fields.example = example
         if image is not None:
-            fields["image_url"] = image
+            fields.image_url = image
         if model_folder is not None:
-            fields["model_id"] = await self.upload_model(model_folder, progress=progress)
-        return await self._do(calls.create_endpoint(self._s, fields))
+            fields.model_id = await self.upload_model(model_folder, progress=progress)
+        return await self._do(calls.create_endpoint(self._s, name, fields))
 
     async def get_endpoint(self, name: str) -> Endpoint:
         return await self._do(calls.get_endpoint(self._s, name))
@@ -224,9 +226,10 @@ class AsyncClient:
     async def update_endpoint(
         self, name: str, *, model_folder: str | Path | None = None, **fields: Any
     ) -> Endpoint:
+        settings = EndpointSettings(**fields)
         if model_folder is not None:
-            fields["model_id"] = await self.upload_model(model_folder)
-        return await self._do(calls.update_endpoint(self._s, name, fields))
+            settings.model_id = await self.upload_model(model_folder)
+        return await self._do(calls.update_endpoint(self._s, name, settings))
 
     async def delete_endpoint(self, name: str) -> None:
         await self._do(calls.delete_endpoint(self._s, name))
@@ -254,6 +257,38 @@ class AsyncClient:
         self, name: str, *, max_lines: int = 100, replica_id: str | None = None
     ) -> list[dict[str, Any]]:
         return await self._do(calls.logs(self._s, name, max_lines, replica_id))
+
+    async def follow_events(
+        self, name: str, *, since: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The endpoint's events as they happen (from ``since``, an ISO 8601 time)."""
+        params = {"begin_time": since} if since else None
+        async for item in self._lines(f"/v1/events/{name}/stream", params):
+            yield item
+
+    async def follow_logs(
+        self, name: str, *, replica_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The endpoint's log lines as its replicas write them."""
+        params = {"replica_id": replica_id} if replica_id else None
+        async for item in self._lines(f"/v1/logs/{name}/stream", params):
+            yield item
+
+    async def _lines(
+        self, path: str, params: dict[str, Any] | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with self._http.stream(
+                "GET", self._s.api(path), params=params, timeout=None
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    check(resp)
+                async for line in resp.aiter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
 
     async def request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None

@@ -27,6 +27,7 @@ from berth.sdk.errors import BerthError, JobFailed, NotFound
 from berth.sdk.models import (
     Credential,
     Endpoint,
+    EndpointSettings,
     Event,
     Example,
     Job,
@@ -202,14 +203,14 @@ class Client:
     ) -> Endpoint:
         """An endpoint from an example, a model folder (uploaded first) or an image, with
         any of the endpoint's settings (min_replicas, max_replicas, visibility, ...)."""
-        fields = dict(settings, name=name)
+        fields = EndpointSettings(**settings)
         if example is not None:
-            fields["example"] = example
+            fields.example = example
         if image is not None:
-            fields["image_url"] = image
+            fields.image_url = image
         if model_folder is not None:
-            fields["model_id"] = self.upload_model(model_folder, progress=progress)
-        return self._do(calls.create_endpoint(self._s, fields))
+            fields.model_id = self.upload_model(model_folder, progress=progress)
+        return self._do(calls.create_endpoint(self._s, name, fields))
 
     def get_endpoint(self, name: str) -> Endpoint:
         return self._do(calls.get_endpoint(self._s, name))
@@ -220,9 +221,10 @@ class Client:
     def update_endpoint(
         self, name: str, *, model_folder: str | Path | None = None, **fields: Any
     ) -> Endpoint:
+        settings = EndpointSettings(**fields)
         if model_folder is not None:
-            fields["model_id"] = self.upload_model(model_folder)
-        return self._do(calls.update_endpoint(self._s, name, fields))
+            settings.model_id = self.upload_model(model_folder)
+        return self._do(calls.update_endpoint(self._s, name, settings))
 
     def delete_endpoint(self, name: str) -> None:
         self._do(calls.delete_endpoint(self._s, name))

@@ -14,6 +14,7 @@ __all__ = [
     "CallbackLog",
     "Credential",
     "Endpoint",
+    "EndpointSettings",
     "Event",
     "Example",
     "Failing",
@@ -75,6 +76,38 @@ class Endpoint(_Model):
     def ready(self) -> bool:
         """Whether a replica is running (a request would not wait for a cold start)."""
         return any(r.status == "running" for r in self.replicas)
+
+
+class EndpointSettings(BaseModel):
+    """What an endpoint is made with or changed to (every field optional): checked here,
+    so a misspelt or mistyped setting fails before anything is sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = None
+    description: str | None = None
+    example: str | None = None
+    image_url: str | None = None
+    model_id: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    min_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int | None = Field(default=None, ge=0)
+    scale_to_zero: int | None = Field(default=None, ge=0)
+    concurrency_per_replica: int | None = Field(default=None, ge=1)
+    visibility: Literal["private", "public"] | None = None
+    endpoint_state: Literal["active", "disabled"] | None = None
+    health_check_path: str | None = None
+    instance_type: str | None = None
+    registry_credential: str | None = None
+    env_overrides: dict[str, str] | None = None
+    container_secrets: list[str] | None = None
+    request_timeout: float | None = Field(default=None, gt=0)
+    max_queue_length: int | None = Field(default=None, ge=0)
+    sync_wait: float | None = Field(default=None, ge=0)
+
+    def fields(self) -> dict[str, Any]:
+        """The settings given (None: left to the server's default or current value)."""
+        return self.model_dump(exclude_none=True, mode="json")
 
 
 class JobStatus(StrEnum):
