@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -43,6 +44,7 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
     NotFoundError,
 )
+from pydantic import ValidationError
 
 from broker.bodies import ensure_bodies, resolve
 from broker.connection import Broker
@@ -54,6 +56,8 @@ from shared.errors import BrokerUnavailable
 from shared.lifecycle import Answered, Event, Expired, Refusal, advance
 from shared.messages import JobRecord, JobStatus
 from shared.metrics import JOBS
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "answered",
@@ -280,7 +284,13 @@ async def recent_jobs(broker: Broker, scan: int) -> list[JobRecord]:
                 if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
                     found.pop(key, None)
                 elif msg.data:
-                    found[key] = JobRecord.model_validate_json(msg.data)
+                    try:
+                        found[key] = JobRecord.model_validate_json(msg.data)
+                    except ValidationError as exc:
+                        # One unreadable record (a newer format, or not a job) is left
+                        # out of the listing, not a failure of it.
+                        found.pop(key, None)
+                        log.warning("job record %s is unreadable and left out: %s", key, exc)
             if batch[-1].metadata.num_pending == 0:
                 break
     finally:

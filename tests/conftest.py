@@ -159,6 +159,18 @@ def own_nats(tmp_path: Path) -> Iterator[LocalNats]:
     server.stop()
 
 
+@pytest.fixture
+async def own_broker(own_nats: LocalNats) -> AsyncIterator[Broker]:
+    """A broker on a nats-server of the test's own: for tests that change the layout, or
+    write what the session's Berth would read or act on."""
+    b = await connect(own_nats.url, "test")
+    try:
+        await ensure_layout(b)
+        yield b
+    finally:
+        await b.close()
+
+
 @pytest.fixture(scope="session")
 def stack(nats_server: LocalNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("berth"), nats_server.url, env=FAST)

@@ -188,6 +188,13 @@ class NatsPy:
             await sub.unsubscribe()  # type: ignore[attr-defined]
 
 
+@pytest.fixture
+def broker(own_broker: Broker) -> Broker:
+    """Its own nats-server: the keys these tests write in the jobs bucket are no jobs, and
+    the session's Berth lists that bucket."""
+    return own_broker
+
+
 @pytest.fixture(params=["hand-spoken", "nats-py"])
 async def path(request: pytest.FixtureRequest, broker: Broker) -> AsyncIterator[JetStreamPath]:
     await ensure_results(broker, 3600)

@@ -49,9 +49,10 @@ class Prometheus:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
 
-    def reaches(self, expr: str, expected: float, what: str) -> None:
-        """Until ``expr`` evaluates to ``expected`` (scrapes come every second)."""
-        wait_for(lambda: self.value(expr) == expected, 30, what)
+    def reaches(self, expr: str, expected: float, what: str = "") -> None:
+        """Until ``expr`` evaluates to ``expected`` (scrapes come every second, and one
+        that times out on a loaded machine leaves its target's series stale a moment)."""
+        wait_for(lambda: self.value(expr) == expected, 30, what or f"{expr} == {expected}")
 
 
 @pytest.fixture(scope="module")
@@ -146,29 +147,29 @@ def test_promql_counts_what_was_sent(prometheus: Prometheus, stack: Stack, name:
 
     sel = f'endpoint="{name}"'
     prometheus.reaches(f'sum(berth_requests_total{{{sel}, code="200"}})', 7, "seven 200s counted")
-    assert prometheus.value(f'sum(berth_requests_total{{{sel}, code="422"}})') == 1
-    assert prometheus.value(f'sum(berth_requests_total{{{sel}, mode="async"}})') == 1
+    prometheus.reaches(f'sum(berth_requests_total{{{sel}, code="422"}})', 1)
+    prometheus.reaches(f'sum(berth_requests_total{{{sel}, mode="async"}})', 1)
     prometheus.reaches(
         f'sum(berth_jobs_total{{{sel}, status="completed"}})',
         1,
         "the job's completion counted (by the agent)",
     )
-    assert prometheus.value(f'sum(berth_jobs_total{{{sel}, status="pending"}})') == 1
+    prometheus.reaches(f'sum(berth_jobs_total{{{sel}, status="pending"}})', 1)
     # The agent's side: queue wait and replica time, one observation per request taken.
     prometheus.reaches(
         f"sum(berth_replica_request_duration_seconds_count{{{sel}}})", 9, "nine replica calls"
     )
-    assert prometheus.value(f"sum(berth_queue_wait_seconds_count{{{sel}}})") == 9
-    assert prometheus.value(f'sum(berth_cold_start_seconds_count{{{sel}, outcome="ready"}})') == 1
-    assert prometheus.value(f'sum(berth_agent_replicas{{{sel}, state="ready"}})') == 1
+    prometheus.reaches(f"sum(berth_queue_wait_seconds_count{{{sel}}})", 9)
+    prometheus.reaches(f'sum(berth_cold_start_seconds_count{{{sel}, outcome="ready"}})', 1)
+    prometheus.reaches(f'sum(berth_agent_replicas{{{sel}, state="ready"}})', 1)
     # The scaler's: the decision that started it, and desired = actual = 1.
-    assert (
-        prometheus.value(f'sum(berth_scaler_decisions_total{{{sel}, reason="min_replicas"}})') == 1
+    prometheus.reaches(
+        f'sum(berth_scaler_decisions_total{{{sel}, reason="min_replicas"}})', 1, "the decision"
     )
     prometheus.reaches(
         f"sum(berth_scaler_actual_replicas{{{sel}}})", 1, "the scaler's replica count"
     )
-    assert prometheus.value(f"sum(berth_scaler_desired_replicas{{{sel}}})") == 1
+    prometheus.reaches(f"sum(berth_scaler_desired_replicas{{{sel}}})", 1)
     # The API's sampler: replicas by state, fleet-wide.
     prometheus.reaches(f'sum(berth_replicas{{{sel}, state=~"ready|busy"}})', 1, "the replica gauge")
 
