@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from api.middleware import HostRouting, RequestId
 from api.openapi import errors, install_openapi
 from api.replica_secrets import replica_secrets
 from api.routes import (
+    assets,
     endpoints,
     events,
     examples,
@@ -71,6 +73,9 @@ async def _resync(ctx: AppContext) -> None:
             ctx.endpoints.items.pop(name, None)
 
 
+_SLASHES = re.compile(r"/{2,}")
+
+
 class BerthApp:
     """The API's ASGI app: the data plane (``/e/...``) beside the FastAPI control plane.
 
@@ -92,6 +97,10 @@ class BerthApp:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/e/"):
             await self.data(scope, receive, send)
+        elif "//" in scope["path"]:
+            # octoai-sdk 0.10 joins its base URL and paths into //v1/...: one slash meant.
+            path = _SLASHES.sub("/", scope["path"])
+            await self.control({**scope, "path": path, "raw_path": path.encode()}, receive, send)
         else:
             await self.control(scope, receive, send)
 
@@ -192,6 +201,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(secrets.router)
     app.include_router(examples.router)
     app.include_router(live.router)
+    app.include_router(assets.router)
     install_console(app)
 
     @app.get(

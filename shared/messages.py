@@ -24,6 +24,7 @@ __all__ = [
     "STALE_AFTER",
     "STALE_HEARTBEATS",
     "AgentRecord",
+    "AssetRef",
     "EndpointSpec",
     "GpuInfo",
     "JobRecord",
@@ -71,6 +72,15 @@ class ReplicaState(StrEnum):
     FAILED = "failed"
 
 
+class AssetRef(BaseModel):
+    """An asset a replica mounts: found at $OCTOAI_VOLUME_PATH/assets/<name>."""
+
+    id: str
+    name: str
+    sha256: str
+    size_bytes: int
+
+
 class EndpointSpec(Versioned):
     """What the scaler and agents need to know about an endpoint (mirrored to KV)."""
 
@@ -94,6 +104,7 @@ class EndpointSpec(Versioned):
     disabled: bool = False
     max_queue_length: int | None = None
     sync_wait: float | None = None
+    assets: list[AssetRef] = Field(default_factory=list)
     revision: int = 0
     # Distinguishes an endpoint from an earlier one of the same name (delete, then create).
     incarnation: str = ""
@@ -129,6 +140,7 @@ class EndpointSpec(Versioned):
                 "registry_credential",
                 "secrets_generation",
                 "incarnation",
+                "assets",
             }
         )
         return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
-from sqlalchemy import JSON, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, LargeBinary, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from shared.instance_types import parse_instance_type
@@ -21,6 +21,8 @@ from shared.names import ENDPOINT_NAME_RE
 
 __all__ = [
     "ApiToken",
+    "Asset",
+    "AssetStatus",
     "Endpoint",
     "EndpointCreate",
     "EndpointPublic",
@@ -78,6 +80,9 @@ class EndpointBase(SQLModel):
     # A sync request not answered within this many seconds becomes a job (202 with
     # Location) instead of waiting on, as if it had sent ``Prefer: wait=<sync_wait>``.
     sync_wait: float | None = Field(default=None, ge=0, le=3600)
+    # Assets (ids, names or owner/name) the replicas find read-only under
+    # $OCTOAI_VOLUME_PATH/assets/<name>; stored as ids once resolved.
+    assets: list[str] = Field(default_factory=list, sa_type=JSON, max_length=64)
 
 
 class EndpointCreate(EndpointBase):
@@ -138,6 +143,7 @@ class EndpointUpdate(SQLModel):
     request_timeout: float | None = Field(default=None, gt=0, le=86400)
     max_queue_length: int | None = Field(default=None, ge=0)
     sync_wait: float | None = Field(default=None, ge=0, le=3600)
+    assets: list[str] | None = Field(default=None, max_length=64)
 
     @field_validator("health_check_path")
     @classmethod
@@ -162,6 +168,9 @@ class Endpoint(EndpointBase, table=True):
     # Bumped when a secret or registry credential the endpoint uses changes, so its
     # replicas roll over to the new values.
     secrets_generation: int = 0
+    # What the agents fetch for ``assets``: [{id, name, sha256, size_bytes}], resolved
+    # when the endpoint is saved.
+    asset_refs: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
 
@@ -198,6 +207,45 @@ class EndpointPublic(EndpointBase):
     in_flight: int = 0
     created_at: float
     updated_at: float
+
+
+# -- assets ---------------------------------------------------------------------------------
+
+
+class AssetStatus(StrEnum):
+    READY_TO_UPLOAD = "ready_to_upload"
+    UPLOADED = "uploaded"
+    READY = "ready"
+    DELETED = "deleted"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+class Asset(SQLModel, table=True):
+    """One asset of the library (OctoAI's fields), its content named by sha256."""
+
+    __tablename__ = "asset"
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=128, index=True)
+    asset_type: str = Field(max_length=32)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    description: str = Field(default="", max_length=2000)
+    is_public: bool = False
+    # Stored as its value (a plain string column): compare with ==, not is.
+    status: AssetStatus = Field(default=AssetStatus.READY_TO_UPLOAD, sa_type=String(16))
+    status_details: str = Field(default="", max_length=2000)
+    size_bytes: int = Field(default=0, sa_type=BigInteger)
+    # The content's sha256 once uploaded; what the caller said to expect, if anything.
+    sha256: str | None = Field(default=None, max_length=64)
+    expected_sha256: str | None = Field(default=None, max_length=64)
+    expected_size: int | None = Field(default=None, sa_type=BigInteger)
+    skip_validation: bool = False
+    # The presigned upload URL's token, as a SHA-256 digest; and when it stops working.
+    upload_token_sha256: str | None = Field(default=None, max_length=64)
+    upload_expires_at: float | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    deleted_at: float | None = None
 
 
 # -- tokens ---------------------------------------------------------------------------------

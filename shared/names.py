@@ -29,6 +29,9 @@ KV_HEALTH = "berth_health"
 # A scaler that stops renewing loses its lease this long after its last renewal.
 LEASE_TTL = 5.0
 OBJ_MODELS = "berth_models"
+# Asset contents (the asset library, /v1/assets), one object per sha256: identical
+# content is stored once however many assets name it.
+OBJ_ASSETS = "berth_assets"
 
 # An endpoint name is a DNS label: it becomes a subject token, a KV key part,
 # a consumer name and (with BERTH_ENDPOINT_DOMAIN) a host name.

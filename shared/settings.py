@@ -67,6 +67,10 @@ class ApiSettings(CommonSettings):
     # External base URL used in responses (endpoint URLs); derived from host/port if unset.
     public_url: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
+    # The asset library: the largest upload taken, and the owner name assets carry
+    # (OctoAI's tenant; ``owner/name`` lookups use it).
+    asset_max_bytes: int = Field(50 * 1024**3, gt=0)
+    tenant: str = Field("berth", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     default_request_timeout: float = 300.0
     # How long a cached endpoint lookup on the data plane may be stale.
     endpoint_cache_ttl: float = 2.0
@@ -159,6 +163,9 @@ class AgentSettings(CommonSettings):
     slots: int = 8
     # An unpacked model is removed this long after the last replica using it ended.
     model_keep: float = 600.0
+    # The agent's asset cache (content-addressed): least recently used assets that no
+    # replica holds are removed to stay under this many bytes.
+    asset_cache_bytes: int = Field(100 * 1024**3, gt=0)
     # Process replicas' sandbox (workers/sandbox.py, docs/secrets.md): "auto" applies
     # Landlock where the kernel has it and warns where it does not; "required" fails a
     # replica's start without it; "off" runs models with the agent's own file access.

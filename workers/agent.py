@@ -31,6 +31,7 @@ from shared.messages import (
     StopReplica,
 )
 from shared.settings import AgentSettings
+from workers.assets import AssetCache
 from workers.gpus import GpuPool, discover, host_memory_mib
 from workers.runtimes.base import Runtime
 from workers.supervisor import ReplicaSupervisor
@@ -60,6 +61,7 @@ class Agent:
             keep=settings.model_keep,
             limits=ArchiveLimits.of(settings),
         )
+        self.assets = AssetCache(broker, self.work_dir / "assets", settings.asset_cache_bytes)
         self.replicas: dict[str, ReplicaSupervisor] = {}
         self.gpus = GpuPool([])
         # The host's size does not change while the agent runs: read it once.
@@ -205,6 +207,7 @@ class Agent:
             settings=self.settings,
             work_dir=self.work_dir,
             models=self.models,
+            assets=self.assets,
             on_change=changed,
             gpus=gpus,
             holdings=self.holdings,

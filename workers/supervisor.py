@@ -35,6 +35,7 @@ from shared.metrics import (
 )
 from shared.settings import AgentSettings
 from workers import tracing
+from workers.assets import AssetCache, link_assets
 from workers.gpus import visible_devices_env
 from workers.http import ReplicaClient
 from workers.logship import LogShipper
@@ -93,6 +94,7 @@ class ReplicaSupervisor:
         on_change: Callable[[ReplicaRecord], Coroutine[Any, Any, None]],
         gpus: list[GpuInfo] | None = None,
         holdings: Holdings | None = None,
+        assets: AssetCache | None = None,
     ):
         self.replica_id = replica_id
         self.spec = spec
@@ -102,6 +104,8 @@ class ReplicaSupervisor:
         self._work_dir = work_dir
         self._models = models
         self._held_model: str | None = None
+        self._assets = assets
+        self._held_assets: dict[str, Path] = {}  # name -> cached file, held while it runs
         self._key = ""  # the running replica's key (REPLICA_KEY_HEADER)
         self._holdings = holdings
         self._on_change = on_change
@@ -311,6 +315,10 @@ class ReplicaSupervisor:
             if self._held_model is not None:
                 self._models.release(self._held_model)
                 self._held_model = None
+            if self._assets is not None:
+                for ref in self.spec.assets:
+                    if self._held_assets.pop(ref.name, None) is not None:
+                        self._assets.release(ref.sha256)
             self.key_path.unlink(missing_ok=True)
             if self._counted is not None:
                 RUNNING.labels(self.spec.name, self._counted.value).dec()
@@ -332,11 +340,15 @@ class ReplicaSupervisor:
                 model_dir = await self._hold_model(spec.model_id)
             except BerthError as exc:
                 raise StartFailed(exc.message) from exc
+        assets = await self._hold_assets()
         secrets = await self._secrets()
         host = self._settings.replica_host
         port = free_port(host)
         volume = self._work_dir / "volumes" / spec.name
         volume.mkdir(parents=True, exist_ok=True)
+        if spec.assets and self._runtime.name == "process":
+            # A container mounts each file itself (workers/runtimes/docker.py).
+            await asyncio.to_thread(link_assets, volume, assets)
         env = dict(spec.env_overrides)
         env.update(secrets.env if secrets else {})
         env.update(visible_devices_env(self.gpus))  # its own GPUs, or none at all
@@ -358,6 +370,7 @@ class ReplicaSupervisor:
             gpus=self.gpus,
             report=self._report,
             log_path=self.log_path,
+            assets=assets,
         )
         try:
             replica = await self._runtime.start(launch)
@@ -383,6 +396,21 @@ class ReplicaSupervisor:
             self._held_model = model_id
             return path
         return await self._models.get(model_id)
+
+    async def _hold_assets(self) -> dict[str, Path]:
+        """The endpoint's assets in this agent's cache, held until this supervisor ends."""
+        if not self.spec.assets:
+            return {}
+        if self._assets is None:
+            raise StartFailed("this agent has no asset cache")
+        for ref in self.spec.assets:
+            if ref.name in self._held_assets:
+                continue
+            try:
+                self._held_assets[ref.name] = await self._assets.acquire(ref, self._report)
+            except BerthError as exc:
+                raise StartFailed(exc.message) from exc
+        return dict(self._held_assets)
 
     async def _report(self, type_: str, details: dict[str, Any]) -> None:
         await self._event(type_, **details)

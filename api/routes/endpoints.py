@@ -22,8 +22,10 @@ from broker.registry import delete_key, put_model
 from broker.streams import delete_endpoint_consumer, ensure_endpoint_consumer
 from shared import names
 from shared.errors import Conflict, InvalidRequest, NotFound, TooManyEndpoints
-from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
+from shared.messages import AssetRef, EndpointSpec, ReplicaRecord, ReplicaState
 from shared.models import (
+    Asset,
+    AssetStatus,
     Endpoint,
     EndpointCreate,
     EndpointPublic,
@@ -67,6 +69,7 @@ def to_spec(ep: Endpoint) -> EndpointSpec:
         disabled=ep.endpoint_state == EndpointState.DISABLED,
         max_queue_length=ep.max_queue_length,
         sync_wait=ep.sync_wait,
+        assets=[AssetRef.model_validate(ref) for ref in ep.asset_refs or ()],
         revision=ep.revision,
         incarnation=f"{ep.id}-{ep.created_at!r}",
     )
@@ -173,6 +176,42 @@ async def _from_example(ctx: AppContext, body: EndpointCreate) -> EndpointCreate
     return body.model_copy(update={**values, "model_id": model_id})
 
 
+async def resolve_assets(
+    session: AsyncSession, keys: list[str], tenant: str
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The ready assets ``keys`` name (ids, names or owner/name): their ids, and what an
+    agent needs to mount each; 422 for one that is missing or not ready."""
+    ids: list[str] = []
+    refs: list[dict[str, Any]] = []
+    for key in keys:
+        owner, _, name = key.rpartition("/")
+        asset = None if owner else await session.get(Asset, key)
+        if asset is None and owner in ("", tenant):
+            asset = (
+                await session.exec(
+                    select(Asset).where(Asset.name == name, Asset.status != AssetStatus.DELETED)
+                )
+            ).first()
+        if asset is None or asset.status == AssetStatus.DELETED:
+            raise InvalidRequest(f"assets: asset {key!r} does not exist")
+        if asset.status != AssetStatus.READY or not asset.sha256:
+            raise InvalidRequest(f"assets: asset {key!r} is {asset.status}, not ready")
+        if asset.id in ids:
+            continue
+        if any(ref["name"] == asset.name for ref in refs):
+            raise InvalidRequest(f"assets: two assets named {asset.name!r}")
+        ids.append(asset.id)
+        refs.append(
+            {
+                "id": asset.id,
+                "name": asset.name,
+                "sha256": asset.sha256,
+                "size_bytes": asset.size_bytes,
+            }
+        )
+    return ids, refs
+
+
 async def _check_model(ctx: AppContext, model_id: str | None) -> None:
     if model_id and not await model_exists(ctx.broker, model_id):
         raise InvalidRequest(f"model {model_id!r} was never uploaded (POST /v1/models first)")
@@ -193,7 +232,9 @@ async def create_endpoint(
         body = await _from_example(ctx, body)
     await _check_model(ctx, body.model_id)
     await check_references(ctx.store, body.container_secrets, body.registry_credential)
+    asset_ids, asset_refs = await resolve_assets(session, body.assets, ctx.settings.tenant)
     ep = Endpoint.model_validate(body)
+    ep.assets, ep.asset_refs = asset_ids, asset_refs
     session.add(ep)
     await session.commit()
     await session.refresh(ep)
@@ -249,6 +290,10 @@ async def update_endpoint(
     if "container_secrets" in changes or "registry_credential" in changes:
         await check_references(
             ctx.store, merged["container_secrets"], merged["registry_credential"]
+        )
+    if "assets" in changes:
+        changes["assets"], ep.asset_refs = await resolve_assets(
+            session, changes["assets"], ctx.settings.tenant
         )
     for key, value in changes.items():
         setattr(ep, key, value)

@@ -29,6 +29,9 @@ class Launch:
     # Reports progress (an image pull) as an event of the replica: (type, details).
     report: Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]] | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # The endpoint's assets: name -> the cached file (read-only), linked from
+    # $OCTOAI_VOLUME_PATH/assets/<name>.
+    assets: dict[str, Path] = field(default_factory=dict)
 
 
 class Replica(Protocol):

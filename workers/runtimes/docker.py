@@ -246,11 +246,15 @@ class DockerRuntime:
             for k, v in launch.env.items()
             if k not in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
         }
-        volumes: dict[str, dict[str, str]] = {}
+        volumes: list[str] = []  # host:container:mode (one host file may mount twice)
         host_volume = launch.env.get("OCTOAI_VOLUME_PATH")
         if host_volume:
-            volumes[host_volume] = {"bind": VOLUME_IN_CONTAINER, "mode": "rw"}
+            volumes.append(f"{host_volume}:{VOLUME_IN_CONTAINER}:rw")
             env["OCTOAI_VOLUME_PATH"] = VOLUME_IN_CONTAINER
+        for asset_name, cached in launch.assets.items():
+            # Each asset's cached file, read-only, inside the volume's assets folder.
+            target = f"{VOLUME_IN_CONTAINER}/assets/{asset_name}"
+            volumes.append(f"{cached}:{target}:ro")
         devices = (
             [
                 DeviceRequest(

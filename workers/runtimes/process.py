@@ -288,7 +288,12 @@ class ProcessRuntime:
                     )
         volume = launch.env.get("OCTOAI_VOLUME_PATH")
         return Policy(
-            read=(*read, str(launch.model_dir), *([str(site)] if site else [])),
+            read=(
+                *read,
+                str(launch.model_dir),
+                *([str(site)] if site else []),
+                *(str(path) for path in launch.assets.values()),
+            ),
             write=(str(scratch), *([volume] if volume else []), *box.writable),
             list_only=list_only,
             uid=uid,

@@ -1,0 +1,95 @@
+"""Asset contents in a JetStream object store, one object per content digest.
+
+An object's name is the hex sha256 of its bytes, so identical content is stored once
+however many assets name it. Contents move in and out through files, chunk by chunk
+(nats-py's object store reads and writes 128 KiB at a time): neither the API nor an
+agent holds an asset whole in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from broker.connection import Broker
+from shared import names
+from shared.errors import BrokerUnavailable
+
+__all__ = ["drop_content", "ensure_assets", "fetch_content", "has_content", "store_content"]
+
+
+async def ensure_assets(broker: Broker) -> None:
+    await _store(broker)
+
+
+async def _store(broker: Broker) -> ObjectStore:
+    try:
+        return await broker.js.object_store(names.OBJ_ASSETS)
+    except (BucketNotFoundError, NotFoundError):
+        config = ObjectStoreConfig(storage=StorageType.FILE, description="Berth's asset library")
+        return await broker.js.create_object_store(names.OBJ_ASSETS, config=config)
+
+
+async def has_content(broker: Broker, digest: str) -> bool:
+    store = await _store(broker)
+    try:
+        info = await store.get_info(digest)
+    except (ObjectNotFoundError, NotFoundError):
+        return False
+    return not info.deleted
+
+
+async def store_content(broker: Broker, digest: str, path: Path) -> bool:
+    """Put the file at ``path`` (whose sha256 is ``digest``) unless that content is there
+    already; whether it was put."""
+    if await has_content(broker, digest):
+        return False
+    store = await _store(broker)
+    with path.open("rb") as f:
+        await store.put(digest, f)
+    return True
+
+
+async def fetch_content(
+    broker: Broker, digest: str, dest: Path, counted: list[int] | None = None
+) -> int:
+    """Write the content ``digest`` to ``dest``, checked against its digest; its size.
+
+    ``counted[0]`` follows the bytes written so far (for progress reports). Raises
+    BrokerUnavailable when the store has no such content or gives other bytes.
+    """
+    store = await _store(broker)
+    hasher = hashlib.sha256()
+
+    class _Sink:
+        def __init__(self, f: object) -> None:
+            self.f = f
+            self.size = 0
+
+        def write(self, chunk: bytes) -> int:
+            hasher.update(chunk)
+            self.size += len(chunk)
+            if counted is not None:
+                counted[0] = self.size
+            return self.f.write(chunk)  # type: ignore[attr-defined, no-any-return]
+
+    with dest.open("wb") as f:
+        sink = _Sink(f)
+        try:
+            await store.get(digest, writeinto=sink)  # type: ignore[arg-type]
+        except (ObjectNotFoundError, NotFoundError) as exc:
+            raise BrokerUnavailable(f"asset content {digest[:12]} is not in the store") from exc
+    if hasher.hexdigest() != digest:
+        raise BrokerUnavailable(f"asset content {digest[:12]} came back with other bytes")
+    return sink.size
+
+
+async def drop_content(broker: Broker, digest: str) -> None:
+    with contextlib.suppress(ObjectNotFoundError, NotFoundError):
+        store = await _store(broker)
+        await store.delete(digest)

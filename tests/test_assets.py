@@ -1,0 +1,281 @@
+"""The asset library against a running Berth: OctoAI's shapes, streamed uploads checked
+by size and sha256, identical content stored once, assets mounted read-only into a
+process replica, and an asset in use refused deletion."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Stack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _create(c: httpx.Client, name: str, **fields: Any) -> dict[str, Any]:
+    body = {"name": name, "asset_type": "file", "data": {"asset_type": "file"}, **fields}
+    resp = c.post("/v1/assets", json=body)
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def _upload(c: httpx.Client, name: str, content: bytes, **fields: Any) -> dict[str, Any]:
+    made = _create(c, name, **fields)
+    put = httpx.put(made["transfer_api"]["put_url"], content=content, timeout=60)  # no token
+    assert put.status_code == 200, put.text
+    done = c.post(f"/v1/assets/{made['asset']['id']}/complete-upload", json={})
+    assert done.status_code == 200 and done.json() == {}, done.text
+    return made["asset"]  # type: ignore[no-any-return]
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def test_an_asset_goes_through_octoai_s_flow(stack: Stack) -> None:
+    content = os.urandom(300_000)
+    name = _unique("weights")
+    with stack.client() as c:
+        made = _create(
+            c, name, asset_type="lora",
+            data={"asset_type": "lora", "engine": "image/stable-diffusion-xl-v1-0",
+                  "data_type": "fp16", "file_format": "safetensors", "trigger_words": ["x"]},
+            description=None, is_public=False, url=None,
+            skip_validation=True,
+        )  # fmt: skip
+        asset, transfer = made["asset"], made["transfer_api"]
+        assert asset["status"] == "ready_to_upload" and asset["id"].startswith("asset_")
+        assert asset["description"] == "" and asset["status_details"] == ""
+        assert isinstance(asset["created_at"], str) and asset["tenant_uuid"]
+        assert transfer["type"] == "presigned-url" and made["token"] == ""
+        # The upload URL needs no token; a wrong one is refused.
+        bad = httpx.put(transfer["put_url"] + "x", content=b"nope", timeout=10)
+        assert bad.status_code == 403 and bad.json()["error"]["message"]
+        put = httpx.put(transfer["put_url"], content=content, timeout=30)
+        assert put.status_code == 200, put.text
+        assert put.json()["sha256"] == hashlib.sha256(content).hexdigest()
+        done = c.post(f"/v1/assets/{asset['id']}/complete-upload", json={"token": ""})
+        assert done.status_code == 200 and done.json() == {}
+        # By id, by name, by owner/name, and through octoai-sdk 0.10's //v1 paths.
+        for path in (
+            f"/v1/assets/{asset['id']}",
+            f"/v1/assets/{name}",
+            f"/v1/assets/{asset['tenant_uuid']}/{name}",
+            f"{stack.url}//v1/assets/{asset['id']}",  # a whole URL: httpx keeps its //
+        ):
+            got = c.get(path)
+            assert got.status_code == 200, (path, got.text)
+            assert got.json()["asset"]["status"] == "ready", path
+            assert got.json()["asset"]["size_bytes"] == len(content)
+            assert got.json()["transfer_api"] == {"type": "none"}
+        assert c.get(f"/v1/assets/someone-else/{name}").status_code == 404
+        down = c.get(f"/v1/assets/{asset['id']}/download")
+        assert down.status_code == 200 and down.content == content
+        # Anonymous callers see public assets only.
+        with httpx.Client(base_url=stack.url, timeout=10) as anon:
+            assert anon.get(f"/v1/assets/{asset['id']}").status_code == 404
+            assert name not in [a["name"] for a in anon.get("/v1/assets").json()["data"]]
+            assert anon.post("/v1/assets", json={}).status_code == 401
+        gone = c.delete(f"/v1/assets/{asset['id']}")
+        assert gone.status_code == 200 and gone.json()["id"] == asset["id"]
+        assert gone.json()["deleted_at"]
+        assert c.get(f"/v1/assets/{asset['id']}").json()["asset"]["status"] == "deleted"
+        assert c.delete(f"/v1/assets/{asset['id']}").status_code == 404
+
+
+def test_listing_filters_and_pages_as_the_clients_send_them(stack: Stack) -> None:
+    tag = secrets.token_hex(3)
+    with stack.client() as c:
+        made = [
+            _create(c, f"list-{tag}-a", asset_type="lora",
+                    data={"asset_type": "lora", "engine": "image/stable-diffusion-v1-5"}),
+            _create(c, f"list-{tag}-b", asset_type="vae",
+                    data={"asset_type": "vae", "engine": "image/stable-diffusion-xl-v1-0"}),
+            _create(c, f"list-{tag}-c", data={"asset_type": "file", "file_format": "txt"},
+                    is_public=True),
+        ]  # fmt: skip
+
+        def names(**params: Any) -> list[str]:
+            resp = c.get("/v1/assets", params={"name": f"list-{tag}", **params})
+            assert resp.status_code == 200, resp.text
+            return sorted(a["name"] for a in resp.json()["data"])
+
+        a, b, cc = (m["asset"]["name"] for m in made)
+        assert names() == [a, b, cc]
+        assert names(asset_type=["lora", "vae"]) == [a, b]  # repeated (Python clients)
+        assert names(asset_type="lora,vae") == [a, b]  # comma-joined (TypeScript)
+        assert names(engine="image/stable-diffusion-v1-5") == [a]
+        assert names(engine_type="image") == [a, b]
+        assert names(is_public="true") == [cc]
+        assert names(file_format="txt") == [cc]
+        assert names(asset_ids=f"{made[0]['asset']['id']},{made[2]['asset']['id']}") == [a, cc]
+        page = c.get("/v1/assets", params={"name": f"list-{tag}", "limit": 2}).json()
+        assert len(page["data"]) == 2 and page["total"] == 3 and page["has_more"] is True
+        last = c.get("/v1/assets", params={"name": f"list-{tag}", "limit": 2, "offset": 2}).json()
+        assert len(last["data"]) == 1 and last["has_more"] is False
+        assert c.get("/v1/assets", params={"limit": 0}).status_code == 422
+        # Bad creates: a clear 422 each.
+        for body in (
+            {"name": "bad name!", "asset_type": "file", "data": {"asset_type": "file"}},
+            {"name": "x", "asset_type": "file", "data": {"asset_type": "lora"}},
+            {"name": "x", "asset_type": "nope", "data": {}},
+            {"name": "x", "asset_type": "file", "data": {}, "transfer_api_type": "sts"},
+            {"name": "x", "asset_type": "file", "data": {}, "url": "http://127.0.0.1:1/x"},
+        ):
+            resp = c.post("/v1/assets", json=body)
+            assert resp.status_code == 422, (body, resp.text)
+        assert (
+            c.post("/v1/assets", json={"name": a, "asset_type": "file", "data": {}}).status_code
+            == 409
+        )
+
+
+def test_an_upload_is_checked_and_may_be_tried_again(stack: Stack) -> None:
+    content = b"some bytes " * 1000
+    digest = hashlib.sha256(content).hexdigest()
+    with stack.client() as c:
+        made = _create(c, _unique("checked"), sha256=digest, size_bytes=len(content))
+        url, asset_id = made["transfer_api"]["put_url"], made["asset"]["id"]
+        wrong = httpx.put(url, content=content[:-1] + b"!", timeout=10)
+        assert wrong.status_code == 422 and "sha256" in wrong.json()["error"]["message"]
+        short = httpx.put(url, content=content[:100], timeout=10)
+        assert short.status_code == 422 and "bytes" in short.json()["error"]["message"]
+        assert c.get(f"/v1/assets/{asset_id}").json()["asset"]["status"] == "ready_to_upload"
+        assert httpx.put(url, content=content, timeout=10).status_code == 200
+        assert c.post(f"/v1/assets/{asset_id}/complete-upload", json={}).json() == {}
+        # Ready: no second upload.
+        assert httpx.put(url, content=content, timeout=10).status_code in (403, 409)
+
+        # Content that is not what its file_format says is rejected, with the reason.
+        bad = _create(
+            c, _unique("notsafetensors"), asset_type="checkpoint",
+            data={"asset_type": "checkpoint", "engine": "image/stable-diffusion-v1-5",
+                  "file_format": "safetensors"},
+        )  # fmt: skip
+        resp = httpx.put(bad["transfer_api"]["put_url"], content=b"\xff" * 64, timeout=10)
+        assert resp.status_code == 422 and "safetensors" in resp.json()["error"]["message"]
+        done = c.post(f"/v1/assets/{bad['asset']['id']}/complete-upload", json={}).json()
+        assert "safetensors" in done["error"]
+        got = c.get(f"/v1/assets/{bad['asset']['id']}").json()["asset"]
+        assert got["status"] == "rejected" and "safetensors" in got["status_details"]
+
+        # complete-upload with nothing uploaded: rejected, not ready.
+        empty = _create(c, _unique("empty"))
+        done = c.post(f"/v1/assets/{empty['asset']['id']}/complete-upload", json={}).json()
+        assert done["error"] == "nothing was uploaded"
+
+
+def test_identical_content_is_stored_once_and_kept_while_named(stack: Stack) -> None:
+    content = os.urandom(50_000)
+    with stack.client() as c:
+        one = _upload(c, _unique("same-a"), content)
+        two = _upload(c, _unique("same-b"), content)
+        assert c.delete(f"/v1/assets/{one['id']}").status_code == 200
+        down = c.get(f"/v1/assets/{two['id']}/download")  # the content stayed for the other
+        assert down.status_code == 200 and down.content == content
+        assert c.delete(f"/v1/assets/{two['id']}").status_code == 200
+        # Named by nobody now: a new asset of the same content uploads it again.
+        three = _upload(c, _unique("same-c"), content)
+        assert c.get(f"/v1/assets/{three['id']}/download").content == content
+
+
+def test_a_replica_reads_its_assets_and_cannot_change_them(stack: Stack, name: str) -> None:
+    content = os.urandom(1_000_000)
+    digest = hashlib.sha256(content).hexdigest()
+    asset_name = _unique("mounted")
+    with stack.client() as c:
+        asset = _upload(c, asset_name, content)
+        missing = c.post(
+            "/v1/endpoint",
+            json={"name": name, "model_id": "x", "assets": ["no-such-asset"]},
+        )
+        assert missing.status_code == 422
+        stack.deploy(name, "assets", min_replicas=1, max_replicas=1, assets=[asset_name])
+        stack.wait_ready(name)
+        ep = c.get(f"/v1/endpoint/{name}").json()
+        assert ep["assets"] == [asset["id"]]  # stored by id
+        out = c.post(f"/e/{name}/infer", json={"name": asset_name})
+        assert out.status_code == 200, out.text
+        got = out.json()["output"]
+        assert got["names"] == [asset_name]
+        assert got["sha256"] == digest and got["size"] == len(content)
+        assert got["write"] != "changed it" and got["write_real"] != "changed it", got
+        # The fetch showed in the endpoint's events.
+        kinds = [e["event"]["type"] for e in c.get(f"/v1/events/{name}").json()]
+        assert "asset_fetching" in kinds and "asset_fetched" in kinds
+        # In use: it cannot be deleted.
+        refused = c.delete(f"/v1/assets/{asset['id']}")
+        assert refused.status_code == 409 and name in refused.json()["error"]["message"]
+        # The endpoint lets go of it: then it can.
+        assert c.patch(f"/v1/endpoint/{name}", json={"assets": []}).status_code == 200
+        assert c.delete(f"/v1/assets/{asset['id']}").status_code == 200
+
+
+def test_a_second_endpoint_finds_the_asset_cached(stack: Stack, name: str) -> None:
+    asset_name = _unique("cached")
+    with stack.client() as c:
+        _upload(c, asset_name, os.urandom(10_000))
+        first, second = f"{name[:50]}-1", f"{name[:50]}-2"
+        try:
+            for ep in (first, second):
+                stack.deploy(ep, "assets", min_replicas=1, max_replicas=1, assets=[asset_name])
+                stack.wait_ready(ep)
+                assert c.post(f"/e/{ep}/infer", json={"name": asset_name}).status_code == 200
+            kinds = [e["event"]["type"] for e in c.get(f"/v1/events/{second}").json()]
+            assert "asset_fetching" not in kinds, kinds
+        finally:
+            for ep in (first, second):
+                c.delete(f"/v1/endpoint/{ep}")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_200_mb_upload_streams_with_bounded_memory(stack: Stack) -> None:
+    size, block = 200 * 1024 * 1024, os.urandom(1024 * 1024)
+    hasher = hashlib.sha256()
+
+    def body() -> Iterator[bytes]:
+        for i in range(size // len(block)):
+            chunk = block[:-8] + i.to_bytes(8, "big")
+            hasher.update(chunk)
+            yield chunk
+
+    api = stack.procs["api"].pid
+    peak, stop = [_rss_mib(api)], threading.Event()
+    base = peak[0]
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak.append(_rss_mib(api))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    with stack.client() as c:
+        made = _create(c, _unique("big"), size_bytes=size)
+        sampler.start()
+        try:
+            put = httpx.put(made["transfer_api"]["put_url"], content=body(), timeout=300,
+                            headers={"content-length": str(size)})  # fmt: skip
+        finally:
+            stop.set()
+            sampler.join()
+        assert put.status_code == 200, put.text
+        assert put.json()["sha256"] == hasher.hexdigest()
+        assert c.post(f"/v1/assets/{made['asset']['id']}/complete-upload", json={}).json() == {}
+        c.delete(f"/v1/assets/{made['asset']['id']}")
+    grew = max(peak) - base
+    print(f"API RSS {base:.0f} MiB, peak {max(peak):.0f} MiB during a 200 MiB upload")
+    assert grew < 64, f"the API grew {grew:.0f} MiB during a 200 MiB upload"
+    wait_for(lambda: not list((stack.data_dir / "asset-uploads").glob("*")), 10, "spool empty")
