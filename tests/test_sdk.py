@@ -4,8 +4,11 @@ errors with the request id, endpoints from a model folder, a callback verified."
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +17,7 @@ import pytest
 from berth import (
     AsyncClient,
     Client,
+    Conflict,
     Endpoint,
     JobFailed,
     JobStatus,
@@ -233,3 +237,45 @@ def test_a_misspelt_setting_fails_before_anything_is_sent() -> None:
     with pytest.raises(ValidationError, match="max_replicas"):
         client.update_endpoint("e", max_replicas=-1)
     assert seen == []
+
+
+def test_assets_upload_list_mount_and_delete(
+    berth: Client, stack: Stack, name: str, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    seen: list[tuple[int, int]] = []
+    asset = berth.upload_asset(
+        weights, f"sdk-{name[:40]}", data={"file_format": "unknown"},
+        progress=lambda sent, total: seen.append((sent, total)),
+    )  # fmt: skip
+    assert asset.status == "ready" and asset.size_bytes == weights.stat().st_size
+    assert asset.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert seen and seen[-1] == (asset.size_bytes, asset.size_bytes)
+    assert [a.id for a in berth.list_assets(name=asset.name)] == [asset.id]
+    assert berth.get_asset(asset.name).id == asset.id
+    with pytest.raises(Conflict):  # the name is taken
+        berth.upload_asset(weights, asset.name)
+
+    ep = berth.create_endpoint(
+        name, model_folder=MODELS / "assets", min_replicas=1, max_replicas=1, assets=[asset.name]
+    )
+    assert ep.model_extra and ep.model_extra["assets"] == [asset.id]
+    berth.wait_until_ready(name, timeout=90)
+    out = berth.infer(name, {"name": asset.name})["output"]
+    assert out["sha256"] == asset.sha256
+    with pytest.raises(Conflict):  # in use
+        berth.delete_asset(asset.id)
+    berth.update_endpoint(name, assets=[])
+    berth.delete_asset(asset.id)
+    with pytest.raises(NotFound):
+        berth.get_asset(asset.id + "x")
+
+    async def the_async_client() -> None:
+        async with AsyncClient(stack.url, stack.token) as aio:
+            made = await aio.upload_asset(weights, f"sdk-async-{name[:30]}")
+            assert made.status == "ready" and made.sha256 == asset.sha256
+            assert (await aio.get_asset(made.id)).name == made.name
+            await aio.delete_asset(made.id)
+
+    asyncio.run(the_async_client())

@@ -29,6 +29,7 @@ from berth.sdk.errors import (
 from berth.sdk.media import from_media, to_media
 from berth.sdk.models import (
     Accepted,
+    Asset,
     Credential,
     Endpoint,
     EndpointSettings,
@@ -46,6 +47,7 @@ from berth.sdk.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "Accepted",
+    "Asset",
     "AsyncClient",
     "AsyncJobHandle",
     "BadRequest",

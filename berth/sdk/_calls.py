@@ -3,15 +3,25 @@ clients to carry out."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import TypeAdapter
 
-from berth.sdk._core import Call, Settings, check, json_or_text, new_idempotency_key
+from berth.sdk._core import (
+    UPLOAD_CHUNK,
+    Call,
+    Settings,
+    check,
+    json_or_text,
+    new_idempotency_key,
+)
 from berth.sdk.models import (
     Accepted,
+    Asset,
     Credential,
     Endpoint,
     EndpointSettings,
@@ -31,6 +41,7 @@ _TOKENS = TypeAdapter(list[Token])
 _CREDENTIALS = TypeAdapter(list[Credential])
 _EXAMPLES = TypeAdapter(list[Example])
 _JOBS = TypeAdapter(list[Job])
+_ASSETS = TypeAdapter(list[Asset])
 
 
 def _model(adapter: Any) -> Any:
@@ -302,3 +313,64 @@ def webhook_secret(s: Settings) -> Call[str]:
         return str(check(resp).json()["secret"])
 
     return Call("GET", s.api("/v1/webhook-secret"), parse, safe=True)
+
+
+# -- assets ---------------------------------------------------------------------------------
+
+
+def create_asset(s: Settings, body: dict[str, Any]) -> Call[dict[str, Any]]:
+    """The asset made, and where to upload it (``transfer_api.put_url``)."""
+    return Call("POST", s.api("/v1/assets"), _json, json=body)
+
+
+def complete_asset_upload(s: Settings, asset_id: str) -> Call[dict[str, Any]]:
+    return Call("POST", s.api(f"/v1/assets/{asset_id}/complete-upload"), _json, json={}, safe=True)
+
+
+def get_asset(s: Settings, key: str) -> Call[Asset]:
+    def parse(resp: httpx.Response) -> Asset:
+        return Asset.model_validate(check(resp).json()["asset"])
+
+    return Call("GET", s.api(f"/v1/assets/{key}"), parse, safe=True)
+
+
+def list_assets(s: Settings, filters: dict[str, Any]) -> Call[list[Asset]]:
+    def parse(resp: httpx.Response) -> list[Asset]:
+        return _ASSETS.validate_python(check(resp).json()["data"])
+
+    return Call("GET", s.api("/v1/assets"), parse, params=filters, safe=True)
+
+
+def delete_asset(s: Settings, asset_id: str) -> Call[None]:
+    return Call("DELETE", s.api(f"/v1/assets/{asset_id}"), _nothing, safe=True)
+
+
+def asset_body(
+    path: Path, name: str, asset_type: str, data: dict[str, Any] | None, **extra: Any
+) -> dict[str, Any]:
+    """A create body for the file at ``path``, its sha256 and size declared so that the
+    server checks the upload against them (the file is read in pieces, never whole)."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while piece := f.read(UPLOAD_CHUNK):
+            hasher.update(piece)
+    body = {
+        "name": name,
+        "asset_type": asset_type,
+        "data": {**(data or {}), "asset_type": asset_type},
+        "sha256": hasher.hexdigest(),
+        "size_bytes": path.stat().st_size,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def file_pieces(path: Path, progress: Any = None) -> Iterator[bytes]:
+    """The file at ``path`` in pieces, ``progress(sent, total)`` after each."""
+    total, sent = path.stat().st_size, 0
+    with path.open("rb") as f:
+        while piece := f.read(UPLOAD_CHUNK):
+            sent += len(piece)
+            yield piece
+            if progress is not None:
+                progress(sent, total)

@@ -27,6 +27,7 @@ from berth.sdk._core import (
 from berth.sdk.client import _exception
 from berth.sdk.errors import BerthError, JobFailed, NotFound
 from berth.sdk.models import (
+    Asset,
     Credential,
     Endpoint,
     EndpointSettings,
@@ -329,6 +330,62 @@ class AsyncClient:
 
     async def delete_secret(self, key: str) -> None:
         await self._do(calls.delete_secret(self._s, key))
+
+    # -- assets ------------------------------------------------------------------------------
+
+    async def upload_asset(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        asset_type: str = "file",
+        data: dict[str, Any] | None = None,
+        description: str | None = None,
+        is_public: bool | None = None,
+        progress: Progress | None = None,
+    ) -> Asset:
+        """Upload a file as a new asset (streamed, checked by sha256 and size); the asset,
+        ready. Raises InvalidRequest with the server's reason when it is refused."""
+        path = Path(path)
+        body = await asyncio.to_thread(
+            calls.asset_body,
+            path,
+            name,
+            asset_type,
+            data,
+            description=description,
+            is_public=is_public,
+        )
+        made = await self._do(calls.create_asset(self._s, body))
+
+        async def pieces() -> AsyncIterator[bytes]:
+            source = calls.file_pieces(path, progress)
+            while (piece := await asyncio.to_thread(next, source, None)) is not None:
+                yield piece
+
+        try:
+            put = await self._http.put(
+                made["transfer_api"]["put_url"],
+                content=pieces(),
+                headers={"content-length": str(body["size_bytes"])},
+                timeout=None,
+            )
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
+        check(put)
+        await self._do(calls.complete_asset_upload(self._s, made["asset"]["id"]))
+        return await self.get_asset(made["asset"]["id"])
+
+    async def get_asset(self, key: str) -> Asset:
+        """An asset by id, name or owner/name."""
+        return await self._do(calls.get_asset(self._s, key))
+
+    async def list_assets(self, **filters: Any) -> list[Asset]:
+        """Assets, newest first (OctoAI's filters: name, asset_type, engine, limit, ...)."""
+        return await self._do(calls.list_assets(self._s, filters))
+
+    async def delete_asset(self, asset_id: str) -> None:
+        await self._do(calls.delete_asset(self._s, asset_id))
 
     async def set_registry_credential(self, key: str, username: str, password: str) -> Credential:
         try:

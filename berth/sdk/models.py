@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Accepted",
+    "Asset",
     "CallbackAttempt",
     "CallbackLog",
     "Credential",
@@ -104,10 +105,28 @@ class EndpointSettings(BaseModel):
     request_timeout: float | None = Field(default=None, gt=0)
     max_queue_length: int | None = Field(default=None, ge=0)
     sync_wait: float | None = Field(default=None, ge=0)
+    # Assets (ids or names) the replicas find under $OCTOAI_VOLUME_PATH/assets/<name>.
+    assets: list[str] | None = None
 
     def fields(self) -> dict[str, Any]:
         """The settings given (None: left to the server's default or current value)."""
         return self.model_dump(exclude_none=True, mode="json")
+
+
+class Asset(_Model):
+    """An asset of the library, as ``GET /v1/assets/{id}`` shows it (OctoAI's fields)."""
+
+    id: str
+    name: str
+    asset_type: str
+    data: dict[str, Any]
+    status: str
+    status_details: str = ""
+    description: str = ""
+    size_bytes: int = 0
+    created_at: str
+    is_public: bool = False
+    sha256: str | None = None
 
 
 class JobStatus(StrEnum):
