@@ -34,6 +34,7 @@ from starlette.background import BackgroundTask
 
 from api.auth import Principal, bearer_token, require_admin
 from api.context import AppContext, ContextDep, SessionDep
+from api.openapi import errors
 from broker.assets import drop_content, fetch_content, store_content
 from shared.errors import BodyTooLarge, Conflict, Forbidden, InvalidRequest, NotFound
 from shared.models import Asset, AssetStatus, Endpoint
@@ -165,7 +166,7 @@ def _upload_url(ctx: AppContext, asset: Asset, token: str) -> dict[str, Any]:
     }
 
 
-@router.post("/assets", dependencies=[Admin])
+@router.post("/assets", dependencies=[Admin], responses=errors(409, 413))
 async def create_asset(body: AssetCreate, ctx: ContextDep, session: SessionDep) -> dict[str, Any]:
     if body.data.get("asset_type", body.asset_type) != body.asset_type:
         raise InvalidRequest("data.asset_type must equal asset_type")
@@ -262,7 +263,7 @@ async def list_assets(
     }
 
 
-@router.get("/assets/{asset_id}/download")
+@router.get("/assets/{asset_id}/download", responses=errors(404, 409, 503))
 async def download_asset(
     asset_id: str, ctx: ContextDep, session: SessionDep, principal: MaybePrincipal
 ) -> FileResponse:
@@ -288,7 +289,7 @@ async def download_asset(
     )
 
 
-@router.get("/assets/{owner}/{name}")
+@router.get("/assets/{owner}/{name}", responses=errors(404))
 async def get_asset_by_owner(
     owner: str, name: str, ctx: ContextDep, session: SessionDep, principal: MaybePrincipal
 ) -> dict[str, Any]:
@@ -296,7 +297,7 @@ async def get_asset_by_owner(
     return {"asset": asset_public(ctx, asset), "transfer_api": {"type": "none"}}
 
 
-@router.get("/assets/{key}")
+@router.get("/assets/{key}", responses=errors(404))
 async def get_asset(
     key: str, ctx: ContextDep, session: SessionDep, principal: MaybePrincipal
 ) -> dict[str, Any]:
@@ -304,7 +305,7 @@ async def get_asset(
     return {"asset": asset_public(ctx, asset), "transfer_api": {"type": "none"}}
 
 
-@router.put("/assets/{asset_id}/upload")
+@router.put("/assets/{asset_id}/upload", responses=errors(403, 409, 413, 503))
 async def upload_asset(
     asset_id: str, request: Request, ctx: ContextDep, session: SessionDep, token: str = ""
 ) -> dict[str, Any]:
@@ -430,7 +431,7 @@ def validate_content(asset: Asset, path: Path, size: int) -> str | None:
     return None
 
 
-@router.post("/assets/{asset_id}/complete-upload", dependencies=[Admin])
+@router.post("/assets/{asset_id}/complete-upload", dependencies=[Admin], responses=errors(404))
 async def complete_upload(
     asset_id: str, ctx: ContextDep, session: SessionDep, body: CompleteUpload | None = None
 ) -> dict[str, Any]:
@@ -451,7 +452,7 @@ async def complete_upload(
     return {} if asset.status == AssetStatus.READY else {"error": asset.status_details}
 
 
-@router.delete("/assets/{asset_id}", dependencies=[Admin])
+@router.delete("/assets/{asset_id}", dependencies=[Admin], responses=errors(404, 409))
 async def delete_asset(asset_id: str, ctx: ContextDep, session: SessionDep) -> dict[str, Any]:
     asset = await session.get(Asset, asset_id)
     if asset is None or asset.status == AssetStatus.DELETED:
