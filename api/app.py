@@ -39,8 +39,10 @@ from api.routes import (
     requests,
     secrets,
     tokens,
+    tunes,
 )
 from api.routes.inference import DataPlane
+from api.tuning import TuneWatcher
 from broker.connection import connected
 from broker.jobs import ensure_results
 from broker.publish import Requester
@@ -164,10 +166,12 @@ def create_app(settings: ApiSettings) -> BerthApp:
                 await ctx.agents.start()
                 await ctx.health.start()
                 dispatcher = Dispatcher(ctx)
+                tunes = TuneWatcher(ctx)
                 try:
                     await _resync(ctx)
                     await serve_replica_secrets(broker, partial(replica_secrets, ctx))
                     await dispatcher.start()
+                    await tunes.start()
                     ctx.metrics.start(
                         lambda: (
                             list(ctx.endpoints.items),
@@ -180,6 +184,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     yield
                 finally:
                     await ctx.metrics.stop()
+                    await tunes.stop()
                     await dispatcher.stop()
                     await ctx.endpoints.stop()
                     await ctx.replicas.stop()
@@ -202,6 +207,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
     app.include_router(examples.router)
     app.include_router(live.router)
     app.include_router(assets.router)
+    app.include_router(tunes.router)
     install_console(app)
 
     @app.get(

@@ -35,6 +35,8 @@ __all__ = [
     "TokenCreate",
     "TokenCreated",
     "TokenPublic",
+    "Tune",
+    "TuneStatus",
     "Visibility",
 ]
 
@@ -245,6 +247,38 @@ class Asset(SQLModel, table=True):
     upload_expires_at: float | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+    deleted_at: float | None = None
+
+
+class TuneStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Tune(SQLModel, table=True):
+    """A fine-tuning run (OctoAI's fields): a job of a trainer endpoint of its own, whose
+    answer becomes a LoRA asset."""
+
+    __tablename__ = "tune"
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=128, index=True)
+    description: str = Field(default="", max_length=2000)
+    tune_type: str = Field(max_length=64)
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    # Stored as its value (a plain string column): compare with ==, not is.
+    status: TuneStatus = Field(default=TuneStatus.PENDING, sa_type=String(16))
+    status_details: str = Field(default="", max_length=4000)
+    output_lora_ids: list[str] = Field(default_factory=list, sa_type=JSON)
+    # The trainer endpoint and the job it runs; what training reported.
+    endpoint: str = Field(default="", max_length=63)
+    response_id: str = Field(default="", max_length=64)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    succeeded_at: float | None = None
     deleted_at: float | None = None
 
 

@@ -85,3 +85,14 @@ def test_octoai_sdk_0_10_runs_its_asset_calls_unchanged(stack: Stack, tmp_path: 
     assert out["listed"] == [f"notes010-{tag}"]
     assert out["got"] == out["made"]["id"]
     assert out["after"] == "deleted"
+
+
+def test_octoai_1x_runs_a_tune_unchanged(stack: Stack, tmp_path: Path) -> None:
+    out = run_client(stack, "octoai-1.11.txt", "octoai_1x_tunes.py", tmp_path)
+    tag = out["tag"]
+    assert out["status"] == "succeeded", out
+    assert out["tune_type"] == "lora_tune" and len(out["outputs"]) == 1
+    assert out["lora"] == "lora"
+    assert out["cancelled"] == "cancelled"
+    assert out["listed"] == [f"other-{tag}", f"tune-{tag}"]
+    assert out["after_delete"] == [f"tune-{tag}"]

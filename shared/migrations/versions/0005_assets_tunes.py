@@ -1,4 +1,5 @@
-"""assets: the asset library's table, and the assets an endpoint mounts
+"""assets and tunes: the asset library's table, the assets an endpoint mounts, and
+fine-tuning runs
 
 Revision ID: 0005
 Revises: 0004
@@ -35,6 +36,24 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.Column("deleted_at", sa.Float(), nullable=True),
     )
+    op.create_table(
+        "tune",
+        sa.Column("id", sa.String(length=40), primary_key=True),
+        sa.Column("name", sa.String(length=128), nullable=False, index=True),
+        sa.Column("description", sa.String(length=2000), nullable=False),
+        sa.Column("tune_type", sa.String(length=64), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status_details", sa.String(length=4000), nullable=False),
+        sa.Column("output_lora_ids", sa.JSON(), nullable=False),
+        sa.Column("endpoint", sa.String(length=63), nullable=False),
+        sa.Column("response_id", sa.String(length=64), nullable=False),
+        sa.Column("metrics", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.Column("succeeded_at", sa.Float(), nullable=True),
+        sa.Column("deleted_at", sa.Float(), nullable=True),
+    )
     op.add_column("endpoint", sa.Column("assets", sa.JSON(), nullable=False, server_default="[]"))
     op.add_column(
         "endpoint", sa.Column("asset_refs", sa.JSON(), nullable=False, server_default="[]")
@@ -44,4 +63,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("endpoint", "asset_refs")
     op.drop_column("endpoint", "assets")
+    op.drop_table("tune")
     op.drop_table("asset")
