@@ -279,3 +279,32 @@ def test_assets_upload_list_mount_and_delete(
             await aio.delete_asset(made.id)
 
     asyncio.run(the_async_client())
+
+
+def test_a_tune_runs_to_its_end_and_another_is_cancelled(
+    berth: Client, stack: Stack, name: str, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"a": "A ship in the harbour", "b": "A boat at the dock", "label": 1}\n'
+        '{"a": "A ship in the harbour", "b": "Two eggs and flour", "label": 0}\n'
+    )
+    asset = berth.upload_asset(pairs, f"pairs-{name[:40]}", data={"file_format": "jsonl"})
+    tune = berth.create_tune(f"sdk-{name[:40]}", [asset.id], steps=50, trigger_words=["x"])
+    assert tune.status == "pending" and tune.endpoint
+    done = berth.wait_for_tune(tune.id, timeout=600)
+    assert done.status == "succeeded" and len(done.output_lora_ids) == 1, done
+    assert berth.get_asset(done.output_lora_ids[0]).asset_type == "lora"
+    assert [t.id for t in berth.list_tunes(name=tune.name)] == [tune.id]
+
+    async def the_async_client() -> None:
+        async with AsyncClient(stack.url, stack.token) as aio:
+            other = await aio.create_tune(f"sdk-async-{name[:30]}", [asset.id], steps=20_000)
+            assert (await aio.cancel_tune(other.id)).status == "cancelled"
+            assert (await aio.wait_for_tune(other.id, timeout=10)).status == "cancelled"
+            await aio.delete_tune(other.id)
+
+    asyncio.run(the_async_client())
+    berth.delete_tune(tune.id)
+    with pytest.raises(NotFound):
+        berth.get_tune(tune.id)

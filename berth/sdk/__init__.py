@@ -42,6 +42,7 @@ from berth.sdk.models import (
     Secret,
     Token,
     TokenCreated,
+    Tune,
 )
 from berth.sdk.webhooks import WebhookVerificationError, verify_webhook
 
@@ -75,6 +76,7 @@ __all__ = [
     "Timeout",
     "Token",
     "TokenCreated",
+    "Tune",
     "Unauthorized",
     "Unavailable",
     "Unprocessable",

@@ -32,6 +32,7 @@ from berth.sdk.models import (
     Secret,
     Token,
     TokenCreated,
+    Tune,
 )
 from shared.packing import pack_dir
 
@@ -42,6 +43,7 @@ _CREDENTIALS = TypeAdapter(list[Credential])
 _EXAMPLES = TypeAdapter(list[Example])
 _JOBS = TypeAdapter(list[Job])
 _ASSETS = TypeAdapter(list[Asset])
+_TUNES = TypeAdapter(list[Tune])
 
 
 def _model(adapter: Any) -> Any:
@@ -374,3 +376,49 @@ def file_pieces(path: Path, progress: Any = None) -> Iterator[bytes]:
             yield piece
             if progress is not None:
                 progress(sent, total)
+
+
+# -- fine-tuning ----------------------------------------------------------------------------
+
+
+def create_tune(s: Settings, body: dict[str, Any]) -> Call[Tune]:
+    return Call("POST", s.api("/v1/tune"), _of(Tune), json=body)
+
+
+def get_tune(s: Settings, tune_id: str) -> Call[Tune]:
+    return Call("GET", s.api(f"/v1/tune/{tune_id}"), _of(Tune), safe=True)
+
+
+def list_tunes(s: Settings, filters: dict[str, Any]) -> Call[list[Tune]]:
+    def parse(resp: httpx.Response) -> list[Tune]:
+        return _TUNES.validate_python(check(resp).json()["data"])
+
+    return Call("GET", s.api("/v1/tunes"), parse, params=filters, safe=True)
+
+
+def cancel_tune(s: Settings, tune_id: str) -> Call[Tune]:
+    return Call("POST", s.api(f"/v1/tune/{tune_id}/cancel"), _of(Tune), safe=True)
+
+
+def delete_tune(s: Settings, tune_id: str) -> Call[None]:
+    return Call("DELETE", s.api(f"/v1/tune/{tune_id}"), _nothing, safe=True)
+
+
+def tune_body(
+    name: str,
+    files: list[str],
+    steps: int,
+    engine: str,
+    checkpoint_id: str,
+    trigger_words: list[str],
+    **extra: Any,
+) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "tune_type": "lora_tune",
+        "base_checkpoint": {"checkpoint_id": checkpoint_id, "engine": engine},
+        "files": [{"file_id": f} for f in files],
+        "steps": steps,
+        "trigger_words": trigger_words,
+    }
+    details.update({k: v for k, v in extra.items() if v is not None})
+    return {"name": name, "details": details}

@@ -39,6 +39,7 @@ from berth.sdk.models import (
     Secret,
     Token,
     TokenCreated,
+    Tune,
 )
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
@@ -386,6 +387,51 @@ class AsyncClient:
 
     async def delete_asset(self, asset_id: str) -> None:
         await self._do(calls.delete_asset(self._s, asset_id))
+
+    # -- fine-tuning -------------------------------------------------------------------------
+
+    async def create_tune(
+        self,
+        name: str,
+        files: list[str],
+        *,
+        steps: int = 300,
+        engine: str = "text/all-minilm-l6-v2",
+        checkpoint_id: str = "all-minilm-l6-v2",
+        trigger_words: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Tune:
+        """Start a LoRA tune on file assets (ids); it runs on the fleet."""
+        body = calls.tune_body(
+            name, files, steps, engine, checkpoint_id, trigger_words or [], seed=seed
+        )
+        return await self._do(calls.create_tune(self._s, body))
+
+    async def get_tune(self, tune_id: str) -> Tune:
+        return await self._do(calls.get_tune(self._s, tune_id))
+
+    async def list_tunes(self, **filters: Any) -> list[Tune]:
+        return await self._do(calls.list_tunes(self._s, filters))
+
+    async def cancel_tune(self, tune_id: str) -> Tune:
+        return await self._do(calls.cancel_tune(self._s, tune_id))
+
+    async def delete_tune(self, tune_id: str) -> None:
+        await self._do(calls.delete_tune(self._s, tune_id))
+
+    async def wait_for_tune(self, tune_id: str, timeout: float = 3600) -> Tune:
+        """The tune once it has ended (succeeded, failed or cancelled); TimeoutError after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        tries = 0
+        while True:
+            tune = await self.get_tune(tune_id)
+            if tune.ended:
+                return tune
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"tune {tune_id} has not ended in {timeout} s")
+            await asyncio.sleep(poll_interval(tries))
+            tries += 1
 
     async def set_registry_credential(self, key: str, username: str, password: str) -> Credential:
         try:

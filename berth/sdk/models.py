@@ -26,6 +26,7 @@ __all__ = [
     "Secret",
     "Token",
     "TokenCreated",
+    "Tune",
 ]
 
 
@@ -127,6 +128,25 @@ class Asset(_Model):
     created_at: str
     is_public: bool = False
     sha256: str | None = None
+
+
+class Tune(_Model):
+    """A fine-tuning run, as ``GET /v1/tune/{id}`` shows it (OctoAI's fields, and Berth's
+    ``endpoint`` and ``metrics``)."""
+
+    id: str
+    name: str
+    status: str
+    status_details: str = ""
+    tune_type: str
+    details: dict[str, Any]
+    output_lora_ids: list[str] = Field(default_factory=list)
+    endpoint: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
 
 
 class JobStatus(StrEnum):
