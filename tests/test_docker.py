@@ -7,6 +7,7 @@ Marked ``docker``; they skip, saying why, where no engine can be started (and fa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
 import subprocess
@@ -441,3 +442,24 @@ def test_cli_deploys_an_image_and_follows_its_pull(
     with stack.client() as c:
         assert c.post("/e/cli-image/infer", json={"prompt": "cli"}).status_code == 200
         c.delete("/v1/endpoint/cli-image")
+
+
+def test_a_container_finds_its_assets_read_only(docker_stack: tuple[Stack, str]) -> None:
+    stack, image = docker_stack
+    content = os.urandom(200_000)
+    with stack.client() as c:
+        made = c.post(
+            "/v1/assets",
+            json={"name": "weights", "asset_type": "file", "data": {"asset_type": "file"}},
+        ).json()
+        assert httpx.put(made["transfer_api"]["put_url"], content=content, timeout=30).is_success
+        assert c.post(f"/v1/assets/{made['asset']['id']}/complete-upload", json={}).json() == {}
+        create(stack, "assets", image, registry_credential="team-reg", assets=["weights"])
+        resp = c.get("/e/assets/file", params={"path": "/octoai/cache/assets/weights"})
+        assert resp.status_code == 200, resp.text
+        got = resp.json()
+        assert got["sha256"] == hashlib.sha256(content).hexdigest()
+        assert got["size"] == len(content)
+        assert "Read-only" in got["write"], got
+        assert c.delete(f"/v1/assets/{made['asset']['id']}").status_code == 409
+        c.delete("/v1/endpoint/assets")

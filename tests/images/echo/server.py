@@ -3,13 +3,15 @@
 Standard library only. GET /healthcheck (and Cog's /health-check) answers 200
 once ready; POST /infer and Cog's POST /predictions echo the JSON body back with
 this process's pid, after sleeping `sleep` seconds if asked; GET /env?name=X
-reports one environment variable. ECHO_READY_DELAY delays readiness;
+reports one environment variable; GET /file?path=X reports a file's sha256 and size and
+whether it can be written. ECHO_READY_DELAY delays readiness;
 ECHO_NEVER_READY keeps the health check at 503; ECHO_EXIT exits at once with
 that code after printing a line; ECHO_LISTEN_PORT listens elsewhere than $PORT;
 ECHO_EAT_MB allocates that much memory first. Cog's /health-check answers 200
 with {"status": "STARTING"} until ready, as Cog does.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -41,6 +43,22 @@ class Handler(BaseHTTPRequestHandler):
             # Cog's /health-check is 200 all along; its body says whether setup is done.
             status = 200 if ready or url.path == "/health-check" else 503
             self._send(status, {"status": "READY" if ready else "STARTING"})
+        elif url.path == "/file":
+            path = parse_qs(url.query).get("path", [""])[0]
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                self._send(404, {"error": str(exc)})
+                return
+            try:
+                with open(path, "ab") as f:
+                    f.write(b"!")
+                wrote = "changed it"
+            except OSError as exc:
+                wrote = type(exc).__name__ + ": " + str(exc)
+            digest = hashlib.sha256(data).hexdigest()
+            self._send(200, {"sha256": digest, "size": len(data), "write": wrote})
         elif url.path == "/env":
             name = parse_qs(url.query).get("name", [""])[0]
             self._send(200, {"name": name, "value": os.environ.get(name)})
