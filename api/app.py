@@ -41,6 +41,7 @@ from api.routes import (
     tokens,
     tunes,
 )
+from api.routes.assets import clean_spool
 from api.routes.inference import DataPlane
 from api.tuning import TuneWatcher
 from broker.connection import connected
@@ -131,6 +132,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.resolved_database_url()
         await asyncio.to_thread(run_migrations, url)
+        await asyncio.to_thread(clean_spool, settings.data_dir / "asset-uploads")
         db = Database(url)
         try:
             await _check_some_admin(settings, db)

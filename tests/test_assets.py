@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,3 +280,50 @@ def test_a_200_mb_upload_streams_with_bounded_memory(stack: Stack) -> None:
     print(f"API RSS {base:.0f} MiB, peak {max(peak):.0f} MiB during a 200 MiB upload")
     assert grew < 64, f"the API grew {grew:.0f} MiB during a 200 MiB upload"
     wait_for(lambda: not list((stack.data_dir / "asset-uploads").glob("*")), 10, "spool empty")
+
+
+def test_an_upload_cut_off_by_an_api_crash_is_tried_again_cleanly(stack: Stack) -> None:
+    """The API is killed mid-upload: the caller sees the connection fail, the asset is
+    still ready_to_upload, the restarted API removes the dead upload's spool file, and the
+    same URL takes the upload again."""
+    block = os.urandom(1024 * 1024)
+    halfway = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        for i in range(400):
+            if i == 20:
+                halfway.set()
+            if i >= 20:
+                stop.wait(0.05)
+            yield block
+
+    stop = threading.Event()
+    with stack.client() as c:
+        made = _create(c, _unique("cutoff"))
+    failure: list[BaseException] = []
+
+    def put() -> None:
+        try:
+            httpx.put(made["transfer_api"]["put_url"], content=slow_body(), timeout=60)
+        except httpx.HTTPError as exc:
+            failure.append(exc)
+
+    sender = threading.Thread(target=put, daemon=True)
+    sender.start()
+    assert halfway.wait(30)
+    spool = stack.data_dir / "asset-uploads"
+    wait_for(lambda: list(spool.glob(f"{made['asset']['id']}.*")), 10, "the spool file")
+    stack.stop("api", signal.SIGKILL)
+    stop.set()
+    sender.join(30)
+    assert failure, "the upload should have failed with the API gone"
+    stack.start("api")
+    assert not list(spool.glob(f"{made['asset']['id']}.*"))  # the dead upload's file is gone
+    content = os.urandom(100_000)
+    with stack.client() as c:
+        asset_id = made["asset"]["id"]
+        assert c.get(f"/v1/assets/{asset_id}").json()["asset"]["status"] == "ready_to_upload"
+        again = httpx.put(made["transfer_api"]["put_url"], content=content, timeout=30)
+        assert again.status_code == 200, again.text
+        assert c.post(f"/v1/assets/{asset_id}/complete-upload", json={}).json() == {}
+        assert c.get(f"/v1/assets/{asset_id}/download").content == content

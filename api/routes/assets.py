@@ -47,6 +47,33 @@ UPLOAD_VALID_FOR = 24 * 3600.0
 _WRITE_BATCH = 1024 * 1024  # bytes gathered before one write to the spool file
 
 
+def clean_spool(folder: Path) -> int:
+    """Remove the spool files of API processes that no longer run (an upload cut off by
+    a crash leaves its file behind; the caller's retry starts a new one); how many."""
+    removed = 0
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        parts = entry.name.split(".")
+        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
+        if pid == os.getpid() or not _running(pid):
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class AssetCreate(BaseModel):
     """OctoAI's create body; unknown fields are ignored, as its server did."""
 
@@ -273,7 +300,7 @@ async def download_asset(
         raise Conflict(f"asset {asset.id} is {asset.status}: it has no content to send")
     spool = ctx.settings.data_dir / "asset-uploads"
     spool.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=spool, prefix=f"{asset.id}.get.")
+    fd, name = tempfile.mkstemp(dir=spool, prefix=f"{asset.id}.{os.getpid()}.get.")
     os.close(fd)
     path = Path(name)
     try:
@@ -329,7 +356,7 @@ async def upload_asset(
         raise BodyTooLarge(f"an asset may be at most {limit} bytes")
     spool = ctx.settings.data_dir / "asset-uploads"
     spool.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=spool, prefix=f"{asset.id}.")
+    fd, name = tempfile.mkstemp(dir=spool, prefix=f"{asset.id}.{os.getpid()}.")
     path = Path(name)
     try:
         digest, size = await _receive(request, fd, limit)
