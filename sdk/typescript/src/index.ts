@@ -65,6 +65,49 @@ export interface Event {
   event: { type: string; level?: string; details?: Record<string, unknown> };
 }
 
+export interface Asset {
+  id: string;
+  name: string;
+  asset_type: string;
+  data: Record<string, unknown>;
+  status: string;
+  status_details: string;
+  description: string;
+  size_bytes: number;
+  created_at: string;
+  is_public: boolean;
+  sha256?: string;
+  [field: string]: unknown;
+}
+
+export interface Tune {
+  id: string;
+  name: string;
+  status: "pending" | "running" | "succeeded" | "failed" | "cancelled";
+  status_details: string;
+  tune_type: string;
+  details: Record<string, unknown>;
+  output_lora_ids: string[];
+  endpoint?: string;
+  metrics?: Record<string, unknown>;
+  [field: string]: unknown;
+}
+
+export interface AssetOptions {
+  assetType?: string;
+  data?: Record<string, unknown>;
+  description?: string;
+  isPublic?: boolean;
+}
+
+export interface TuneOptions {
+  steps?: number;
+  engine?: string;
+  checkpointId?: string;
+  triggerWords?: string[];
+  seed?: number;
+}
+
 export interface Token {
   id: string;
   name: string;
@@ -416,6 +459,108 @@ export class Client {
 
   async deleteSecret(key: string): Promise<void> {
     await this.call({ method: "DELETE", url: this.api(`/v1/secret/${key}`), safe: true });
+  }
+
+  // -- assets ---------------------------------------------------------------------------------
+
+  /** Upload bytes as a new asset, its sha256 and size declared so that the server checks
+   * them; the asset, ready. */
+  async uploadAsset(content: Uint8Array | Blob, name: string, options: AssetOptions = {}): Promise<Asset> {
+    const bytes = content instanceof Blob ? new Uint8Array(await content.arrayBuffer()) : content;
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
+    const assetType = options.assetType ?? "file";
+    const body: Record<string, unknown> = {
+      name,
+      asset_type: assetType,
+      data: { ...(options.data ?? {}), asset_type: assetType },
+      sha256: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),
+      size_bytes: bytes.byteLength,
+    };
+    if (options.description !== undefined) body["description"] = options.description;
+    if (options.isPublic !== undefined) body["is_public"] = options.isPublic;
+    const made = await this.json<{ asset: Asset; transfer_api: { put_url: string } }>({
+      method: "POST",
+      url: this.api("/v1/assets"),
+      body,
+    });
+    let put: Response;
+    try {
+      // The presigned URL is its own authority: no token goes with it.
+      put = await this.fetcher(made.transfer_api.put_url, { method: "PUT", body: bytes as BodyInit });
+    } catch (exc) {
+      throw new ConnectionFailed(`${(exc as Error).message}`, { status: 0, body: exc });
+    }
+    await check(put);
+    await this.call({
+      method: "POST",
+      url: this.api(`/v1/assets/${made.asset.id}/complete-upload`),
+      body: {},
+      safe: true,
+    });
+    return this.getAsset(made.asset.id);
+  }
+
+  /** An asset by id, name or owner/name. */
+  async getAsset(key: string): Promise<Asset> {
+    const got = await this.json<{ asset: Asset }>({ method: "GET", url: this.api(`/v1/assets/${key}`), safe: true });
+    return got.asset;
+  }
+
+  /** Assets, newest first, with OctoAI's filters (name, asset_type, engine, limit, ...). */
+  async listAssets(filters: Record<string, string | number | boolean> = {}): Promise<Asset[]> {
+    const query = new URLSearchParams(Object.entries(filters).map(([k, v]) => [k, String(v)]));
+    const got = await this.json<{ data: Asset[] }>({ method: "GET", url: this.api(`/v1/assets?${query}`), safe: true });
+    return got.data;
+  }
+
+  async deleteAsset(id: string): Promise<void> {
+    await this.call({ method: "DELETE", url: this.api(`/v1/assets/${id}`), safe: true });
+  }
+
+  // -- fine-tuning ----------------------------------------------------------------------------
+
+  /** Start a LoRA tune on file assets (ids); it runs on the fleet. */
+  createTune(name: string, files: string[], options: TuneOptions = {}): Promise<Tune> {
+    const details: Record<string, unknown> = {
+      tune_type: "lora_tune",
+      base_checkpoint: {
+        checkpoint_id: options.checkpointId ?? "all-minilm-l6-v2",
+        engine: options.engine ?? "text/all-minilm-l6-v2",
+      },
+      files: files.map((id) => ({ file_id: id })),
+      steps: options.steps ?? 300,
+      trigger_words: options.triggerWords ?? [],
+    };
+    if (options.seed !== undefined) details["seed"] = options.seed;
+    return this.json({ method: "POST", url: this.api("/v1/tune"), body: { name, details } });
+  }
+
+  getTune(id: string): Promise<Tune> {
+    return this.json({ method: "GET", url: this.api(`/v1/tune/${id}`), safe: true });
+  }
+
+  async listTunes(filters: Record<string, string | number> = {}): Promise<Tune[]> {
+    const query = new URLSearchParams(Object.entries(filters).map(([k, v]) => [k, String(v)]));
+    return (await this.json<{ data: Tune[] }>({ method: "GET", url: this.api(`/v1/tunes?${query}`), safe: true })).data;
+  }
+
+  cancelTune(id: string): Promise<Tune> {
+    return this.json({ method: "POST", url: this.api(`/v1/tune/${id}/cancel`), safe: true });
+  }
+
+  async deleteTune(id: string): Promise<void> {
+    await this.call({ method: "DELETE", url: this.api(`/v1/tune/${id}`), safe: true });
+  }
+
+  /** The tune once it has ended (succeeded, failed or cancelled). */
+  async waitForTune(id: string, timeoutSeconds = 3600): Promise<Tune> {
+    const deadline = Date.now() + timeoutSeconds * 1000;
+    for (let tries = 0; ; tries++) {
+      const tune = await this.getTune(id);
+      if (["succeeded", "failed", "cancelled"].includes(tune.status)) return tune;
+      if (Date.now() > deadline) throw new Error(`tune ${id} has not ended in ${timeoutSeconds} s`);
+      await sleep(pollInterval(tries));
+    }
   }
 
   /** The secret this token's callbacks are signed with (for `verifyWebhook`). */

@@ -126,3 +126,27 @@ test("media round trip", () => {
   const raw = new Uint8Array([0, 1, 2, 250, 255]);
   assert.deepEqual(fromMedia(toMedia(raw)), raw);
 });
+
+test("assets upload, list and delete; a tune runs to its end", async () => {
+  const tag = `${Date.now()}`;
+  const pairs = new TextEncoder().encode(
+    '{"a": "A ship in the harbour", "b": "A boat at the dock", "label": 1}\n' +
+      '{"a": "A ship in the harbour", "b": "Two eggs and flour", "label": 0}\n',
+  );
+  const asset = await berth.uploadAsset(pairs, `ts-pairs-${tag}`, { data: { file_format: "jsonl" } });
+  assert.equal(asset.status, "ready");
+  assert.equal(asset.size_bytes, pairs.byteLength);
+  assert.deepEqual((await berth.listAssets({ name: asset.name })).map((a) => a.id), [asset.id]);
+  assert.equal((await berth.getAsset(asset.name)).id, asset.id);
+  await assert.rejects(berth.uploadAsset(new Uint8Array([1]), "bad name!"), Unprocessable);
+
+  const tune = await berth.createTune(`ts-tune-${tag}`, [asset.id], { steps: 30 });
+  assert.equal(tune.status, "pending");
+  const done = await berth.waitForTune(tune.id, 600);
+  assert.equal(done.status, "succeeded", JSON.stringify(done));
+  assert.equal((await berth.getAsset(done.output_lora_ids[0])).asset_type, "lora");
+  assert.deepEqual((await berth.listTunes({ name: tune.name })).map((t) => t.id), [tune.id]);
+  await berth.deleteTune(tune.id);
+  await assert.rejects(berth.getTune(tune.id), NotFound);
+  await berth.deleteAsset(asset.id);
+});
