@@ -2,7 +2,8 @@
 
 Processes: ``up`` (everything on one machine), ``api``, ``scaler``, ``agent``.
 Client commands (talk to the API): ``deploy``, ``endpoints``, ``infer``, ``delete``,
-``tokens``, ``secrets``, ``registry-credentials`` (see berth/access.py).
+``tokens``, ``secrets``, ``registry-credentials`` (see berth/access.py), ``assets``
+and ``tunes`` (berth/library.py).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def _deploy(args: argparse.Namespace) -> None:
         env_overrides=dict(kv.split("=", 1) for kv in args.env),
         container_secrets=args.secret,
     )
+    if args.asset:
+        fields["assets"] = args.asset
     if args.example:  # one of the catalogue's (berth examples)
         name = args.name or args.example
         try:
@@ -279,6 +282,12 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--secret", action="append", default=[], metavar="KEY", help="inject a stored secret"
     )
+    d.add_argument(
+        "--asset",
+        action="append",
+        metavar="NAME",
+        help="mount an asset read-only at $OCTOAI_VOLUME_PATH/assets/NAME",
+    )
     d.set_defaults(func=_deploy)
 
     ex = sub.add_parser("examples", help="the catalogue of example models")
@@ -332,9 +341,10 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("name")
     x.set_defaults(func=_delete)
 
-    from berth.access import add_parsers
+    from berth import access, library
 
-    add_parsers(sub)
+    access.add_parsers(sub)
+    library.add_parsers(sub)
     return p
 
 

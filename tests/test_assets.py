@@ -5,9 +5,12 @@ process replica, and an asset in use refused deletion."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack, wait_for
+from tests.conftest import MODELS, ROOT, Stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -327,3 +330,39 @@ def test_an_upload_cut_off_by_an_api_crash_is_tried_again_cleanly(stack: Stack) 
         assert again.status_code == 200, again.text
         assert c.post(f"/v1/assets/{asset_id}/complete-upload", json={}).json() == {}
         assert c.get(f"/v1/assets/{asset_id}/download").content == content
+
+
+def test_the_cli_uploads_mounts_tunes_and_deletes(stack: Stack, name: str, tmp_path: Path) -> None:
+    env = {**os.environ, "BERTH_URL": stack.url, "BERTH_TOKEN": stack.token}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "berth.cli", *args],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"a": "A ship in the harbour", "b": "A boat at the dock", "label": 1}\n'
+        '{"a": "A ship in the harbour", "b": "Two eggs and flour", "label": 0}\n'
+    )
+    asset = f"cli-{secrets.token_hex(3)}"
+    up = cli("assets", "upload", str(pairs), "--name", asset, "--data", '{"file_format": "jsonl"}')
+    assert up.returncode == 0 and f"asset {asset} ready" in up.stdout, up.stdout + up.stderr
+    assert asset in cli("assets", "list", "--name", asset).stdout
+    deployed = cli(
+        "deploy", str(MODELS / "assets"), "--name", name, "--asset", asset, "--min-replicas", "1"
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    stack.wait_ready(name)
+    out = cli("infer", name, json.dumps({"name": asset}))
+    assert json.loads(out.stdout)["output"]["names"] == [asset], out.stdout + out.stderr
+    asset_id = json.loads(cli("assets", "get", asset).stdout)["id"]
+    refused = cli("assets", "delete", asset_id)
+    assert refused.returncode != 0 and "used by endpoint" in refused.stderr
+    assert cli("delete", name).returncode == 0
+
+    tuned = cli("tunes", "create", f"cli-tune-{asset}", "--file", asset, "--steps", "30", "--wait")
+    assert tuned.returncode == 0 and "succeeded" in tuned.stdout, tuned.stdout + tuned.stderr
+    assert f"cli-tune-{asset}" in cli("tunes", "list").stdout
+    assert cli("assets", "delete", asset_id).returncode == 0
