@@ -111,7 +111,8 @@ class CompleteUpload(BaseModel):
     token: str | None = None
 
 
-def _iso(at: float) -> str:
+def iso_time(at: float) -> str:
+    """A unix time as OctoAI's clients read times: ISO 8601, UTC."""
     return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -126,7 +127,7 @@ def asset_public(ctx: AppContext, asset: Asset) -> dict[str, Any]:
         "status_details": asset.status_details,
         "description": asset.description,
         "size_bytes": asset.size_bytes,
-        "created_at": _iso(asset.created_at),
+        "created_at": iso_time(asset.created_at),
         "tenant_uuid": ctx.settings.tenant,
         "is_public": asset.is_public,
         "file_structure": "single_file",
@@ -148,7 +149,7 @@ MaybePrincipal = Annotated[Principal | None, Depends(maybe_principal)]
 Admin = Depends(require_admin)
 
 
-def _many(values: list[str] | None) -> list[str]:
+def split_values(values: list[str] | None) -> list[str]:
     """A list filter sent repeated (Python clients) or comma-joined (TypeScript)."""
     return [v for raw in values or () for v in raw.split(",") if v]
 
@@ -264,8 +265,12 @@ async def list_assets(
             .order_by(Asset.created_at.desc())  # type: ignore[attr-defined]
         )
     ).all()
-    types, engines, formats = _many(asset_type), _many(engine), _many(file_format)
-    ids = set(_many([asset_ids] if asset_ids else None))
+    types, engines, formats = (
+        split_values(asset_type),
+        split_values(engine),
+        split_values(file_format),
+    )
+    ids = set(split_values([asset_ids] if asset_ids else None))
 
     def wanted(a: Asset) -> bool:
         return (
@@ -498,4 +503,4 @@ async def delete_asset(asset_id: str, ctx: ContextDep, session: SessionDep) -> d
         )
         if shared.first() is None:
             await drop_content(ctx.broker, asset.sha256)
-    return {"id": asset.id, "deleted_at": _iso(now)}
+    return {"id": asset.id, "deleted_at": iso_time(now)}

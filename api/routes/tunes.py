@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -32,7 +31,7 @@ from sqlmodel import select
 from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep
 from api.openapi import errors
-from api.routes.assets import NAME_RE, _many
+from api.routes.assets import NAME_RE, iso_time, split_values
 from api.tuning import TRAINERS, cancel_tune, start_tune
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.models import Asset, AssetStatus, Tune, TuneStatus
@@ -59,12 +58,6 @@ class TuneCreate(BaseModel):
     continue_on_rejection: bool | None = None
 
 
-def _iso(at: float | None) -> str | None:
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
-
-
 def tune_public(ctx: AppContext, tune: Tune) -> dict[str, Any]:
     """OctoAI's Tune object (every field its strictest client requires)."""
     out: dict[str, Any] = {
@@ -77,18 +70,18 @@ def tune_public(ctx: AppContext, tune: Tune) -> dict[str, Any]:
         "status_details": tune.status_details,
         "output_lora_ids": tune.output_lora_ids,
         "tenant_id": ctx.settings.tenant,
-        "created_at": _iso(tune.created_at),
-        "updated_at": _iso(tune.updated_at),
+        "created_at": iso_time(tune.created_at),
+        "updated_at": iso_time(tune.updated_at),
         # Berth's additions: the trainer endpoint (its events and logs) and its job.
         "endpoint": tune.endpoint,
         "response_id": tune.response_id,
         "metrics": tune.metrics,
     }
     if tune.succeeded_at is not None:
-        out["succeeded_at"] = _iso(tune.succeeded_at)
+        out["succeeded_at"] = iso_time(tune.succeeded_at)
         out["result"] = {"output_assets": tune.output_lora_ids}
     if tune.deleted_at is not None:
-        out["deleted_at"] = _iso(tune.deleted_at)
+        out["deleted_at"] = iso_time(tune.deleted_at)
     return out
 
 
@@ -198,7 +191,7 @@ async def list_tunes(
             .order_by(Tune.created_at.desc())  # type: ignore[attr-defined]
         )
     ).all()
-    words = set(_many(trigger_words))
+    words = set(split_values(trigger_words))
 
     def wanted(t: Tune) -> bool:
         checkpoint = t.details.get("base_checkpoint") or {}
@@ -253,4 +246,4 @@ async def delete_tune(tune_id: str, ctx: ContextDep, session: SessionDep) -> dic
     tune.deleted_at = tune.updated_at = time.time()
     session.add(tune)
     await session.commit()
-    return {"id": tune.id, "deleted_at": _iso(tune.deleted_at)}
+    return {"id": tune.id, "deleted_at": iso_time(tune.deleted_at)}
