@@ -129,18 +129,27 @@ def test_every_control_route_needs_an_admin_token(stack: Stack, name: str) -> No
         # Any valid token reads and rotates its own webhook signing secret, nothing else.
         own_route = path.startswith("/v1/webhook-secret")
         denied = 200 if own_route else 404 if job_route else 403
+        anonymous = 401
+        # A public asset is anyone's to read (a private one is not found but by an admin);
+        # an upload URL is its own authority, whatever token comes with it.
+        if method == "GET" and path.startswith("/v1/assets"):
+            anonymous = denied = 200 if path == "/v1/assets" else 404
+        upload = method == "PUT" and path.endswith("/upload")
         for token, status in (
-            (None, 401),
-            (BAD_TOKEN, 401),
-            ("not-even-a-token", 401),
-            (expired, 401),
-            (inference, denied),
-            (agent, denied),
+            (None, 404 if upload else anonymous),
+            (BAD_TOKEN, 404 if upload else 401),
+            ("not-even-a-token", 404 if upload else 401),
+            (expired, 404 if upload else 401),
+            (inference, 404 if upload else denied),
+            (agent, 404 if upload else denied),
         ):
             resp = call(stack, method, path, token, json={})
             assert resp.status_code == status, (method, path, token, resp.text)
-            if status == 200:
+            if status == 200 and own_route:
                 assert resp.json()["secret"].startswith("whsec_")
+                continue
+            if status == 200:
+                assert resp.json()["data"] == [] or all(a["is_public"] for a in resp.json()["data"])
                 continue
             assert resp.json()["error"]["code"] in ("unauthorized", "forbidden", "not_found")
             if status == 401:

@@ -176,13 +176,19 @@ def test_a_sync_request_is_one_trace_from_the_caller_to_the_models_own_span(
     assert resp.status_code == 200, resp.text
 
     def whole() -> list[Span] | None:
+        # Every span this test reads: each process exports its own batches, and a parent
+        # ends (and leaves) after its children, so one batch's arrival says nothing of
+        # another's.
         spans = receiver.trace(trace_id)
-        return (
-            spans
-            if {"berth-api", "berth-agent", "berth-replica"} <= {s.service for s in spans}
-            and any(s.name == "model work" for s in spans)
-            else None
-        )
+        seen = {(s.service, s.kind) for s in spans} | {(s.service, s.name) for s in spans}
+        wanted = {
+            ("berth-api", SERVER),
+            ("berth-agent", f"queue {name}"),
+            ("berth-agent", CONSUMER),
+            ("berth-replica", SERVER),
+            ("berth-replica", "model work"),
+        }
+        return spans if wanted <= seen else None
 
     spans = wait_for(whole, 30, "the trace from every process")
     api = one(spans, service="berth-api", kind=SERVER)
@@ -251,6 +257,8 @@ def test_a_job_keeps_its_trace_through_its_result_and_callback(
             (s := receiver.trace(trace_id))
             and any(x.name == "POST" and x.kind == CLIENT for x in s)
             and any(x.name == "store result" for x in s)
+            and any(x.kind == CONSUMER for x in s)  # ends after its child, store result
+            and any(x.service == "berth-api" and x.kind == SERVER for x in s)
             and s
         ),
         30,
@@ -275,11 +283,14 @@ def test_scaling_decisions_and_replica_starts_are_spans(
     traced_stack: Stack, receiver: Receiver
 ) -> None:
     wait_for(
-        lambda: any(
-            s.service == "berth-scaler" and s.name == "scale traced-job" for s in receiver.spans
+        lambda: (
+            any(
+                s.service == "berth-scaler" and s.name == "scale traced-job" for s in receiver.spans
+            )
+            and any(s.name == "replica start" for s in receiver.spans)
         ),
         30,
-        "a scaling span",
+        "a scaling span and a replica start span",
     )
     decision = next(s for s in receiver.spans if s.name == "scale traced-job")
     assert decision.attributes["berth.scale.kind"] == "min_replicas"

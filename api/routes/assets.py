@@ -337,18 +337,16 @@ async def get_asset(
     return {"asset": asset_public(ctx, asset), "transfer_api": {"type": "none"}}
 
 
-@router.put("/assets/{asset_id}/upload", responses=errors(403, 409, 413, 503))
+@router.put("/assets/{asset_id}/upload", responses=errors(403, 404, 409, 413, 503))
 async def upload_asset(
     asset_id: str, request: Request, ctx: ContextDep, session: SessionDep, token: str = ""
 ) -> dict[str, Any]:
     """The presigned URL's target: the asset's bytes, streamed, with no other token."""
     asset = await session.get(Asset, asset_id)
-    if (
-        asset is None
-        or not asset.upload_token_sha256
-        or not secrets.compare_digest(
-            asset.upload_token_sha256, hashlib.sha256(token.encode()).hexdigest()
-        )
+    if asset is None:
+        raise NotFound(f"asset {asset_id!r} does not exist")
+    if not asset.upload_token_sha256 or not secrets.compare_digest(
+        asset.upload_token_sha256, hashlib.sha256(token.encode()).hexdigest()
     ):
         raise Forbidden("this upload URL is not valid")
     if asset.status != AssetStatus.READY_TO_UPLOAD:

@@ -85,7 +85,9 @@ export async function lines(path, onItem, signal) {
     while ((cut = buffer.indexOf("\n")) >= 0) {
       const line = buffer.slice(0, cut).trim();
       buffer = buffer.slice(cut + 1);
-      if (line) onItem(JSON.parse(line));
+      // Awaited: an item's handler that fails (aborted with its page, say) fails here,
+      // where follow() sees it, not as an unhandled rejection.
+      if (line) await onItem(JSON.parse(line));
     }
   }
 }
