@@ -342,7 +342,7 @@ class _Exporter:
     """Spans handed to a child process that encodes and sends them, so that neither the
     encoding nor the HTTP ever holds this process's GIL while its event loop waits.
 
-    A span ends as a plain tuple in a bounded list; a thread writes the list every
+    A span ends as a marshalled tuple in a bounded list; a thread writes the list every
     ``delay`` seconds (or as soon as a batch is full) to the child's stdin as one
     ``marshal`` frame, one C call and one write. The child is this file run as a script
     (:func:`_export_main`): it builds OTLP/JSON and posts it on a kept-alive connection.
@@ -363,7 +363,7 @@ class _Exporter:
         self.url = url
         self.delay = delay
         self.limit, self.batch = queue, batch
-        self.spans: list[tuple[Any, ...]] = []
+        self.spans: list[bytes] = []  # each span marshalled
         self.dropped = 0
         self.wake = threading.Event()
         self.lock = threading.Lock()
@@ -382,20 +382,26 @@ class _Exporter:
         if len(self.spans) >= self.limit:
             self.dropped += 1
             return
-        self.spans.append(  # list.append is atomic under the GIL
-            (
-                span.trace_id,
-                span.span_id,
-                span.parent_id,
-                span.name,
-                span.kind,
-                span.start_ns,
-                span.end_ns,
-                span.attributes,
-                span.events,
-                span.status,
-            )
+        record = (
+            span.trace_id,
+            span.span_id,
+            span.parent_id,
+            span.name,
+            span.kind,
+            span.start_ns,
+            span.end_ns,
+            span.attributes,
+            span.events,
+            span.status,
         )
+        # Marshalled now: the span's dicts and lists die here, and what waits for the next
+        # batch is one bytes object the garbage collector never visits.
+        try:
+            blob = marshal.dumps(record)
+        except ValueError:  # an attribute of a type marshal does not take: as text
+            plain = {k: _plain(v) for k, v in span.attributes.items()}
+            blob = marshal.dumps((*record[:7], plain, *record[8:]))
+        self.spans.append(blob)  # list.append is atomic under the GIL
         if len(self.spans) >= self.batch:
             self.wake.set()
 
@@ -414,12 +420,8 @@ class _Exporter:
                 log.warning("tracing: %d span(s) dropped, the export queue was full", self.dropped)
                 self.dropped = 0
 
-    def _write(self, spans: list[tuple[Any, ...]]) -> None:
-        try:
-            frame = marshal.dumps(spans)
-        except ValueError:  # an attribute of a type marshal does not take: as text
-            spans = [(*s[:7], {k: _plain(v) for k, v in s[7].items()}, *s[8:]) for s in spans]
-            frame = marshal.dumps(spans)
+    def _write(self, spans: list[bytes]) -> None:
+        frame = marshal.dumps(spans)  # a list of marshalled spans
         try:
             assert self.pipe is not None
             self.pipe.write(len(frame).to_bytes(4, "little") + frame)
@@ -511,7 +513,7 @@ def _export_main() -> None:
         if len(head) < 4:
             return  # the parent closed the pipe (or exited): everything it sent is sent
         frame = stdin.read(int.from_bytes(head, "little"))
-        sender.send(marshal.loads(frame))
+        sender.send([marshal.loads(blob) for blob in marshal.loads(frame)])
 
 
 # -- the model server ------------------------------------------------------------------------
