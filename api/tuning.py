@@ -1,6 +1,9 @@
 """Fine-tuning runs on the fleet: a trainer endpoint and one job per tune, followed
 until it ends (see api/routes/tunes.py for the API).
 
+Every API instance runs a watcher; what they write is the same whoever writes first,
+and the output asset's id is derived from its tune, so two watchers make one asset.
+
 ``start_tune`` makes the tune's trainer endpoint (from the catalogue example that
 trains for the tune's engine, its training files mounted as assets) and queues the
 training job. ``TuneWatcher`` follows every live tune's job: running when a replica
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -242,7 +246,9 @@ class TuneWatcher:
             name = f"{name}-{secrets.token_hex(3)}"
         now = time.time()
         asset = Asset(
-            id=f"asset_{secrets.token_hex(12)}",
+            # Derived from the tune: a second API's watcher that registers the same output
+            # at the same moment collides on the key instead of making a second asset.
+            id="asset_" + hashlib.sha256(tune.id.encode()).hexdigest()[:24],
             name=name,
             asset_type="lora",
             data={
@@ -261,6 +267,11 @@ class TuneWatcher:
             updated_at=now,
         )
         session.add(asset)
+        try:
+            await session.flush()
+        except IntegrityError:  # registered by another API's watcher: it ends the tune
+            await session.rollback()
+            return
         tune.output_lora_ids = [asset.id]
         tune.metrics = {k: v for k, v in output.get("metrics", {}).items() if k != "losses"}
         await _end(ctx, session, tune, TuneStatus.SUCCEEDED, "")
