@@ -13,6 +13,8 @@ const NAV = [
   ["/console/", "Endpoints"],
   ["/console/new", "New endpoint"],
   ["/console/jobs", "Jobs"],
+  ["/console/assets", "Assets"],
+  ["/console/tunes", "Fine-tuning"],
   ["/console/tokens", "Tokens"],
   ["/console/secrets", "Secrets"],
   ["/console/credentials", "Registry credentials"],
@@ -25,6 +27,8 @@ const PAGES = [
   [/^\/console\/endpoints\/([a-z0-9-]+)$/, (main, signal, m) => endpointPage(main, signal, m[1])],
   [/^\/console\/endpoints\/([a-z0-9-]+)\/edit$/, (main, signal, m) => endpointForm(main, signal, m[1])],
   [/^\/console\/jobs$/, jobsPage],
+  [/^\/console\/assets$/, assetsPage],
+  [/^\/console\/tunes$/, tunesPage],
   [/^\/console\/tokens$/, tokensPage],
   [/^\/console\/secrets$/, secretsPage],
   [/^\/console\/credentials$/, credentialsPage],
@@ -522,6 +526,140 @@ async function jobsPage(main, signal) {
     if (chosen && !detail.querySelector(".output")) showDetail(chosen); // a shown response stays
   }
   filter.addEventListener("change", () => refresh());
+  while (!signal.aborted) {
+    await refresh();
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+// -- assets and fine-tuning ---------------------------------------------------------------
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let v = n / 1024, i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+// PUT a file to an asset's presigned URL (this origin's path: the API may name itself
+// otherwise), with the upload's progress; XMLHttpRequest, as fetch reports none.
+function putFile(url, file, onProgress) {
+  const target = new URL(url, location.origin);
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("PUT", target.pathname + target.search);
+    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded, e.total);
+    xhr.onload = () => {
+      if (xhr.status < 300) return resolve();
+      let message = `upload refused (${xhr.status})`;
+      try { message = JSON.parse(xhr.responseText).error.message; } catch { /* not JSON */ }
+      reject(new Error(message));
+    };
+    xhr.onerror = () => reject(new Error("the upload was cut off"));
+    xhr.send(file);
+  });
+}
+
+async function assetsPage(main, signal) {
+  const body = h("tbody");
+  const problem = h("div", { class: "error", role: "alert" });
+  const refresh = async () => {
+    const { data } = await api("/v1/assets?limit=100", { signal });
+    fill(body, data.length ? data.map((a) => h("tr", { dataset: { asset: a.name } },
+      h("td", {}, a.name), h("td", {}, a.asset_type), h("td", {}, badge(a.status)),
+      h("td", {}, bytes(a.size_bytes)), h("td", {}, ago(Date.parse(a.created_at) / 1000)),
+      h("td", {}, h("code", {}, a.id)),
+      h("td", {}, h("button", { type: "button", class: "small danger", onclick: async () => {
+        if (!confirm(`Delete asset ${a.name}?`)) return;
+        try { await api(`/v1/assets/${a.id}`, { method: "DELETE" }); problem.textContent = ""; refresh(); } catch (e) { problem.textContent = e.message; }
+      } }, "Delete")))) : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No assets yet.")));
+  };
+  const fileIn = h("input", { type: "file", name: "file", required: true });
+  const nameIn = h("input", { type: "text", name: "name", placeholder: "the file's name" });
+  const typeIn = h("select", { name: "asset_type" }, ["file", "checkpoint", "lora", "textual_inversion", "vae", "latent"].map((t) => h("option", { value: t }, t)));
+  const formatIn = h("input", { type: "text", name: "file_format", placeholder: "e.g. jsonl, safetensors, png" });
+  const progress = h("progress", { max: 1, value: 0, hidden: true });
+  const general = h("div", { class: "error", role: "alert" });
+  const form = h("form", { class: "card", onsubmit: async (e) => {
+    e.preventDefault();
+    for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
+    general.textContent = "";
+    const file = fileIn.files[0];
+    if (!file) return;
+    const data = formatIn.value.trim() ? { file_format: formatIn.value.trim() } : {};
+    const payload = { name: nameIn.value.trim() || file.name.replace(/[^A-Za-z0-9_.-]/g, "-"), asset_type: typeIn.value, data: { ...data, asset_type: typeIn.value }, size_bytes: file.size };
+    try {
+      const made = await api("/v1/assets", { method: "POST", body: payload });
+      progress.hidden = false;
+      await putFile(made.transfer_api.put_url, file, (done, total) => { progress.max = total; progress.value = done; });
+      const done = await api(`/v1/assets/${made.asset.id}/complete-upload`, { method: "POST", body: {} });
+      if (done.error) throw new Error(done.error);
+      form.reset();
+      progress.hidden = true;
+      refresh();
+    } catch (err) {
+      progress.hidden = true;
+      const fields = err instanceof ApiError ? err.fields() : {};
+      for (const [k, msg] of Object.entries(fields)) { const box = form.querySelector(`[data-field="${CSS.escape(k)}"] .field-error`); if (box) box.textContent = msg; }
+      general.textContent = err.message;
+      refresh();
+    }
+  } },
+    h("h3", {}, "Upload"), row("File", fileIn), row("Name", nameIn, "Letters, digits, '_', '.' and '-'; the file's name if empty."),
+    row("Type", typeIn, null, "asset_type"), row("File format", formatIn, "Checked when it arrives: a safetensors header, an image's or sound's signature, JSON lines.", "file_format"),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Upload"), progress, general));
+  listPage(main, "Assets", "Files, weights and LoRAs, uploaded once and mounted read-only into the replicas of every endpoint that names them (at $OCTOAI_VOLUME_PATH/assets/<name>).",
+    h("div", {}, problem, h("table", { class: "list", id: "assets" }, h("thead", {}, h("tr", {}, ["Name", "Type", "Status", "Size", "Created", "Id", ""].map((t) => h("th", {}, t)))), body)), form);
+  await refresh();
+}
+
+async function tunesPage(main, signal) {
+  const body = h("tbody");
+  const problem = h("div", { class: "error", role: "alert" });
+  const filesIn = h("select", { name: "files", multiple: true, size: 4, required: true });
+  const refresh = async () => {
+    const [{ data: tunes }, { data: files }] = await Promise.all([
+      api("/v1/tunes?limit=100", { signal }),
+      api("/v1/assets?asset_type=file&limit=100", { signal }),
+    ]);
+    const chosen = new Set([...filesIn.selectedOptions].map((o) => o.value));
+    fill(filesIn, files.filter((f) => f.status === "ready").map((f) => h("option", { value: f.id, selected: chosen.has(f.id) }, f.name)));
+    fill(body, tunes.length ? tunes.map((t) => h("tr", { dataset: { tune: t.name } },
+      h("td", {}, t.name), h("td", {}, badge(t.status)), h("td", {}, t.status_details || ""),
+      h("td", {}, t.metrics?.loss_after != null ? `${t.metrics.loss_before.toFixed(4)} → ${t.metrics.loss_after.toFixed(4)}` : ""),
+      h("td", {}, t.output_lora_ids.map((id) => h("code", {}, id))),
+      h("td", {}, ["pending", "running"].includes(t.status)
+        ? h("button", { type: "button", class: "small danger", onclick: async () => { try { await api(`/v1/tune/${t.id}/cancel`, { method: "POST" }); refresh(); } catch (e) { problem.textContent = e.message; } } }, "Cancel")
+        : h("button", { type: "button", class: "small", onclick: async () => { try { await api(`/v1/tune/${t.id}`, { method: "DELETE" }); refresh(); } catch (e) { problem.textContent = e.message; } } }, "Delete")))) : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No tunes yet.")));
+  };
+  const nameIn = h("input", { type: "text", name: "name", required: true });
+  const stepsIn = h("input", { type: "number", name: "steps", min: 1, max: 20000, value: 300 });
+  const general = h("div", { class: "error", role: "alert" });
+  const form = h("form", { class: "card", onsubmit: async (e) => {
+    e.preventDefault();
+    general.textContent = "";
+    const details = {
+      tune_type: "lora_tune",
+      base_checkpoint: { checkpoint_id: "all-minilm-l6-v2", engine: "text/all-minilm-l6-v2" },
+      files: [...filesIn.selectedOptions].map((o) => ({ file_id: o.value })),
+      steps: Number(stepsIn.value),
+      trigger_words: [],
+    };
+    try {
+      await api("/v1/tune", { method: "POST", body: { name: nameIn.value.trim(), details } });
+      form.reset();
+      stepsIn.value = "300";
+      refresh();
+    } catch (err) {
+      general.textContent = err.message;
+    }
+  } },
+    h("h3", {}, "New tune: an adapter for the embeddings example"),
+    row("Name", nameIn), row("Training files", filesIn, "JSON lines of labelled pairs, {\"a\", \"b\", \"label\": 1 | 0}: file assets, uploaded on the Assets page."),
+    row("Steps", stepsIn), h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Start tuning"), general));
+  listPage(main, "Fine-tuning", "Each tune runs as one job of a trainer endpoint of its own; its output is a LoRA asset that an endpoint mounts.",
+    h("div", {}, problem, h("table", { class: "list", id: "tunes" }, h("thead", {}, h("tr", {}, ["Name", "Status", "", "Loss", "Output", ""].map((t) => h("th", {}, t)))), body)), form);
   while (!signal.aborted) {
     await refresh();
     await new Promise((r) => setTimeout(r, 2000));
