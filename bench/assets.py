@@ -17,16 +17,14 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench import FAST
-from berth.local import ROOT, LocalNats, LocalStack
+from bench.harness import own_stack
+from berth.local import ROOT
 from shared.packing import pack_dir
 
 MODEL = ROOT / "tests" / "models" / "assets"
@@ -84,25 +82,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="berth-bench-assets-") as tmp:
-        nats = LocalNats(Path(tmp) / "nats")
-        nats.start()
-        stack = LocalStack(
-            Path(tmp) / "berth", nats.url, env={**FAST, "BERTH_LOG_LEVEL": "WARNING"}
-        )
-        try:
-            stack.start()
-            headers = {"Authorization": f"Bearer {stack.token}"}
-            with httpx.Client(base_url=stack.url, headers=headers, timeout=120) as c:
-                seconds = [upload(c, f"big-{i}", args.mib) for i in range(args.rounds)]
-                rates = [args.mib / s for s in seconds]
-                model = c.post("/v1/models", content=pack_dir(MODEL)).json()["model_id"]
-                plain = cold_start(c, "plain", model, [])
-                uncached = cold_start(c, "uncached", model, ["big-0"])
-                cached = cold_start(c, "cached", model, ["big-0"])
-        finally:
-            stack.close()
-            nats.stop()
+    with own_stack("berth-bench-assets-") as stack:
+        headers = {"Authorization": f"Bearer {stack.token}"}
+        with httpx.Client(base_url=stack.url, headers=headers, timeout=120) as c:
+            seconds = [upload(c, f"big-{i}", args.mib) for i in range(args.rounds)]
+            rates = [args.mib / s for s in seconds]
+            model = c.post("/v1/models", content=pack_dir(MODEL)).json()["model_id"]
+            plain = cold_start(c, "plain", model, [])
+            uncached = cold_start(c, "uncached", model, ["big-0"])
+            cached = cold_start(c, "cached", model, ["big-0"])
     result: dict[str, Any] = {
         "mib": args.mib,
         "upload_mib_per_s": [round(r, 1) for r in rates],

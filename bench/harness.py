@@ -63,6 +63,23 @@ RAY_VERSION = "2.60.0"
 # -- measuring ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def own_stack(prefix: str) -> Iterator[LocalStack]:
+    """A nats-server, API, scaler and agent of their own on 127.0.0.1, for one script."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        nats = LocalNats(Path(tmp) / "nats")
+        nats.start()
+        stack = LocalStack(
+            Path(tmp) / "berth", nats.url, env={**FAST, "BERTH_LOG_LEVEL": "WARNING"}
+        )
+        try:
+            stack.start()
+            yield stack
+        finally:
+            stack.close()
+            nats.stop()
+
+
 def spread(values: list[float], digits: int = 1) -> dict[str, float]:
     return {
         "median": round(statistics.median(values), digits),

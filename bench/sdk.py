@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench import FAST
-from berth.local import ROOT, LocalNats, LocalStack
+from bench.harness import own_stack
+from berth.local import ROOT
 
 
 def measure(call: Any, calls: int) -> tuple[float, float]:
@@ -45,45 +43,35 @@ def main() -> None:
 
     from berth import Client
 
-    with tempfile.TemporaryDirectory(prefix="berth-bench-sdk-") as tmp:
-        nats = LocalNats(Path(tmp) / "nats")
-        nats.start()
-        stack = LocalStack(
-            Path(tmp) / "berth", nats.url, env={**FAST, "BERTH_LOG_LEVEL": "WARNING"}
-        )
-        try:
-            stack.start()
-            headers = {"Authorization": f"Bearer {stack.token}"}
-            with httpx.Client(headers=headers, timeout=60) as bare:
-                bare.post(
-                    f"{stack.url}/v1/endpoint",
-                    json={"name": "echo", "example": "echo", "min_replicas": 1, "max_replicas": 1},
-                ).raise_for_status()
-                sdk = Client(stack.url, stack.token, timeout=60)
-                sdk.wait_until_ready("echo", timeout=120)
-                body = {"prompt": "hi"}
+    with own_stack("berth-bench-sdk-") as stack:
+        headers = {"Authorization": f"Bearer {stack.token}"}
+        with httpx.Client(headers=headers, timeout=60) as bare:
+            bare.post(
+                f"{stack.url}/v1/endpoint",
+                json={"name": "echo", "example": "echo", "min_replicas": 1, "max_replicas": 1},
+            ).raise_for_status()
+            sdk = Client(stack.url, stack.token, timeout=60)
+            sdk.wait_until_ready("echo", timeout=120)
+            body = {"prompt": "hi"}
 
-                url = f"{stack.url}/e/echo/infer"  # a whole URL, as the SDK builds it
+            url = f"{stack.url}/e/echo/infer"  # a whole URL, as the SDK builds it
 
-                def plain() -> Any:
-                    resp = bare.post(url, json=body)
-                    resp.raise_for_status()
-                    return resp.json()
+            def plain() -> Any:
+                resp = bare.post(url, json=body)
+                resp.raise_for_status()
+                return resp.json()
 
-                def via_sdk() -> Any:
-                    return sdk.infer("echo", body)
+            def via_sdk() -> Any:
+                return sdk.infer("echo", body)
 
-                for fn in (plain, via_sdk):  # warm both paths
-                    measure(fn, 200)
-                rows: dict[str, list[tuple[float, float]]] = {"httpx": [], "sdk": []}
-                for r in range(args.rounds):
-                    order = [("httpx", plain), ("sdk", via_sdk)]
-                    for label, fn in order if r % 2 == 0 else order[::-1]:
-                        rows[label].append(measure(fn, args.calls))
-                sdk.close()
-        finally:
-            stack.close()
-            nats.stop()
+            for fn in (plain, via_sdk):  # warm both paths
+                measure(fn, 200)
+            rows: dict[str, list[tuple[float, float]]] = {"httpx": [], "sdk": []}
+            for r in range(args.rounds):
+                order = [("httpx", plain), ("sdk", via_sdk)]
+                for label, fn in order if r % 2 == 0 else order[::-1]:
+                    rows[label].append(measure(fn, args.calls))
+            sdk.close()
     result: dict[str, Any] = {"calls": args.calls, "rounds": args.rounds}
     for label, got in rows.items():
         result[label] = {
