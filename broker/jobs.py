@@ -140,7 +140,12 @@ async def _read(broker: Broker, response_id: str) -> tuple[JobRecord, int] | Non
     found = await kv_read(broker, names.KV_JOBS, response_id)
     if found is None or not found[0]:
         return None
-    return JobRecord.model_validate_json(found[0]), found[1]
+    try:
+        return JobRecord.model_validate_json(found[0]), found[1]
+    except ValidationError as exc:  # a newer Berth's format, or not a job: an outage here
+        raise BrokerUnavailable(
+            f"job {response_id}'s record cannot be read by this Berth: {exc.errors()[0]['msg']}"
+        ) from exc
 
 
 async def get_job(broker: Broker, response_id: str) -> JobRecord | None:

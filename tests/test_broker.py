@@ -490,6 +490,9 @@ async def test_the_job_listing_leaves_out_a_record_it_cannot_read(own_broker: Br
     newer["v"] = 99
     await kv_write(own_broker, names.KV_JOBS, "job-newer", orjson.dumps(newer), last=0)
     assert [j.response_id for j in await recent_jobs(own_broker, 100)] == [job.response_id]
+    # Read alone, such a record is an outage with its reason (a 503), never a crash.
+    with pytest.raises(BrokerUnavailable, match="cannot be read by this Berth"):
+        await get_job(own_broker, "job-newer")
 
 
 async def test_a_request_delivered_again_runs_only_where_no_live_agent_holds_it(
