@@ -49,6 +49,7 @@ from broker.jobs import ensure_results
 from broker.publish import Requester
 from broker.registry import KvView, delete_key
 from broker.secrets import serve_replica_secrets
+from broker.streams import until_laid_out
 from shared import names
 from shared.db import Database, run_migrations
 from shared.errors import Forbidden
@@ -139,10 +140,17 @@ def create_app(settings: ApiSettings) -> BerthApp:
             store = await open_store(settings, db)
             async with (
                 contextlib.AsyncExitStack() as stack,
-                connected(settings.nats_url, "berth-api", timeout=settings.nats_timeout) as broker,
+                connected(
+                    settings.nats_url,
+                    "berth-api",
+                    timeout=settings.nats_timeout,
+                    replicas=settings.nats_replicas,
+                ) as broker,
             ):
                 stack.push_async_callback(store.close)
-                await ensure_results(broker, settings.result_ttl)
+                await until_laid_out(
+                    lambda: ensure_results(broker, settings.result_ttl), "the job store"
+                )
                 requester = Requester(broker)
                 await requester.start()
                 endpoint_view = KvView(broker, names.KV_ENDPOINTS, EndpointSpec)

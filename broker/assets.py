@@ -31,7 +31,9 @@ async def _store(broker: Broker) -> ObjectStore:
     try:
         return await broker.js.object_store(names.OBJ_ASSETS)
     except (BucketNotFoundError, NotFoundError):
-        config = ObjectStoreConfig(storage=StorageType.FILE, description="Berth's asset library")
+        config = ObjectStoreConfig(
+            storage=StorageType.FILE, description="Berth's asset library", replicas=broker.replicas
+        )
         return await broker.js.create_object_store(names.OBJ_ASSETS, config=config)
 
 

@@ -42,7 +42,7 @@ async def ensure_bodies(broker: Broker, ttl: float) -> None:
     try:
         await broker.js.object_store(names.OBJ_BODIES)
     except (BucketNotFoundError, NotFoundError):
-        config = ObjectStoreConfig(storage=StorageType.FILE, ttl=ttl)
+        config = ObjectStoreConfig(storage=StorageType.FILE, ttl=ttl, replicas=broker.replicas)
         await broker.js.create_object_store(names.OBJ_BODIES, config=config)
 
 

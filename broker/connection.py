@@ -60,6 +60,9 @@ class Broker:
     timeout: float
     url: str = ""
     name: str = ""
+    # Copies JetStream keeps of every stream, bucket and object store Berth makes: 1 on
+    # one nats-server, 3 on a three-node cluster (BERTH_NATS_REPLICAS).
+    replicas: int = 1
     _kv: dict[str, KeyValue] = field(default_factory=dict)
     _wire: asyncio.Task[Wire] | None = None
 
@@ -100,7 +103,7 @@ class Broker:
                 await self.nc.close()
 
 
-async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
+async def connect(url: str, name: str, *, timeout: float = 5.0, replicas: int = 1) -> Broker:
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
 
@@ -132,17 +135,26 @@ async def connect(url: str, name: str, *, timeout: float = 5.0) -> Broker:
             )
     except Exception as exc:
         raise BrokerUnavailable(f"cannot connect to NATS at {redact(url)}: {exc}") from exc
-    return Broker(nc=nc, js=nc.jetstream(timeout=timeout), timeout=timeout, url=url, name=name)
+    return Broker(
+        nc=nc,
+        js=nc.jetstream(timeout=timeout),
+        timeout=timeout,
+        url=url,
+        name=name,
+        replicas=replicas,
+    )
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str, name: str, *, timeout: float = 5.0) -> AsyncIterator[Broker]:
+async def connected(
+    url: str, name: str, *, timeout: float = 5.0, replicas: int = 1
+) -> AsyncIterator[Broker]:
     """A connection with Berth's stream, KV and object-store layout in place; drained on exit."""
-    from broker.streams import ensure_layout  # streams imports this module
+    from broker.streams import ensure_layout, until_laid_out  # streams imports this module
 
-    broker = await connect(url, name, timeout=timeout)
+    broker = await connect(url, name, timeout=timeout, replicas=replicas)
     try:
-        await ensure_layout(broker)
+        await until_laid_out(lambda: ensure_layout(broker), "Berth's streams and buckets")
         yield broker
     finally:
         await broker.close()

@@ -99,6 +99,7 @@ async def ensure_results(broker: Broker, ttl: float) -> None:
             storage=StorageType.FILE,
             max_age=ttl,
             max_msg_size=-1,
+            num_replicas=broker.replicas,
         ),
     )
     await ensure_bodies(broker, ttl)
@@ -111,13 +112,16 @@ async def ensure_results(broker: Broker, ttl: float) -> None:
             storage=StorageType.FILE,
             max_age=ttl,
             duplicate_window=120.0,
+            num_replicas=broker.replicas,
         ),
     )
     for bucket in (names.KV_JOBS, names.KV_IDEMPOTENCY):
         try:
             await broker.js.key_value(bucket)
         except BucketNotFoundError:
-            await broker.js.create_key_value(bucket=bucket, history=1, ttl=ttl)
+            await broker.js.create_key_value(
+                bucket=bucket, history=1, ttl=ttl, replicas=broker.replicas
+            )
 
 
 async def claim_idempotency(broker: Broker, key: str, value: bytes) -> bytes | None:

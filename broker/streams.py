@@ -7,22 +7,35 @@ endpoint's limits change.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+)
 
 from broker.connection import Broker
 from broker.jetstream import ErrorCode
 from shared import names
-from shared.errors import TooManyEndpoints
+from shared.errors import BrokerUnavailable, TooManyEndpoints
 from shared.messages import EndpointSpec
 
 __all__ = [
@@ -33,7 +46,10 @@ __all__ = [
     "ensure_layout",
     "ensure_stream",
     "pin_queue_tail",
+    "until_laid_out",
 ]
+
+log = logging.getLogger(__name__)
 
 # How many times one request is handed to a replica before it is failed for good.
 MAX_DELIVER = 5
@@ -41,6 +57,29 @@ DUPLICATE_WINDOW = 120.0
 # Endpoints a deployment can have: one consumer each on the requests stream. Set on
 # the stream because nats-server (2.15 on) otherwise caps every stream at 1,000.
 MAX_ENDPOINTS = 100_000
+
+
+# JetStream answers that mean "not yet" while a cluster elects its leaders, or while
+# several of Berth's processes make the same stream at once: the layout is tried again.
+_NOT_YET = (NatsTimeout, NoRespondersError, ServiceUnavailableError, ServerError)
+
+
+async def until_laid_out(
+    make: Callable[[], Awaitable[None]], what: str, *, limit: float = 60.0
+) -> None:
+    """``make()`` (idempotent), again while JetStream says "not yet", for ``limit`` s."""
+    deadline = time.monotonic() + limit
+    pause = 0.2
+    while True:
+        try:
+            await make()
+            return
+        except _NOT_YET as exc:
+            if time.monotonic() + pause > deadline:
+                raise BrokerUnavailable(f"JetStream did not take {what}: {exc!r}") from exc
+            log.warning("JetStream is not ready for %s (%r); trying again", what, exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
@@ -56,6 +95,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
             max_msg_size=-1,
             max_consumers=MAX_ENDPOINTS,
             allow_rollup_hdrs=True,  # for the tail pin
+            num_replicas=broker.replicas,
         ),
     )
     await ensure_stream(
@@ -67,6 +107,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
             storage=StorageType.FILE,
             max_age=7 * 24 * 3600.0,
             max_msgs=1_000_000,
+            num_replicas=broker.replicas,
         ),
     )
     await ensure_stream(
@@ -78,6 +119,7 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
             storage=StorageType.FILE,
             max_age=7 * 24 * 3600.0,
             max_bytes=2 * 1024**3,
+            num_replicas=broker.replicas,
         ),
     )
     for bucket, ttl in (
@@ -90,11 +132,13 @@ async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:
         try:
             await js.key_value(bucket)
         except BucketNotFoundError:
-            await js.create_key_value(bucket=bucket, history=1, ttl=ttl)
+            await js.create_key_value(bucket=bucket, history=1, ttl=ttl, replicas=broker.replicas)
     try:
         await js.object_store(names.OBJ_MODELS)
     except (BucketNotFoundError, NotFoundError):
-        await js.create_object_store(names.OBJ_MODELS)
+        await js.create_object_store(
+            names.OBJ_MODELS, config=ObjectStoreConfig(replicas=broker.replicas)
+        )
 
 
 async def pin_queue_tail(broker: Broker) -> None:

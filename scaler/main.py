@@ -18,7 +18,10 @@ def main(settings: ScalerSettings | None = None) -> None:
 
     async def run(on_stop: OnStop) -> None:
         async with connected(
-            settings.nats_url, "berth-scaler", timeout=settings.nats_timeout
+            settings.nats_url,
+            "berth-scaler",
+            timeout=settings.nats_timeout,
+            replicas=settings.nats_replicas,
         ) as broker:
             scaler = Scaler(settings, broker)
             on_stop(scaler.shutdown)

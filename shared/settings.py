@@ -37,6 +37,9 @@ class CommonSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     # Bound on every call that crosses to NATS (publish ack, KV, consumer info).
     nats_timeout: float = 5.0
+    # Copies JetStream keeps of Berth's streams, buckets and object stores when it makes
+    # them: 1 for one nats-server, 3 for a three-node cluster (docs/reliability.md).
+    nats_replicas: int = Field(1, ge=1, le=5)
     log_level: str = "INFO"
     # "json": one JSON object a line (time, level, process, logger, message, and the
     # trace and span ids when tracing is on), for log shippers.

@@ -57,7 +57,12 @@ def main(settings: AgentSettings | None = None) -> None:
 
     async def run(on_stop: OnStop) -> None:
         name = f"berth-agent-{settings.agent_id}"
-        async with connected(settings.nats_url, name, timeout=settings.nats_timeout) as broker:
+        async with connected(
+            settings.nats_url,
+            name,
+            timeout=settings.nats_timeout,
+            replicas=settings.nats_replicas,
+        ) as broker:
             sandbox = SandboxSettings(
                 mode=settings.sandbox,
                 data_dir=settings.data_dir.resolve(),
