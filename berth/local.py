@@ -179,6 +179,7 @@ class LocalStack:
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
+        self._given: set[int] = set()  # ports handed to this stack's processes
         # Where each scaler and agent serves its Prometheus metrics (the API: /metrics).
         self.metrics: dict[str, str] = {}
 
@@ -202,7 +203,7 @@ class LocalStack:
                 proc_env["BERTH_AGENT_ID"] = f"{self.env['BERTH_AGENT_ID']}-{suffix}"
             proc_env.update((env or {}).get(name, {}))
             if kind in ("scaler", "agent") and "BERTH_METRICS_PORT" not in proc_env:
-                metrics_port = free_port()
+                metrics_port = self._unused_port()
                 proc_env["BERTH_METRICS_PORT"] = str(metrics_port)
                 self.metrics[name] = f"http://127.0.0.1:{metrics_port}/metrics"
             with log.open("ab") as out:
@@ -218,11 +219,23 @@ class LocalStack:
             wait_until(self._api_ready, 60, "the API to answer /healthz")
         return self
 
+    def _unused_port(self) -> int:
+        """A free port that no process of this stack was given: the API binds its own
+        only once it has started, and until then the same free port can come up again
+        (a metrics server that took the API's port answered its health check)."""
+        while True:
+            port = free_port()
+            if port != self.port and port not in self._given:
+                self._given.add(port)
+                return port
+
     def _api_ready(self) -> bool:
         proc = self.procs["api"]
         if proc.poll() is not None:
             raise RuntimeError(f"the API exited:\n{self.logs['api'].read_text()}")
-        return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        resp = httpx.get(f"{self.url}/healthz", timeout=1)
+        # Berth's own answer, not another server's that holds the port.
+        return resp.status_code == 200 and resp.headers.get("content-type") == "application/json"
 
     def stop(self, kind: str, sig: int = signal.SIGTERM, grace: float = 30) -> int:
         return stop_process(self.procs.pop(kind), grace, sig)
