@@ -42,9 +42,29 @@ def unavailable(exc: Exception) -> BrokerUnavailable:
 
 
 def redact(url: str) -> str:
-    """A NATS URL fit for a log line: its user, password or token left out."""
-    scheme, sep, rest = url.rpartition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if "@" in rest else url
+    """A NATS URL (or several, comma-separated) fit for a log line: users, passwords and
+    tokens left out."""
+    out = []
+    for one in url.split(","):
+        scheme, sep, rest = one.rpartition("://")
+        out.append(f"{scheme}{sep}{rest.rpartition('@')[2]}" if "@" in rest else one)
+    return ",".join(out)
+
+
+def servers(url: str) -> list[str]:
+    """The URLs of ``url`` (one, or a cluster's nodes separated by commas), each with the
+    first one's credentials when it has none of its own."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    first = urls[0] if urls else url
+    _, _, rest = first.partition("://")
+    creds = rest.partition("@")[0] + "@" if "@" in rest.partition("/")[0] else ""
+    out = []
+    for one in urls or [url]:
+        scheme, sep, rest = one.rpartition("://")
+        if creds and "@" not in rest:
+            one = f"{scheme}{sep}{creds}{rest}" if sep else f"{creds}{one}"
+        out.append(one)
+    return out
 
 
 @dataclass(slots=True)
@@ -120,7 +140,7 @@ async def connect(url: str, name: str, *, timeout: float = 5.0, replicas: int = 
     try:
         async with asyncio.timeout(timeout * 2):
             await nc.connect(
-                url,
+                servers(url),
                 name=name,
                 connect_timeout=timeout,  # type: ignore[arg-type]  # annotated int; takes seconds
                 max_reconnect_attempts=-1,

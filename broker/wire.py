@@ -222,13 +222,21 @@ class Wire:
     """A core-NATS connection that stays up: subscribe, publish, close."""
 
     def __init__(self, url: str, name: str, *, timeout: float = 5.0):
-        parts = urlsplit(url if "://" in url else f"nats://{url}")
-        if parts.scheme not in ("nats", "tls"):
+        # One URL, or several separated by commas (the nodes of a cluster): the first's
+        # scheme and credentials hold for all.
+        urls = [u.strip() for u in url.split(",") if u.strip()]
+        every = [urlsplit(u if "://" in u else f"nats://{u}") for u in urls or [url]]
+        parts = every[0]
+        if any(p.scheme not in ("nats", "tls") for p in every):
             raise BrokerUnavailable(f"the data path speaks nats:// and tls:// only, not {url!r}")
         self._scheme = parts.scheme
-        # The server in the URL first, then those the cluster tells of (INFO's
+        # The servers in the URL first, then those the cluster tells of (INFO's
         # connect_urls): a reconnect tries the next one in turn, as nats-py does.
-        self._servers: list[tuple[str, int]] = [(parts.hostname or "127.0.0.1", parts.port or 4222)]
+        self._servers: list[tuple[str, int]] = []
+        for p in every:
+            server = (p.hostname or "127.0.0.1", p.port or 4222)
+            if server not in self._servers:
+                self._servers.append(server)
         self._turn = 0  # where in _servers the next attempt starts
         self._current = self._servers[0]
         self._user = unquote(parts.username) if parts.username else None
@@ -257,10 +265,16 @@ class Wire:
     @classmethod
     async def connect(cls, url: str, name: str, *, timeout: float = 5.0) -> Wire:
         wire = cls(url, name, timeout=timeout)
-        try:
-            await wire._open()
-        except (OSError, ConnectionError, TimeoutError, BrokerUnavailable) as exc:
-            raise BrokerUnavailable(f"cannot connect to NATS at {wire._where}: {exc}") from exc
+        # Each server the URL names, in turn, until one answers.
+        for tried in range(len(wire._servers)):
+            try:
+                await wire._open()
+                break
+            except (OSError, ConnectionError, TimeoutError, BrokerUnavailable) as exc:
+                if tried + 1 == len(wire._servers):
+                    raise BrokerUnavailable(
+                        f"cannot connect to NATS at {wire._where}: {exc}"
+                    ) from exc
         wire._schedule_ping()
         return wire
 

@@ -46,8 +46,9 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        """The first node's: clients learn of the others from it (INFO's connect_urls)."""
-        return f"nats://127.0.0.1:{self.ports['a']}"
+        """Every node, as an operator names a cluster (one would do: clients learn of the
+        others from it)."""
+        return ",".join(f"nats://127.0.0.1:{self.ports[n]}" for n in "abc")
 
     def stop(self) -> None:
         for node in self.nodes.values():

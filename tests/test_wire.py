@@ -330,3 +330,30 @@ async def test_the_parser_gives_the_same_messages_however_the_stream_is_cut() ->
                 link.data_received(part)
         assert [(m.subject, m.reply, m.data, m.headers) for m in got] == expected, (i, j)
         assert recorder.written == [b"PONG\r\n"], (i, j)
+
+
+async def test_a_url_may_name_several_servers_and_the_first_that_answers_is_used(
+    tmp_path: Path,
+) -> None:
+    """``nats://a,nats://b``: a dead first server is passed over, by the data path's
+    connection and by nats-py's (the broker's), credentials given once."""
+    from broker.connection import connect
+
+    dead, b_port = free_port(), free_port()
+    b = LocalNats(tmp_path / "b", port=b_port, token="t0ken", name="b").start()
+    url = f"nats://t0ken@127.0.0.1:{dead},nats://127.0.0.1:{b_port}"
+    wire = await Wire.connect(url, "test")
+    broker = await connect(url, "test", timeout=2)
+    try:
+        inbox = Inbox()
+        wire.subscribe("wire.several", inbox)
+        await broker.nc.flush()
+        async with asyncio.timeout(10):
+            while not inbox.messages:
+                await broker.nc.publish("wire.several", b"hi")
+                await asyncio.sleep(0.05)
+        assert inbox.messages[0].data == b"hi"
+    finally:
+        await wire.close()
+        await broker.close()
+        b.stop()
