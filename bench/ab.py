@@ -110,7 +110,7 @@ def serve(replicas: int, per: int) -> None:
 
 
 def span_exporters(pids: list[int]) -> list[int]:
-    """The span exporter children (workers/tracing.py) of these processes, from /proc."""
+    """The span exporter children (workers/span_export.py) of these processes, from /proc."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

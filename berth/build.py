@@ -28,7 +28,15 @@ __all__ = ["DEFAULT_BASE", "build_image", "push_image", "server_distributions"]
 DEFAULT_BASE = "python:3.11-slim"
 ROOT = Path(__file__).resolve().parents[1]
 # Berth's model server: what `python -m workers.replica <dir>` imports from Berth.
-SERVER_MODULES = ("__init__.py", "media.py", "replica.py", "server.py", "service.py", "tracing.py")
+SERVER_MODULES = (
+    "__init__.py",
+    "media.py",
+    "replica.py",
+    "server.py",
+    "service.py",
+    "span_export.py",
+    "tracing.py",
+)
 SERVER_REQUIRES = ("fastapi", "uvicorn")
 
 DOCKERFILE = """\

@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
-import http.client
 import json
 import logging
 import marshal
@@ -40,6 +39,8 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
+
+from workers import span_export
 
 __all__ = [
     "CLIENT",
@@ -291,67 +292,8 @@ def configure(service: str, **attributes: str) -> bool:
 # -- export ----------------------------------------------------------------------------------
 
 
-# JSON text of the strings spans repeat (attribute keys, span names, routes, endpoint
-# names): escaped once. Bounded: a value that varies (a request id) stops being kept.
-_ESCAPED: dict[str, str] = {}
-_ESCAPED_MAX = 4096
-
-
-def _esc(text: str) -> str:
-    """``text`` as a JSON string."""
-    found = _ESCAPED.get(text)
-    if found is None:
-        found = _dumps(text).decode()
-        if len(_ESCAPED) < _ESCAPED_MAX:
-            _ESCAPED[text] = found
-    return found
-
-
-def _attribute(key: str, v: Any) -> str:
-    kind = type(v)
-    if kind is str:
-        return f'{{"key":{_esc(key)},"value":{{"stringValue":{_esc(v)}}}}}'
-    if kind is bool:
-        return f'{{"key":{_esc(key)},"value":{{"boolValue":{"true" if v else "false"}}}}}'
-    if kind is int:
-        return f'{{"key":{_esc(key)},"value":{{"intValue":"{v}"}}}}'
-    if kind is float:
-        return f'{{"key":{_esc(key)},"value":{{"doubleValue":{_dumps(v).decode()}}}}}'
-    return f'{{"key":{_esc(key)},"value":{{"stringValue":{_esc(str(v))}}}}}'
-
-
-def _encode(span: tuple[Any, ...]) -> str:
-    """One span as OTLP/JSON text, written directly (a dict per attribute and a dumps of
-    the whole took half as long again)."""
-    trace_id, span_id, parent_id, name, kind, start_ns, end_ns, attributes, events, status = span
-    attrs = ",".join([_attribute(k, v) for k, v in attributes.items()])
-    out = (
-        f'{{"traceId":"{trace_id:032x}","spanId":"{span_id:016x}","name":{_esc(name)},'
-        f'"kind":{kind},"startTimeUnixNano":"{start_ns}","endTimeUnixNano":"{end_ns}",'
-        f'"attributes":[{attrs}]'
-    )
-    if parent_id:
-        out += f',"parentSpanId":"{parent_id:016x}"'
-    if events:
-        marks = ",".join([f'{{"name":{_esc(n)},"timeUnixNano":"{t}"}}' for n, t in events])
-        out += f',"events":[{marks}]'
-    if status is not None:
-        out += f',"status":{{"code":2,"message":{_esc(status)}}}'
-    return out + "}"
-
-
-def _dumps(value: Any) -> bytes:
-    """orjson when installed (a third of json's time per span); json in an image without it."""
-    if _orjson is not None:
-        return bytes(_orjson.dumps(value))
-    return json.dumps(value).encode()
-
-
-_orjson: Any
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - the model server's images
-    _orjson = None
+# The exporter child: workers/span_export.py run as a script, beside this file.
+_EXPORT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "span_export.py")
 
 
 class _Exporter:
@@ -360,8 +302,8 @@ class _Exporter:
 
     A span ends as a marshalled tuple in a bounded list; a thread writes the list every
     ``delay`` seconds (or as soon as a batch is full) to the child's stdin as one
-    ``marshal`` frame, one C call and one write. The child is this file run as a script
-    (:func:`_export_main`): it builds OTLP/JSON and posts it on a kept-alive connection.
+    ``marshal`` frame, one C call and one write. The child is workers/span_export.py run
+    as a script: it builds OTLP/JSON and posts it on a kept-alive connection.
     A full list drops spans (counted in the log), never blocks a request.
     """
 
@@ -386,9 +328,9 @@ class _Exporter:
         config = {"url": url, "headers": headers, "resource": resource, "timeout": timeout}
         self.child = subprocess.Popen(
             # -I: the script's folder (workers/, with its own http.py) not on the path
-            [sys.executable, "-I", os.path.abspath(__file__), _EXPORT_FLAG],
+            [sys.executable, "-I", _EXPORT_SCRIPT, span_export.FLAG],
             stdin=subprocess.PIPE,
-            env={**os.environ, _CONFIG_ENV: json.dumps(config)},
+            env={**os.environ, span_export.CONFIG_ENV: json.dumps(config)},
         )
         self.pipe = self.child.stdin
         threading.Thread(target=self._run, name="berth-span-export", daemon=True).start()
@@ -459,74 +401,6 @@ class _Exporter:
 
 def _plain(v: Any) -> Any:
     return v if type(v) in (str, bool, int, float) else str(v)
-
-
-_EXPORT_FLAG = "--berth-span-export"
-_CONFIG_ENV = "BERTH_SPAN_EXPORT"
-
-
-class _Sender:
-    """The child's side: spans from frames, OTLP/JSON out over HTTP."""
-
-    def __init__(self, config: dict[str, Any]):
-        self.url = config["url"]
-        parts = urllib.parse.urlsplit(self.url)
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.headers = config["headers"]
-        self.timeout = config["timeout"]
-        resource = config["resource"]
-        self.resource = _dumps(
-            [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]
-        ).decode()
-        # One kept-alive connection to the collector (a new one per batch cost a tenth
-        # of the agent's CPU under load).
-        self.conn: http.client.HTTPConnection | None = None
-
-    def send(self, spans: list[tuple[Any, ...]]) -> None:
-        data = (
-            f'{{"resourceSpans":[{{"resource":{{"attributes":{self.resource}}},'
-            f'"scopeSpans":[{{"scope":{{"name":"berth"}},"spans":['
-            + ",".join([_encode(s) for s in spans])
-            + "]}]}]}"
-        ).encode()
-        for attempt in (1, 2):  # a kept connection the collector closed: once more, anew
-            try:
-                if self.conn is None:
-                    self.conn = self._connect()
-                self.conn.request("POST", self.path, body=data, headers=self.headers)
-                resp = self.conn.getresponse()
-                resp.read()
-                if resp.status >= 400:
-                    log.warning(
-                        "tracing: the collector refused %d span(s): %d", len(spans), resp.status
-                    )
-                return
-            except (OSError, http.client.HTTPException) as exc:
-                if self.conn is not None:
-                    self.conn.close()
-                    self.conn = None
-                if attempt == 2:  # the collector is away: these spans are lost, not retried
-                    log.warning("tracing: %d span(s) not exported: %s", len(spans), exc)
-
-    def _connect(self) -> http.client.HTTPConnection:
-        parts = urllib.parse.urlsplit(self.url)
-        kind = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
-        return kind(parts.hostname or "localhost", parts.port, timeout=self.timeout)
-
-
-def _export_main() -> None:
-    """The exporter child: frames from stdin until it closes, each posted as one batch."""
-    logging.basicConfig(level="WARNING", format="%(asctime)s span-export %(message)s")
-    sender = _Sender(json.loads(os.environ[_CONFIG_ENV]))
-    stdin = sys.stdin.buffer
-    while True:
-        head = stdin.read(4)
-        if len(head) < 4:
-            return  # the parent closed the pipe (or exited): everything it sent is sent
-        frame = stdin.read(int.from_bytes(head, "little"))
-        sender.send([marshal.loads(blob) for blob in marshal.loads(frame)])
 
 
 # -- the model server ------------------------------------------------------------------------
@@ -619,7 +493,3 @@ def traced_app(app: App, service: str = "berth-replica") -> App:
             span.end()
 
     return wrapped
-
-
-if __name__ == "__main__" and _EXPORT_FLAG in sys.argv:
-    _export_main()
