@@ -36,6 +36,7 @@ from api.context import AppContext
 from api.dataplane.asks import Ask
 from api.dataplane.jobs import submit_job
 from api.middleware import new_request_id
+from api.routes.assets import asset_named
 from api.routes.endpoints import create_endpoint, delete_endpoint
 from broker.assets import store_content
 from broker.envelope import RequestEnvelope
@@ -239,10 +240,7 @@ class TuneWatcher:
         details = tune.details
         checkpoint = details.get("base_checkpoint") or {}
         name = f"{tune.name}-lora"
-        taken = await session.exec(
-            select(Asset).where(Asset.name == name, Asset.status != AssetStatus.DELETED)
-        )
-        if taken.first() is not None:
+        if await asset_named(session, name) is not None:
             name = f"{name}-{secrets.token_hex(3)}"
         now = time.time()
         asset = Asset(

@@ -30,6 +30,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.background import BackgroundTask
 
 from api.auth import Principal, bearer_token, require_admin
@@ -158,21 +159,23 @@ async def find_asset(
     session: SessionDep, ctx: AppContext, key: str, principal: Principal | None
 ) -> Asset:
     """By id, by name, or by ``owner/name``; a private one only for an admin."""
-    owner, _, name = key.rpartition("/")
-    found: Asset | None = None
-    if owner:
-        if owner == ctx.settings.tenant:
-            found = await _by_name(session, name)
-    else:
-        found = await session.get(Asset, key)
-        if found is None:
-            found = await _by_name(session, key)
+    found = await lookup_asset(session, key, ctx.settings.tenant)
     if found is None or not (found.is_public or (principal is not None and principal.is_admin)):
         raise NotFound(f"asset {key!r} does not exist")
     return found
 
 
-async def _by_name(session: SessionDep, name: str) -> Asset | None:
+async def lookup_asset(session: AsyncSession, key: str, tenant: str) -> Asset | None:
+    """By id (a deleted one too), by name, or by ``owner/name`` (the owner is this
+    Berth's ``tenant``)."""
+    owner, _, name = key.rpartition("/")
+    if owner:
+        return await asset_named(session, name) if owner == tenant else None
+    return await session.get(Asset, key) or await asset_named(session, key)
+
+
+async def asset_named(session: AsyncSession, name: str) -> Asset | None:
+    """The asset of that name that is not deleted (names are unique among those)."""
     rows = await session.exec(
         select(Asset).where(Asset.name == name, Asset.status != AssetStatus.DELETED)
     )
@@ -210,7 +213,7 @@ async def create_asset(body: AssetCreate, ctx: ContextDep, session: SessionDep) 
         )
     if body.size_bytes is not None and body.size_bytes > ctx.settings.asset_max_bytes:
         raise BodyTooLarge(f"an asset may be at most {ctx.settings.asset_max_bytes} bytes")
-    if await _by_name(session, body.name) is not None:
+    if await asset_named(session, body.name) is not None:
         raise Conflict(f"asset {body.name!r} already exists")
     token = secrets.token_urlsafe(24)
     now = time.time()

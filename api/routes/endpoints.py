@@ -15,6 +15,7 @@ from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep
 from api.examples import catalog
 from api.openapi import errors
+from api.routes.assets import lookup_asset
 from broker.artifacts import ArchiveLimits, model_exists, pack_dir, store_model
 from broker.events import publish_event
 from broker.jetstream import Backlog, backlog
@@ -24,7 +25,6 @@ from shared import names
 from shared.errors import Conflict, InvalidRequest, NotFound, TooManyEndpoints
 from shared.messages import AssetRef, EndpointSpec, ReplicaRecord, ReplicaState
 from shared.models import (
-    Asset,
     AssetStatus,
     Endpoint,
     EndpointCreate,
@@ -184,14 +184,7 @@ async def resolve_assets(
     ids: list[str] = []
     refs: list[dict[str, Any]] = []
     for key in keys:
-        owner, _, name = key.rpartition("/")
-        asset = None if owner else await session.get(Asset, key)
-        if asset is None and owner in ("", tenant):
-            asset = (
-                await session.exec(
-                    select(Asset).where(Asset.name == name, Asset.status != AssetStatus.DELETED)
-                )
-            ).first()
+        asset = await lookup_asset(session, key, tenant)
         if asset is None or asset.status == AssetStatus.DELETED:
             raise InvalidRequest(f"assets: asset {key!r} does not exist")
         if asset.status != AssetStatus.READY or not asset.sha256:
