@@ -53,3 +53,36 @@ async def test_sqlite_migrations_and_crud(sqlite_url: str) -> None:
 @pytest.mark.postgres
 async def test_postgres_migrations_and_crud(pg_url: str) -> None:
     await crud(pg_url)
+
+
+def _migrate_in_a_process(url: str, start: object) -> None:
+    start.wait(10)  # type: ignore[attr-defined]
+    run_migrations(url)
+
+
+@pytest.mark.postgres
+def test_instances_starting_together_migrate_once(pg_url: str) -> None:
+    """Several API instances started at once on an empty PostgreSQL: each runs the
+    migrations, one at a time (an advisory lock), and every one of them comes up."""
+    import multiprocessing
+
+    import psycopg
+
+    how_many = 8  # without the lock, 8 at once collide every time here (4 only sometimes)
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    procs = [
+        ctx.Process(target=_migrate_in_a_process, args=(pg_url, start)) for _ in range(how_many)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * how_many
+    with psycopg.connect(sync_url(pg_url).replace("+psycopg", "")) as conn:
+        versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        tables = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'endpoint'"
+        ).fetchone()
+    assert len(versions) == 1 and tables == (1,)
