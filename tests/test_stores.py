@@ -141,6 +141,26 @@ async def test_local_refuses_a_wrong_key(tmp_path: Path) -> None:
     await db.close()
 
 
+@pytest.mark.postgres
+async def test_instances_opening_together_agree_on_the_key(pg_url: str) -> None:
+    """Several API instances start at once on an empty database: one records its key, the
+    others read it back (same key: they open; another key: the clear refusal, not a
+    database error)."""
+    import asyncio
+
+    run_migrations(pg_url)
+    dbs = [Database(pg_url) for _ in range(6)]
+    key = os.urandom(32)
+    try:
+        opened = await asyncio.gather(*(LocalStore(db, key).open() for db in dbs[:5]))
+        assert len(opened) == 5
+        with pytest.raises(KeyMismatch, match="Refusing to start"):
+            await LocalStore(dbs[5], os.urandom(32)).open()
+    finally:
+        for db in dbs:
+            await db.close()
+
+
 async def test_api_refuses_to_start_with_a_wrong_key(tmp_path: Path) -> None:
     from api.app import create_app
     from shared.settings import ApiSettings

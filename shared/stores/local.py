@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from shared.db import Database
@@ -125,8 +126,13 @@ class LocalStore:
                         updated_at=now,
                     )
                 )
-                await session.commit()
-                return self
+                try:
+                    await session.commit()
+                    return self
+                except IntegrityError:  # another instance starting beside us recorded its key
+                    await session.rollback()
+                    check = await self._row(session, _CHECK_KIND, _CHECK_KEY)
+                    assert check is not None
         try:
             ok = self._open(check) == _CHECK_PLAINTEXT
         except KeyMismatch:
