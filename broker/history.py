@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker.connection import Broker
+from broker.streams import until_answered
 
 __all__ = ["Unpack", "follow", "read"]
 
@@ -48,7 +49,24 @@ async def read(
     max_items: int = 100,
 ) -> list[dict[str, Any]]:
     """What is stored when asked, read with a pull consumer: each message says how many
-    are left behind it, so the read ends exactly, never on a timeout."""
+    are left behind it, so the read ends exactly, never on a timeout. A replicated stream
+    electing its leader answers "not yet" for a moment: the read is tried again meanwhile."""
+    return await until_answered(
+        lambda: _read(broker, stream, subject, unpack, begin, end, max_items),
+        f"a read of {subject}",
+        limit=2 * broker.timeout,
+    )
+
+
+async def _read(
+    broker: Broker,
+    stream: str,
+    subject: str,
+    unpack: Unpack,
+    begin: float | None,
+    end: float | None,
+    max_items: int,
+) -> list[dict[str, Any]]:
     info = await broker.js.stream_info(stream, subjects_filter=subject)
     if max_items <= 0 or not sum((info.state.subjects or {}).values()):
         return []

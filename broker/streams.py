@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -49,6 +50,7 @@ __all__ = [
     "until_laid_out",
 ]
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # How many times one request is handed to a replica before it is failed for good.
@@ -64,22 +66,27 @@ MAX_ENDPOINTS = 100_000
 _NOT_YET = (NatsTimeout, NoRespondersError, ServiceUnavailableError, ServerError)
 
 
-async def until_laid_out(
-    make: Callable[[], Awaitable[None]], what: str, *, limit: float = 60.0
-) -> None:
-    """``make()`` (idempotent), again while JetStream says "not yet", for ``limit`` s."""
+async def until_answered(make: Callable[[], Awaitable[T]], what: str, *, limit: float) -> T:
+    """``make()`` (idempotent), again while JetStream says "not yet", for ``limit`` s; past
+    that, BrokerUnavailable naming ``what``."""
     deadline = time.monotonic() + limit
     pause = 0.2
     while True:
         try:
-            await make()
-            return
+            return await make()
         except _NOT_YET as exc:
             if time.monotonic() + pause > deadline:
-                raise BrokerUnavailable(f"JetStream did not take {what}: {exc!r}") from exc
+                raise BrokerUnavailable(f"JetStream did not answer {what}: {exc!r}") from exc
             log.warning("JetStream is not ready for %s (%r); trying again", what, exc)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+
+async def until_laid_out(
+    make: Callable[[], Awaitable[None]], what: str, *, limit: float = 60.0
+) -> None:
+    """Lay out a stream or bucket, again while JetStream says "not yet", for ``limit`` s."""
+    await until_answered(make, what, limit=limit)
 
 
 async def ensure_layout(broker: Broker, *, replica_ttl: float = 30.0) -> None:

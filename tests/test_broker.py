@@ -30,6 +30,7 @@ from broker.streams import (
     ensure_endpoint_consumer,
     ensure_layout,
     pin_queue_tail,
+    until_answered,
 )
 from shared import names
 from shared.errors import BrokerUnavailable, TooManyEndpoints
@@ -55,6 +56,37 @@ def envelope(requester: Requester, rid: str) -> RequestEnvelope:
     return RequestEnvelope(
         request_id=rid, method="POST", path="/infer", reply_to=requester.reply_subject(rid)
     )
+
+
+async def test_not_yet_is_tried_again_until_the_limit() -> None:
+    """A replicated stream electing its leader answers "not yet" (503, no responders): a
+    read is tried again meanwhile, and past the limit it is BrokerUnavailable, named."""
+    from nats.js.errors import ServiceUnavailableError
+
+    tries: list[float] = []
+
+    async def elect_then_answer() -> str:
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise ServiceUnavailableError()
+        return "read"
+
+    assert await until_answered(elect_then_answer, "a read", limit=5) == "read"
+    assert len(tries) == 3
+
+    async def never() -> str:
+        raise ServiceUnavailableError()
+
+    began = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="JetStream did not answer a read of x"):
+        await until_answered(never, "a read of x", limit=0.5)
+    assert time.monotonic() - began < 2
+
+    async def other() -> str:
+        raise ValueError("not a 'not yet'")
+
+    with pytest.raises(ValueError):  # anything else is not tried again
+        await until_answered(other, "a read", limit=5)
 
 
 async def test_layout_is_idempotent(broker: Broker) -> None:
