@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -182,6 +183,9 @@ class LocalStack:
         self._given: set[int] = set()  # ports handed to this stack's processes
         # Where each scaler and agent serves its Prometheus metrics (the API: /metrics).
         self.metrics: dict[str, str] = {}
+        # Each API instance's own URL: ``api`` at ``url``, ``api:b`` and so on at ports of
+        # their own (behind a load balancer, as several instances are run).
+        self.apis: dict[str, str] = {"api": self.url}
 
     def start(
         self,
@@ -190,8 +194,9 @@ class LocalStack:
         wrap: dict[str, list[str]] | None = None,
     ) -> LocalStack:
         """Start processes by name: ``api``, ``scaler``, ``agent``; ``scaler:b`` is a second
-        scaler, ``agent:b`` a second agent (its id ends in ``-b``). ``env`` adds variables
-        per name; ``wrap`` puts a command before one (``ip netns exec <ns>``)."""
+        scaler, ``agent:b`` a second agent (its id ends in ``-b``), ``api:b`` a second API
+        instance (on a port of its own, in ``apis``). ``env`` adds variables per name;
+        ``wrap`` puts a command before one (``ip netns exec <ns>``)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         names = names or ("api", "scaler", "agent")
         for name in names:
@@ -201,6 +206,10 @@ class LocalStack:
             proc_env = dict(self.env)
             if kind == "agent" and suffix:
                 proc_env["BERTH_AGENT_ID"] = f"{self.env['BERTH_AGENT_ID']}-{suffix}"
+            if kind == "api":  # a restarted instance keeps its port
+                if name not in self.apis:
+                    self.apis[name] = f"http://127.0.0.1:{self._unused_port()}"
+                proc_env["BERTH_PORT"] = self.apis[name].rsplit(":", 1)[1]
             proc_env.update((env or {}).get(name, {}))
             if kind in ("scaler", "agent") and "BERTH_METRICS_PORT" not in proc_env:
                 metrics_port = self._unused_port()
@@ -215,8 +224,9 @@ class LocalStack:
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,
                 )
-        if "api" in names:
-            wait_until(self._api_ready, 60, "the API to answer /healthz")
+        for name in names:
+            if name.partition(":")[0] == "api":
+                wait_until(partial(self._api_ready, name), 60, f"{name} to answer /healthz")
         return self
 
     def _unused_port(self) -> int:
@@ -229,11 +239,11 @@ class LocalStack:
                 self._given.add(port)
                 return port
 
-    def _api_ready(self) -> bool:
-        proc = self.procs["api"]
+    def _api_ready(self, name: str = "api") -> bool:
+        proc = self.procs[name]
         if proc.poll() is not None:
-            raise RuntimeError(f"the API exited:\n{self.logs['api'].read_text()}")
-        resp = httpx.get(f"{self.url}/healthz", timeout=1)
+            raise RuntimeError(f"{name} exited:\n{self.logs[name].read_text()}")
+        resp = httpx.get(f"{self.apis[name]}/healthz", timeout=1)
         # Berth's own answer, not another server's that holds the port.
         return resp.status_code == 200 and resp.headers.get("content-type") == "application/json"
 

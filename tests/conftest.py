@@ -5,6 +5,7 @@ Every wait is for an event, with a bound; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -184,9 +185,10 @@ def stack(nats_server: LocalNats, tmp_path_factory: pytest.TempPathFactory) -> I
 PG_URL = os.environ.get("BERTH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the PostgreSQL server, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new database on the PostgreSQL server, dropped afterwards (skipped without one,
+    failed in CI)."""
     psycopg = pytest.importorskip("psycopg")
     try:
         admin = psycopg.connect(
@@ -203,6 +205,13 @@ def pg_url() -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server, dropped afterwards."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture

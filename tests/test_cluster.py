@@ -17,56 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from berth.local import LocalNats, free_port
 from broker.connection import connect
 from shared import names
+from tests.cluster import Cluster, js_ready
 from tests.conftest import FAST, Stack, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-class Cluster:
-    """Three nats-servers on 127.0.0.1, routed to each other, JetStream clustered."""
-
-    def __init__(self, root: Path):
-        self.ports = {n: free_port() for n in "abc"}
-        self.routes = {n: free_port() for n in "abc"}
-        self.nodes: dict[str, LocalNats] = {}
-        for n in "abc":
-            peers = ", ".join(f'"nats://127.0.0.1:{self.routes[p]}"' for p in "abc" if p != n)
-            config = (
-                f'cluster {{ name: berth-test, listen: "127.0.0.1:{self.routes[n]}", '
-                f"routes: [{peers}] }}"
-            )
-            self.nodes[n] = LocalNats(root / n, port=self.ports[n], config=config, name=f"n-{n}")
-
-    def start(self, *which: str) -> None:
-        for n in which or "abc":
-            self.nodes[n].start()
-
-    @property
-    def url(self) -> str:
-        """Every node, as an operator names a cluster (one would do: clients learn of the
-        others from it)."""
-        return ",".join(f"nats://127.0.0.1:{self.ports[n]}" for n in "abc")
-
-    def stop(self) -> None:
-        for node in self.nodes.values():
-            node.stop()
-
-
-async def _js_ready(url: str) -> bool:
-    try:
-        b = await connect(url, "test-probe", timeout=2)
-    except Exception:
-        return False
-    try:
-        await b.js.account_info()
-        return True
-    except Exception:
-        return False
-    finally:
-        await b.close()
 
 
 async def _leader(url: str, stream: str) -> str:
@@ -85,7 +41,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("cluster"))
     try:
         c.start()
-        wait_for(lambda: asyncio.run(_js_ready(c.url)), 60, "the cluster's JetStream")
+        wait_for(lambda: asyncio.run(js_ready(c.url)), 60, "the cluster's JetStream")
         yield c
     finally:
         c.stop()

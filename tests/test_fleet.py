@@ -25,7 +25,9 @@ pytestmark = pytest.mark.e2e
 def ready_on(stack: Stack, endpoint: str) -> dict[str, str]:
     """replica id → agent id, from the endpoint's replica_ready events."""
     with stack.client() as c:
-        events = c.get(f"/v1/events/{endpoint}", params={"max_lines": 500}).json()
+        resp = c.get(f"/v1/events/{endpoint}", params={"max_lines": 500})
+        assert resp.status_code == 200, resp.text
+        events = resp.json()
     return {
         e["replica_id"]: e["event"]["details"]["agent_id"]
         for e in events
