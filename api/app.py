@@ -163,7 +163,12 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     replicas=KvView(broker, names.KV_REPLICAS, ReplicaRecord),
                     agents=KvView(broker, names.KV_AGENTS, AgentRecord),
                     health=KvView(broker, names.KV_HEALTH, EndpointHealth),
-                    auth=Authenticator(db, settings.static_admin_token(), settings.token_cache_ttl),
+                    auth=Authenticator(
+                        db,
+                        settings.static_admin_token(),
+                        settings.token_cache_ttl,
+                        settings.token_stale_ttl,
+                    ),
                     store=store,
                     webhooks=WebhookSecrets(store),
                     deadlines=DeadlineTimers(broker),

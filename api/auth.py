@@ -10,7 +10,9 @@ are kept, so guesses never reach the cache; a lookup compares strings only after
 their keyed hashes match, which tells a caller nothing of a token.
 
 A missing, malformed, unknown, wrong or expired token is a 401; a valid token
-outside its scope is a 403. Every comparison of secrets is constant-time.
+outside its scope is a 403. Every comparison of secrets is constant-time. While the
+database does not answer, a token that passed within ``token_stale_ttl`` still works,
+and any other is a 503 (``database_unavailable``), never taken for a wrong token.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.context import ContextDep
-from shared.db import Database
-from shared.errors import AuthError, Forbidden
+from shared.db import UNREACHABLE, Database, unavailable
+from shared.errors import AuthError, DatabaseUnavailable, Forbidden
 from shared.models import ApiToken, Scope
 from shared.tokens import digest, parse
 
@@ -96,10 +98,11 @@ def _same(a: str, b: str) -> bool:
 class Authenticator:
     """Turns a bearer token into a :class:`Principal`, or raises 401."""
 
-    def __init__(self, db: Database, static_admin: str | None, ttl: float):
+    def __init__(self, db: Database, static_admin: str | None, ttl: float, stale: float = 0.0):
         self._db = db
         self._static = static_admin or None
         self._ttl = ttl
+        self._stale = max(stale, ttl)
         self._cache: dict[str, _Cached] = {}
         self._passed: dict[str, _Passed] = {}  # token value → the full check it passed
 
@@ -114,8 +117,11 @@ class Authenticator:
         cached = self._cache.get(token_id)
         if cached is not None and now - cached.fetched_at < self._ttl:
             return cached
-        async with self._db.session() as session:
-            row = await session.get(ApiToken, token_id)
+        try:
+            async with self._db.session() as session:
+                row = await session.get(ApiToken, token_id)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
         if row is None:
             entry = _Cached(secret_sha256="", principal=None, expires_at=None, fetched_at=now)
         else:
@@ -145,7 +151,16 @@ class Authenticator:
             and (hit.expires_at is None or hit.expires_at > now)
         ):
             return hit.principal
-        principal, expires_at = await self._check(token, now)
+        try:
+            principal, expires_at = await self._check(token, now)
+        except DatabaseUnavailable:
+            if (
+                hit is not None
+                and now - hit.checked_at < self._stale
+                and (hit.expires_at is None or hit.expires_at > now)
+            ):
+                return hit.principal  # checked lately: kept through the outage, unrenewed
+            raise
         if len(self._passed) >= 10_000:  # bounded, as the row cache is
             self._passed.clear()
         self._passed[token] = _Passed(principal, now, expires_at)

@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from broker.connection import NATS_ERRORS, unavailable
+from shared.db import UNREACHABLE
+from shared.db import unavailable as database_unavailable
 from shared.errors import BerthError
 
 __all__ = ["error_response", "install_error_handlers", "json_response"]
@@ -83,6 +85,16 @@ def install_error_handlers(app: FastAPI) -> None:
         async def nats_error(_: Request, exc: Exception) -> Response:
             error = unavailable(exc)
             return error_response(error.status_code, error.code, error.message)
+
+    for kind in UNREACHABLE:
+
+        @app.exception_handler(kind)
+        async def database_error(_: Request, exc: Exception) -> Response:
+            log.warning("the database did not answer: %r", exc)
+            error = database_unavailable(exc)
+            return error_response(
+                error.status_code, error.code, error.message, headers=error.headers
+            )
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> Response:

@@ -13,14 +13,42 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-__all__ = ["Database", "async_url", "run_migrations", "sync_url"]
+from shared.errors import DatabaseUnavailable
+
+__all__ = ["UNREACHABLE", "Database", "async_url", "run_migrations", "sync_url", "unavailable"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+# The database did not answer: down, restarting, unreachable, or every pooled connection
+# busy past the pool's wait. Callers get a 503 that says so (DatabaseUnavailable).
+# (The drivers' own errors reach callers wrapped in these; the pool's wait is exc.TimeoutError.)
+UNREACHABLE: tuple[type[Exception], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.TimeoutError,
+)
+# How long PostgreSQL may stay silent: a connection attempt fails after 5 s (libpq's
+# default is to wait as long as the operating system does: minutes, for an address that
+# does not answer), and an open connection to a server that vanished is given up after
+# about 25 s of silence (TCP keepalives) or 10 s of unacknowledged writes, instead of
+# holding its request forever.
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
+def unavailable(error: Exception) -> DatabaseUnavailable:
+    """The caller's 503 for an error of UNREACHABLE (its class only: no SQL, no address)."""
+    return DatabaseUnavailable(f"the database did not answer ({type(error).__name__}); try again")
 
 
 _DRIVERS = {
@@ -63,8 +91,13 @@ class Database:
     """Owns the async engine; a context manager so its lifetime is explicit."""
 
     def __init__(self, url: str):
-        self.engine: AsyncEngine = create_async_engine(async_url(url), pool_pre_ping=True)
-        if make_url(url).get_backend_name() == "sqlite":
+        backend = make_url(url).get_backend_name()
+        self.engine: AsyncEngine = create_async_engine(
+            async_url(url),
+            pool_pre_ping=True,
+            connect_args=dict(POSTGRES_CONNECT_ARGS) if backend == "postgresql" else {},
+        )
+        if backend == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False

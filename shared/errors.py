@@ -16,6 +16,7 @@ __all__ = [
     "BodyTooLarge",
     "BrokerUnavailable",
     "Conflict",
+    "DatabaseUnavailable",
     "EndpointDisabled",
     "Forbidden",
     "HeadersTooLarge",
@@ -111,6 +112,17 @@ class ReplicaFailed(BerthError):
 class BrokerUnavailable(BerthError):
     status_code = 503
     code = "broker_unavailable"
+
+
+class DatabaseUnavailable(BerthError):
+    """The database did not answer (down, restarting, unreachable): try again shortly."""
+
+    status_code = 503
+    code = "database_unavailable"
+
+    def __init__(self, message: str, **kw: Any):
+        kw.setdefault("headers", {"Retry-After": "2"})
+        super().__init__(message, **kw)
 
 
 class UpstreamTimeout(BerthError):

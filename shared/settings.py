@@ -95,6 +95,10 @@ class ApiSettings(CommonSettings):
     # How long a verified API token stays cached here: a token deleted through another
     # API instance keeps working on this one for at most this long.
     token_cache_ttl: float = 2.0
+    # While the database does not answer, a token that passed the full check within this
+    # many seconds still works (its expiry still counts): inference goes on through a
+    # database restart or failover. 0: every token fails with 503 until it is back.
+    token_stale_ttl: float = Field(600.0, ge=0)
     # The console's charts: one point per metrics_interval seconds, the last hour kept
     # (api/metrics.py); the live endpoints list refreshes every live_interval seconds.
     metrics_interval: float = Field(10.0, gt=0)

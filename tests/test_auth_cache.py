@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from api.auth import STATIC_ADMIN, Authenticator
 from shared.db import Database, run_migrations
-from shared.errors import AuthError
+from shared.errors import AuthError, DatabaseUnavailable
 from shared.models import ApiToken, Scope
 from shared.tokens import mint
 
@@ -103,3 +103,27 @@ async def test_wrong_tokens_are_refused_every_time(db: Database) -> None:
         for _ in range(2):
             with pytest.raises(AuthError):
                 await auth.authenticate(wrong)
+
+
+async def test_a_token_seen_lately_outlives_a_database_outage(db: Database, tmp_path: Path) -> None:
+    """With the database gone, a token that passed within the stale window still works
+    (not past its expiry); any other is a 503 DatabaseUnavailable, never a 401."""
+    auth = Authenticator(db, None, ttl=0.05, stale=1.0)
+    _, seen = await add_token(db)
+    _, expiring = await add_token(db, expires_at=time.time() + 0.3)
+    _, unseen = await add_token(db)
+    assert (await auth.authenticate(seen)).token_id
+    assert (await auth.authenticate(expiring)).token_id
+    gone = Database(f"sqlite:///{tmp_path / 'no-such-folder' / 'berth.db'}")
+    auth._db = gone  # the database stops answering
+    try:
+        await asyncio.sleep(0.35)  # past the cache time and the second token's expiry
+        assert (await auth.authenticate(seen)).token_id  # within the stale window
+        for token in (unseen, expiring):
+            with pytest.raises(DatabaseUnavailable, match="did not answer"):
+                await auth.authenticate(token)
+        await asyncio.sleep(0.7)  # past the stale window: asked again, and refused
+        with pytest.raises(DatabaseUnavailable):
+            await auth.authenticate(seen)
+    finally:
+        await gone.close()
