@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -20,7 +21,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.errors import DatabaseUnavailable
 
-__all__ = ["UNREACHABLE", "Database", "async_url", "run_migrations", "sync_url", "unavailable"]
+__all__ = [
+    "UNREACHABLE",
+    "Database",
+    "async_url",
+    "connect_args",
+    "run_migrations",
+    "sync_url",
+    "unavailable",
+]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # The database did not answer: down, restarting, unreachable, or every pooled connection
@@ -36,7 +45,10 @@ UNREACHABLE: tuple[type[Exception], ...] = (
 # does not answer), and an open connection to a server that vanished is given up after
 # about 25 s of silence (TCP keepalives) or 10 s of unacknowledged writes, instead of
 # holding its request forever.
+# Text is UTF-8 whatever the database's own encoding: with a SQL_ASCII database (initdb
+# without a UTF-8 locale) psycopg would hand back bytes, and SQLAlchemy fails at connect.
 POSTGRES_CONNECT_ARGS = {
+    "client_encoding": "utf8",
     "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 10,
@@ -44,6 +56,11 @@ POSTGRES_CONNECT_ARGS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,
 }
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """The driver's arguments for a URL: POSTGRES_CONNECT_ARGS for PostgreSQL, none else."""
+    return dict(POSTGRES_CONNECT_ARGS) if make_url(url).get_backend_name() == "postgresql" else {}
 
 
 def unavailable(error: Exception) -> DatabaseUnavailable:
@@ -95,7 +112,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             async_url(url),
             pool_pre_ping=True,
-            connect_args=dict(POSTGRES_CONNECT_ARGS) if backend == "postgresql" else {},
+            connect_args=connect_args(url),
         )
         if backend == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -16,7 +16,7 @@ import time
 from sqlalchemy import create_engine
 from sqlmodel import Session
 
-from shared.db import run_migrations, sync_url
+from shared.db import connect_args, run_migrations, sync_url
 from shared.models import ApiToken, Scope
 
 __all__ = ["bootstrap_token", "digest", "has_admin_token", "mint", "parse"]
@@ -45,7 +45,7 @@ def bootstrap_token(database_url: str, name: str, scopes: list[Scope]) -> str:
     """Create a token directly in the database (``berth up``, ``berth tokens bootstrap``)."""
     run_migrations(database_url)
     token_id, value, secret_digest = mint()
-    engine = create_engine(sync_url(database_url))
+    engine = create_engine(sync_url(database_url), connect_args=connect_args(database_url))
     try:
         with Session(engine) as session:
             session.add(

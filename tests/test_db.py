@@ -86,3 +86,26 @@ def test_instances_starting_together_migrate_once(pg_url: str) -> None:
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'endpoint'"
         ).fetchone()
     assert len(versions) == 1 and tables == (1,)
+
+
+@pytest.mark.postgres
+async def test_a_sql_ascii_database_works(pg_url: str) -> None:
+    """A database made without a UTF-8 locale (SQL_ASCII, as a bare initdb makes): psycopg
+    would return bytes for text, and SQLAlchemy failed at its first connection."""
+    import psycopg
+
+    base, name = pg_url.rsplit("/", 1)
+    ascii_db = f"{name}_ascii"
+    with psycopg.connect(
+        sync_url(base + "/postgres").replace("+psycopg", ""), autocommit=True
+    ) as c:
+        c.execute(
+            f'CREATE DATABASE "{ascii_db}" ENCODING SQL_ASCII LC_COLLATE "C" LC_CTYPE "C" TEMPLATE template0'
+        )
+    try:
+        await crud(f"{base}/{ascii_db}")
+    finally:
+        with psycopg.connect(
+            sync_url(base + "/postgres").replace("+psycopg", ""), autocommit=True
+        ) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{ascii_db}" WITH (FORCE)')

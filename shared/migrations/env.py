@@ -5,6 +5,7 @@ from sqlalchemy import create_engine, pool, text
 from sqlmodel import SQLModel
 
 import shared.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from shared.db import connect_args
 
 config = context.config
 url = str(config.attributes.get("url") or config.get_main_option("sqlalchemy.url"))
@@ -19,7 +20,7 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    engine = create_engine(url, poolclass=pool.NullPool)
+    engine = create_engine(url, poolclass=pool.NullPool, connect_args=connect_args(url))
     with engine.connect() as connection:
         context.configure(
             connection=connection,
