@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import shutil
 import tarfile
 import tempfile
@@ -149,6 +150,21 @@ async def fetch_model(
     return target
 
 
+def extract(tar: tarfile.TarFile, into: Path) -> None:
+    """Unpack an archive :func:`inspect_archive` passed (files and folders only) as
+    Python's "data" filter does: no owner kept, no setuid, setgid or sticky bit, nothing
+    writable by group or others. Python has the filter from 3.11.4 on; before (Debian
+    12's 3.11.2), the same is done to each member by hand."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    members = tar.getmembers()
+    for member in members:
+        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+        member.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
+    tar.extractall(into, members=members)
+
+
 def _unpack(model_id: str, data: bytes, target: Path, limits: ArchiveLimits) -> None:
     if "sha256:" + hashlib.sha256(data).hexdigest() != model_id:
         raise InvalidRequest(f"model {model_id} failed its digest check")
@@ -157,7 +173,7 @@ def _unpack(model_id: str, data: bytes, target: Path, limits: ArchiveLimits) -> 
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(staging, filter="data")
+            extract(tar, staging)
         try:
             staging.rename(target)
         except OSError:

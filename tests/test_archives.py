@@ -4,10 +4,12 @@ limits (413), checked off the event loop; an agent's unpacked copy goes when unu
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import httpx
 import pytest
@@ -142,3 +144,39 @@ def test_an_unpacked_model_is_removed_when_unused(stack: Stack, name: str) -> No
     with stack.client() as c:
         assert c.delete(f"/v1/endpoint/{name}").status_code == 200
     wait_for(lambda: not unpacked.exists(), 30, "the unused model to be removed")
+
+
+def _archive_with_modes() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, mode, data in (
+            ("service.py", 0o6775, b"print('hi')\n"),  # setuid, setgid, group-writable
+            ("run.sh", 0o777, b"#!/bin/sh\n"),
+            ("notes.txt", 0o000, b"unreadable to its owner\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), mode, 4242, 4242
+            tar.addfile(info, io.BytesIO(data))
+        folder = tarfile.TarInfo("data")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(folder)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("python", ["with the data filter", "without it (before 3.11.4)"])
+def test_an_archive_unpacks_with_safe_modes(
+    python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Owners and setuid/setgid/sticky bits are dropped and nothing is writable by group or
+    others, whether Python has the "data" extraction filter or not (Debian 12's 3.11.2)."""
+    from broker.artifacts import extract
+
+    if python.startswith("without"):
+        monkeypatch.delattr(tarfile, "data_filter")
+    archive = _archive_with_modes()
+    inspect_archive(archive)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        extract(tar, tmp_path)
+    modes = {p.name: p.stat().st_mode & 0o7777 for p in tmp_path.iterdir()}
+    assert modes == {"service.py": 0o755, "run.sh": 0o755, "notes.txt": 0o600, "data": 0o755}
+    assert {p.stat().st_uid for p in tmp_path.iterdir()} == {os.getuid()}
