@@ -204,8 +204,10 @@ def sample_from_openapi(document: dict[str, Any], route: str = "/infer") -> dict
 
 @cache
 def catalog() -> Catalog:
-    """Berth's own catalogue, read once."""
-    return Catalog()
+    """Berth's own catalogue, read once: ``BERTH_EXAMPLES_DIR``, else Berth's tree's."""
+    from shared.settings import ApiSettings
+
+    return Catalog(ApiSettings().examples_dir or EXAMPLES_DIR)
 
 
 def snippets(url: str, route: str, sample: dict[str, Any]) -> dict[str, str]:

@@ -95,6 +95,9 @@ class ApiSettings(CommonSettings):
     # How long a verified API token stays cached here: a token deleted through another
     # API instance keeps working on this one for at most this long.
     token_cache_ttl: float = 2.0
+    # The example catalogue's folder (deploy/Dockerfile's image sets it: an installed
+    # Berth has no source tree beside it); unset, examples/ of Berth's tree.
+    examples_dir: Path | None = None
     # While the database does not answer, a token that passed the full check within this
     # many seconds still works (its expiry still counts): inference goes on through a
     # database restart or failover. 0: every token fails with 503 until it is back.

@@ -26,5 +26,7 @@ vault auth list -format=json | grep -q '"approle/"' || vault auth enable approle
 vault write auth/approle/role/berth token_policies=berth token_ttl=1h token_max_ttl=24h
 vault read -field=role_id auth/approle/role/berth/role-id > /vault-auth/role_id
 vault write -f -field=secret_id auth/approle/role/berth/secret-id > /vault-auth/secret_id
-chmod 640 /vault-auth/role_id /vault-auth/secret_id
+# Readable by the API's user only (uid 10001 in deploy/Dockerfile's image).
+chown 10001:10001 /vault-auth/role_id /vault-auth/secret_id
+chmod 400 /vault-auth/role_id /vault-auth/secret_id
 echo "vault ready for berth"
