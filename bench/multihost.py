@@ -51,24 +51,31 @@ def _deploy(stack: LocalStack, name: str = "mh-echo", replicas: int = 2) -> str:
     return name
 
 
-def _measure(url: str, token: str, pids: list[int], seconds: float, rounds: int) -> dict[str, Any]:
-    """p50 at c=1 and req/s at c=64 with the CPU µs per request of ``pids`` together."""
+def _measure(
+    url: str, token: str, groups: dict[str, list[int]], seconds: float, rounds: int
+) -> dict[str, Any]:
+    """p50 at c=1 and req/s at c=64, with the CPU µs per request of every group of
+    processes (and of all of them together, "all")."""
     wrk(url, 8, 1, token)  # warm-up
     out: dict[str, Any] = {}
     for c in (1, 64):
-        rps, p50, cpu, errors = [], [], [], 0
+        rps, p50, errors = [], [], 0
+        cpu: dict[str, list[float]] = {name: [] for name in [*groups, "all"]}
         for _ in range(rounds):
-            before = sum(cpu_seconds(p) for p in pids)
+            before = {n: sum(cpu_seconds(p) for p in ps) for n, ps in groups.items()}
             r = wrk(url, c, seconds, token)
-            used = sum(cpu_seconds(p) for p in pids) - before
+            used = {n: sum(cpu_seconds(p) for p in ps) - before[n] for n, ps in groups.items()}
+            used["all"] = sum(used.values())
+            for n, v in used.items():
+                cpu[n].append(v / max(1, r["requests"]) * 1e6)
             rps.append(r["rps"])
             p50.append(r["p50_us"] / 1000)
-            cpu.append(used / max(1, r["requests"]) * 1e6)
             errors += r["socket_errors"] + r["non_2xx"]
         out[f"c{c}"] = {
             "rps": spread(rps, 0),
             "p50_ms": spread(p50, 2),
-            "cpu_us_per_request": spread(cpu, 0),
+            "cpu_us_per_request": spread(cpu["all"], 0),
+            "cpu_us_per_request_by_group": {n: spread(v, 0) for n, v in cpu.items()},
             "errors": errors,
         }
     return out
@@ -88,7 +95,10 @@ def through_a_balancer(seconds: float, rounds: int) -> dict[str, Any]:
             stack.start("api", "api:b", "scaler", "agent")
             name = _deploy(stack)
             path = f"/e/{name}/infer"
-            base = [*_berth_pids(stack), nats.proc.pid if nats.proc else 0]
+            base = {
+                "berth": _berth_pids(stack),
+                "nats-server": [nats.proc.pid] if nats.proc else [],
+            }
             result["one API, direct"] = _measure(
                 stack.url + path, stack.token, base, seconds, rounds
             )
@@ -98,8 +108,8 @@ def through_a_balancer(seconds: float, rounds: int) -> dict[str, Any]:
             ):
                 lb = HAProxy(work / label.replace(" ", "-"), backends).start()
                 try:
-                    pids = [*base, lb.proc.pid if lb.proc else 0]
-                    result[label] = _measure(lb.url + path, stack.token, pids, seconds, rounds)
+                    groups = {**base, "haproxy": [lb.proc.pid] if lb.proc else []}
+                    result[label] = _measure(lb.url + path, stack.token, groups, seconds, rounds)
                 finally:
                     lb.stop()
                 print(label, result[label], flush=True)
@@ -148,9 +158,9 @@ def replicated(seconds: float, rounds: int) -> dict[str, Any]:
             try:
                 stack.start()
                 name = _deploy(stack)
-                pids = [*_berth_pids(stack), *nats_pids]
+                groups = {"berth": _berth_pids(stack), "nats-server": nats_pids}
                 result[label] = _measure(
-                    f"{stack.url}/e/{name}/infer", stack.token, pids, seconds, rounds
+                    f"{stack.url}/e/{name}/infer", stack.token, groups, seconds, rounds
                 )
             finally:
                 stack.close()
@@ -172,13 +182,16 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     for part in out.values():
-        print("| setup | p50 c=1 ms | req/s c=64 | CPU µs/request c=64 | errors |")
+        print(
+            "| setup | p50 c=1 ms | req/s c=64 | CPU µs/request c=64 (of it nats-server) | errors |"
+        )
         print("|---|---|---|---|---|")
         for label, r in part.items():
             print(
                 f"| {label} | {r['c1']['p50_ms']['median']} | {r['c64']['rps']['median']:.0f} "
                 f"[{r['c64']['rps']['min']:.0f}–{r['c64']['rps']['max']:.0f}] | "
-                f"{r['c64']['cpu_us_per_request']['median']:.0f} | "
+                f"{r['c64']['cpu_us_per_request']['median']:.0f} "
+                f"({r['c64']['cpu_us_per_request_by_group']['nats-server']['median']:.0f}) | "
                 f"{r['c1']['errors'] + r['c64']['errors']} |"
             )
 
