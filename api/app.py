@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlmodel import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.asset_imports import AssetImports
 from api.auth import Authenticator, PrincipalDep
 from api.callbacks import Dispatcher, WebhookSecrets
 from api.console import install_console
@@ -182,11 +183,15 @@ def create_app(settings: ApiSettings) -> BerthApp:
                 await ctx.health.start()
                 dispatcher = Dispatcher(ctx)
                 tunes = TuneWatcher(ctx)
+                ctx.imports = AssetImports(ctx)
                 try:
                     await _resync(ctx)
                     await serve_replica_secrets(broker, partial(replica_secrets, ctx))
                     await dispatcher.start()
                     await tunes.start()
+                    resumed = await ctx.imports.resume()
+                    if resumed:
+                        log.info("fetching %d asset(s) from their URLs again", resumed)
                     ctx.metrics.start(
                         lambda: (
                             list(ctx.endpoints.items),
@@ -199,6 +204,7 @@ def create_app(settings: ApiSettings) -> BerthApp:
                     yield
                 finally:
                     await ctx.metrics.stop()
+                    await ctx.imports.stop()
                     await tunes.stop()
                     await dispatcher.stop()
                     await ctx.endpoints.stop()

@@ -18,6 +18,7 @@ from shared.settings import ApiSettings
 from shared.stores import SecretStore
 
 if TYPE_CHECKING:
+    from api.asset_imports import AssetImports
     from api.auth import Authenticator
     from api.callbacks import WebhookSecrets
     from api.jobs import DeadlineTimers
@@ -41,6 +42,7 @@ class AppContext:
     webhooks: WebhookSecrets
     deadlines: DeadlineTimers
     metrics: Recorder
+    imports: AssetImports | None = None  # set once the API has started
 
 
 def get_context(request: Request) -> AppContext:

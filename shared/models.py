@@ -245,6 +245,9 @@ class Asset(SQLModel, table=True):
     # The presigned upload URL's token, as a SHA-256 digest; and when it stops working.
     upload_token_sha256: str | None = Field(default=None, max_length=64)
     upload_expires_at: float | None = None
+    # An asset created from a URL: where the API fetches it (it may carry a signature in
+    # its query, so it is never shown back); None for uploads.
+    source_url: str | None = Field(default=None, max_length=2048)
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     deleted_at: float | None = None

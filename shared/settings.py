@@ -73,6 +73,9 @@ class ApiSettings(CommonSettings):
     # The asset library: the largest upload taken, and the owner name assets carry
     # (OctoAI's tenant; ``owner/name`` lookups use it).
     asset_max_bytes: int = Field(50 * 1024**3, gt=0)
+    # Assets created from a URL: fetched from public addresses only unless this is set
+    # (as callbacks are; api/asset_imports.py).
+    asset_url_allow_private: bool = False
     tenant: str = Field("berth", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     default_request_timeout: float = 300.0
     # How long a cached endpoint lookup on the data plane may be stale.
@@ -213,5 +216,7 @@ class UpSettings(ApiSettings, AgentSettings, ScalerSettings):
     """``berth up``: everything on one machine, with an embedded nats-server."""
 
     nats_port: int = 0  # 0 = any free port, written to <data_dir>/nats-url
-    # One machine: a receiver on this host is the usual case (printed at start-up).
+    # One machine: a receiver on this host is the usual case (printed at start-up), and
+    # so is an asset served from it.
     callback_allow_private: bool = True
+    asset_url_allow_private: bool = True

@@ -46,6 +46,8 @@ FAST = {
     "BERTH_MODEL_KEEP": "1",
     # The tests' callback receivers listen on 127.0.0.1 (test_egress.py checks the guard).
     "BERTH_CALLBACK_ALLOW_PRIVATE": "true",
+    # The same for assets created from a URL (test_assets.py checks the guard).
+    "BERTH_ASSET_URL_ALLOW_PRIVATE": "true",
     # Agents run Python models only, unless a test gives them its Docker engine.
     "BERTH_DOCKER_HOST": "none",
     # The console's charts get a point a second.

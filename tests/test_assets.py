@@ -13,13 +13,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import MODELS, ROOT, Stack, wait_for
+from tests.conftest import FAST, MODELS, ROOT, NatsServer, Stack, wait_for
+
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.e2e
 
@@ -132,7 +135,10 @@ def test_listing_filters_and_pages_as_the_clients_send_them(stack: Stack) -> Non
             {"name": "x", "asset_type": "file", "data": {"asset_type": "lora"}},
             {"name": "x", "asset_type": "nope", "data": {}},
             {"name": "x", "asset_type": "file", "data": {}, "transfer_api_type": "sts"},
-            {"name": "x", "asset_type": "file", "data": {}, "url": "http://127.0.0.1:1/x"},
+            {"name": "x", "asset_type": "file", "data": {}, "url": "ftp://127.0.0.1/x"},
+            {"name": "x", "asset_type": "file", "data": {}, "url": "/relative/x"},
+            {"name": "x", "asset_type": "file", "data": {}, "url": "http://h:99999/x"},
+            {"name": "x", "asset_type": "file", "data": {}, "hf_repo": "org/repo"},
         ):
             resp = c.post("/v1/assets", json=body)
             assert resp.status_code == 422, (body, resp.text)
@@ -383,3 +389,116 @@ def test_the_cli_uploads_mounts_tunes_and_deletes(stack: Stack, name: str, tmp_p
     assert tuned.returncode == 0 and "succeeded" in tuned.stdout, tuned.stdout + tuned.stderr
     assert f"cli-tune-{asset}" in cli("tunes", "list").stdout
     assert cli("assets", "delete", asset_id).returncode == 0
+
+
+class Served:
+    """A small HTTP server on 127.0.0.1 answering each path with what ``routes`` says."""
+
+    def __init__(self, routes: dict[str, tuple[int, bytes]]):
+        self.routes = routes
+        self.hits: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits.append(self.path)
+                status, body = outer.routes.get(self.path.split("?")[0], (404, b"not here"))
+                self.send_response(status)
+                if status in (301, 302):
+                    self.send_header("location", body.decode())
+                    body = b""
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _settled(c: httpx.Client, asset_id: str) -> dict[str, Any]:
+    def ended() -> dict[str, Any] | None:
+        asset: dict[str, Any] = c.get(f"/v1/assets/{asset_id}").json()["asset"]
+        return asset if asset["status"] != "uploaded" else None
+
+    return wait_for(ended, 60, f"asset {asset_id} to leave uploaded")
+
+
+def test_an_asset_from_a_url_is_fetched_checked_and_stored(stack: Stack) -> None:
+    """OctoAI's create with ``url``: no upload; the API fetches it (redirects followed),
+    checks it like an upload and stores it; a bad answer, a wrong digest or content that
+    is not what data.file_format says ends the asset rejected, with the reason."""
+    png = PNG_HEADER + os.urandom(4000)
+    served = Served(
+        {
+            "/lora.png": (200, png),
+            "/moved": (302, b"/lora.png"),
+            "/not-png": (200, b"plain text"),
+        }
+    )
+    tag = secrets.token_hex(3)
+    try:
+        with stack.client() as c:
+            made = _create(
+                c,
+                f"fromurl-{tag}",
+                url=f"{served.url}/moved?signature=secret",
+                transfer_api_type="sts",  # octoai 1.x's default beside a url
+                data={"asset_type": "file", "file_format": "png"},
+                sha256=hashlib.sha256(png).hexdigest(),
+            )
+            assert made["transfer_api"] == {"type": "none"}
+            assert made["asset"]["status"] == "uploaded"
+            assert "signature" not in json.dumps(made)  # the URL is never shown back
+            ready = _settled(c, made["asset"]["id"])
+            assert ready["status"] == "ready", ready["status_details"]
+            assert ready["size_bytes"] == len(png)
+            got = c.get(f"/v1/assets/{made['asset']['id']}/download")
+            assert got.content == png
+            assert served.hits[:2] == ["/moved?signature=secret", "/lora.png"]
+
+            for path, fields, reason in (
+                ("/missing", {}, "answered 404"),
+                ("/not-png", {}, "not a png file"),
+                ("/lora.png", {"sha256": "0" * 64}, "not the"),
+            ):
+                bad = _create(
+                    c,
+                    f"fromurl-bad-{secrets.token_hex(3)}",
+                    url=served.url + path,
+                    data={"asset_type": "file", "file_format": "png"},
+                    **fields,
+                )
+                ended = _settled(c, bad["asset"]["id"])
+                assert ended["status"] == "rejected", ended
+                assert reason in ended["status_details"], ended
+    finally:
+        served.close()
+
+
+def test_an_asset_url_on_a_private_address_is_not_fetched(
+    own_nats: NatsServer, tmp_path: Path
+) -> None:
+    """Without BERTH_ASSET_URL_ALLOW_PRIVATE, a URL naming the host's loopback (or one
+    redirecting there) ends the asset in error, and nothing is asked of that address."""
+    served = Served({"/x.bin": (200, b"private")})
+    env = {**FAST, "BERTH_ASSET_URL_ALLOW_PRIVATE": "false"}
+    api = Stack(tmp_path / "berth", own_nats.url, env=env)
+    try:
+        api.start("api")
+        with api.client() as c:
+            made = _create(c, "private", url=f"{served.url}/x.bin", data={"asset_type": "file"})
+            ended = _settled(c, made["asset"]["id"])
+        assert ended["status"] == "error", ended
+        assert "may not be fetched" in ended["status_details"], ended
+        assert served.hits == []
+    finally:
+        api.close()
+        served.close()

@@ -11,6 +11,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +54,12 @@ def client_env(lockfile: str) -> Path:
     return python
 
 
-def run_client(stack: Stack, lockfile: str, script: str, tmp_path: Path) -> dict[str, Any]:
+def run_client(
+    stack: Stack, lockfile: str, script: str, tmp_path: Path, **extra: str
+) -> dict[str, Any]:
     python = client_env(lockfile)
     tag = secrets.token_hex(3)
-    env = {**os.environ, "OCTOAI_TOKEN": stack.token, "TAG": tag}
+    env = {**os.environ, "OCTOAI_TOKEN": stack.token, "TAG": tag, **extra}
     run = subprocess.run(
         [str(python), str(CLIENTS / script), stack.url, str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=240,
@@ -66,8 +71,22 @@ def run_client(stack: Stack, lockfile: str, script: str, tmp_path: Path) -> dict
 
 
 def test_octoai_1x_runs_its_asset_calls_unchanged(stack: Stack, tmp_path: Path) -> None:
-    out = run_client(stack, "octoai-1.11.txt", "octoai_1x_assets.py", tmp_path)
+    # A file for create_from_url to name, served on 127.0.0.1 (the tests allow it).
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "words.txt").write_text("fetched by Berth for octoai 1.x\n")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/words.txt"
+        out = run_client(stack, "octoai-1.11.txt", "octoai_1x_assets.py", tmp_path, ASSET_URL=url)
+    finally:
+        server.shutdown()
+        server.server_close()
     tag = out["tag"]
+    assert out["from_url"]["status"] == "ready"
+    assert out["from_url"]["size"] == len("fetched by Berth for octoai 1.x\n")
     assert out["made"]["status"] == "ready" and out["made"]["size"] > 8
     assert out["listed"] == [f"lora-{tag}", f"notes-{tag}"] and out["total"] == 2
     assert out["by_name"] == out["by_owner"] == out["made"]["id"]

@@ -33,6 +33,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.background import BackgroundTask
 
+from api.asset_imports import check_import_url
 from api.auth import Principal, bearer_token, require_admin
 from api.context import AppContext, ContextDep, SessionDep
 from api.openapi import errors
@@ -201,12 +202,14 @@ def _upload_url(ctx: AppContext, asset: Asset, token: str) -> dict[str, Any]:
 async def create_asset(body: AssetCreate, ctx: ContextDep, session: SessionDep) -> dict[str, Any]:
     if body.data.get("asset_type", body.asset_type) != body.asset_type:
         raise InvalidRequest("data.asset_type must equal asset_type")
-    if body.url or body.hf_repo:
+    if body.hf_repo:
         raise InvalidRequest(
-            "this Berth takes assets by upload only (transfer_api_type presigned-url): "
-            "it fetches nothing from a URL or a Hugging Face repository"
+            "this Berth fetches nothing from Hugging Face repositories: upload the files, "
+            "or give the url of each"
         )
-    if body.transfer_api_type not in (None, "presigned-url", "any"):
+    if body.url:  # fetched by the API (api/asset_imports.py): whatever transfer was asked
+        check_import_url(body.url)
+    elif body.transfer_api_type not in (None, "presigned-url", "any"):
         raise InvalidRequest(
             f"transfer_api_type {body.transfer_api_type!r} is not offered: Berth takes "
             "uploads by presigned-url (a plain HTTP PUT)"
@@ -227,14 +230,20 @@ async def create_asset(body: AssetCreate, ctx: ContextDep, session: SessionDep) 
         expected_sha256=body.sha256,
         expected_size=body.size_bytes,
         skip_validation=bool(body.skip_validation),
-        upload_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
-        upload_expires_at=now + UPLOAD_VALID_FOR,
+        upload_token_sha256=None if body.url else hashlib.sha256(token.encode()).hexdigest(),
+        upload_expires_at=None if body.url else now + UPLOAD_VALID_FOR,
+        status=AssetStatus.UPLOADED if body.url else AssetStatus.READY_TO_UPLOAD,
+        source_url=body.url,
         created_at=now,
         updated_at=now,
     )
     session.add(asset)
     await session.commit()
     await session.refresh(asset)
+    if body.url:
+        assert ctx.imports is not None
+        ctx.imports.start(asset.id)
+        return {"asset": asset_public(ctx, asset), "transfer_api": {"type": "none"}, "token": ""}
     return {
         "asset": asset_public(ctx, asset),
         "transfer_api": _upload_url(ctx, asset, token),

@@ -47,6 +47,9 @@ listed = lib.list(name=tag, asset_type=["lora", "file"], limit=10)
 by_name = lib.get(f"lora-{tag}")
 by_owner = lib.get(f"{made.tenant_uuid}/lora-{tag}")
 deleted = lib.delete(plain.asset.id)
+from_url = lib.create_from_url(  # Berth fetches it; the client waits for ready
+    url=os.environ["ASSET_URL"], data=Data_File(file_format="txt"), name=f"fetched-{tag}"
+)
 print(
     json.dumps(
         {
@@ -57,6 +60,7 @@ print(
             "by_owner": by_owner.asset.id,
             "deleted": deleted.id,
             "after": lib.get(plain.asset.id).asset.status,
+            "from_url": {"status": from_url.status, "size": from_url.size_bytes},
         }
     )
 )
