@@ -502,3 +502,48 @@ def test_an_asset_url_on_a_private_address_is_not_fetched(
     finally:
         api.close()
         served.close()
+
+
+def test_a_url_fetch_cut_off_by_an_api_crash_is_done_again(stack: Stack) -> None:
+    """The API is killed while it fetches an asset's URL: the asset stays uploaded, and the
+    restarted API fetches it again, to ready with the right content."""
+    content = os.urandom(2 * 1024 * 1024)
+    halfway, release = threading.Event(), threading.Event()
+    hits: list[int] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(1)
+            self.send_response(200)
+            self.send_header("content-length", str(len(content)))
+            self.end_headers()
+            if len(hits) == 1:  # the first fetch stalls halfway, until the test is done
+                self.wfile.write(content[: len(content) // 2])
+                self.wfile.flush()
+                halfway.set()
+                release.wait(30)
+                return
+            self.wfile.write(content)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with stack.client() as c:
+            made = _create(
+                c, _unique("refetch"), url=f"http://127.0.0.1:{server.server_address[1]}/x.bin"
+            )
+        assert halfway.wait(30), "the API never fetched the URL"
+        stack.stop("api", signal.SIGKILL)
+        stack.start("api")
+        with stack.client() as c:
+            ready = _settled(c, made["asset"]["id"])
+            assert ready["status"] == "ready", ready["status_details"]
+            assert c.get(f"/v1/assets/{made['asset']['id']}/download").content == content
+        assert len(hits) == 2
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
