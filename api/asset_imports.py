@@ -26,14 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import urlsplit
 
 import httpx
 from sqlmodel import select
 
 from broker.assets import store_content
-from shared.egress import BlockedAddress, guarded_client
-from shared.errors import InvalidRequest
+from shared.egress import BlockedAddress, guarded_client, http_url
 from shared.models import Asset, AssetStatus
 
 if TYPE_CHECKING:
@@ -50,15 +48,7 @@ _CHUNK = 1024 * 1024
 
 def check_import_url(url: str) -> str:
     """An absolute http(s) URL with a host, at most MAX_URL characters; 422 otherwise."""
-    if len(url) > MAX_URL:
-        raise InvalidRequest(f"url is longer than {MAX_URL} characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError as exc:
-        raise InvalidRequest(f"url is not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("url must be an absolute http or https URL")
+    http_url(url, "url", MAX_URL)
     return url
 
 

@@ -20,7 +20,6 @@ import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -30,7 +29,13 @@ from api.context import AppContext
 from api.jobs import job_view
 from broker.callbacks import CallbackQueue
 from broker.jobs import apply, get_job, get_response, request_callback
-from shared.egress import BlockedAddress, blocked_reason, guarded_client, literal_address
+from shared.egress import (
+    BlockedAddress,
+    blocked_reason,
+    guarded_client,
+    http_url,
+    literal_address,
+)
 from shared.errors import InvalidRequest
 from shared.lifecycle import CallbackAgain, CallbackTried
 from shared.messages import CallbackAttempt, CallbackState, JobRecord
@@ -51,17 +56,8 @@ GIVE_UP_STATUS = frozenset({410})
 
 def check_callback_url(url: str, *, allow_private: bool) -> str:
     """A callback URL must be absolute http(s) with a host and no credentials; 422 otherwise."""
-    if len(url) > MAX_URL:
-        raise InvalidRequest(f"callback_url is longer than {MAX_URL} characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError as exc:
-        raise InvalidRequest(f"callback_url is not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https"):
-        raise InvalidRequest("callback_url must be an http or https URL")
-    if not parts.hostname:
-        raise InvalidRequest("callback_url has no host")
+    parts = http_url(url, "callback_url", MAX_URL)
+    assert parts.hostname is not None
     if parts.username is not None or parts.password is not None:
         raise InvalidRequest("callback_url must not carry credentials; use the webhook signature")
     if not allow_private:

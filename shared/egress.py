@@ -17,15 +17,19 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import httpcore
 import httpx
+
+from shared.errors import InvalidRequest
 
 __all__ = [
     "BlockedAddress",
     "GuardedBackend",
     "blocked_reason",
     "guarded_client",
+    "http_url",
     "literal_address",
 ]
 
@@ -33,6 +37,23 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # IPv6 prefixes that carry an IPv4 address a router would reach: NAT64 (RFC 6052).
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def http_url(url: str, field: str, max_length: int = 2048) -> SplitResult:
+    """A caller's URL, split: absolute http(s) with a host, at most ``max_length``
+    characters, a valid port; InvalidRequest (422) naming ``field`` otherwise."""
+    if len(url) > max_length:
+        raise InvalidRequest(f"{field} is longer than {max_length} characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise InvalidRequest(f"{field} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise InvalidRequest(f"{field} must be an http or https URL")
+    if not parts.hostname:
+        raise InvalidRequest(f"{field} has no host")
+    return parts
 
 
 class BlockedAddress(httpx.ConnectError):
