@@ -9,6 +9,8 @@ from typing import Any
 
 __all__ = ["add_parsers"]
 
+ASSET_TYPES = ["file", "checkpoint", "lora", "textual_inversion", "vae", "latent", "volume"]
+
 
 def _client() -> Any:
     from berth.client import from_environment
@@ -31,6 +33,18 @@ def _assets_upload(args: argparse.Namespace) -> None:
         description=args.description,
         is_public=args.public or None,
         progress=_upload_progress,
+    )
+    print(f"asset {asset.name} {asset.status} ({asset.id}, {asset.size_bytes} bytes)")
+
+
+def _assets_import(args: argparse.Namespace) -> None:
+    asset = _client().import_asset(
+        args.url,
+        args.name,
+        asset_type=args.type,
+        data=json.loads(args.data) if args.data else {},
+        description=args.description,
+        is_public=args.public or None,
     )
     print(f"asset {asset.name} {asset.status} ({asset.id}, {asset.size_bytes} bytes)")
 
@@ -93,20 +107,21 @@ def _tunes_delete(args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub: Any) -> None:
-    a = sub.add_parser("assets", help="the asset library: upload, list, get, delete")
+    a = sub.add_parser("assets", help="the asset library: upload, import, list, get, delete")
     av = a.add_subparsers(dest="verb", required=True)
     up = av.add_parser("upload", help="upload a file as an asset (streamed, checked by sha256)")
     up.add_argument("path")
     up.add_argument("--name", help="default: the file's name")
-    up.add_argument(
-        "--type",
-        default="file",
-        choices=["file", "checkpoint", "lora", "textual_inversion", "vae", "latent", "volume"],
-    )
-    up.add_argument("--data", help='OctoAI\'s data, JSON: \'{"file_format": "jsonl"}\'')
-    up.add_argument("--description")
-    up.add_argument("--public", action="store_true", help="readable without a token")
     up.set_defaults(func=_assets_upload)
+    im = av.add_parser("import", help="an asset the server fetches from a URL (http or https)")
+    im.add_argument("url")
+    im.add_argument("name")
+    im.set_defaults(func=_assets_import)
+    for parser in (up, im):
+        parser.add_argument("--type", default="file", choices=ASSET_TYPES)
+        parser.add_argument("--data", help='OctoAI\'s data, JSON: \'{"file_format": "jsonl"}\'')
+        parser.add_argument("--description")
+        parser.add_argument("--public", action="store_true", help="readable without a token")
     ls = av.add_parser("list")
     ls.add_argument("--name", help="names containing this")
     ls.add_argument("--type")

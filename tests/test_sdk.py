@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,3 +310,38 @@ def test_a_tune_runs_to_its_end_and_another_is_cancelled(
     berth.delete_tune(tune.id)
     with pytest.raises(NotFound):
         berth.get_tune(tune.id)
+
+
+def test_an_asset_imported_from_a_url(berth: Client, stack: Stack, name: str) -> None:
+    """import_asset: the server fetches the URL; the asset comes back ready, or the
+    server's reason comes back as Unprocessable (sync and async clients alike)."""
+    from tests.test_assets import PNG_HEADER, Served
+
+    png = PNG_HEADER + os.urandom(1000)
+    served = Served({"/a.png": (200, png), "/text": (200, b"not an image")})
+    try:
+        asset = berth.import_asset(
+            f"{served.url}/a.png", f"url-{name[:40]}", data={"file_format": "png"},
+            sha256=hashlib.sha256(png).hexdigest(),
+        )  # fmt: skip
+        assert asset.status == "ready" and asset.size_bytes == len(png)
+        with pytest.raises(Unprocessable, match="not a png file"):
+            berth.import_asset(
+                f"{served.url}/text", f"url-bad-{name[:36]}", data={"file_format": "png"}
+            )
+
+        async def the_async_client() -> str:
+            async with AsyncClient(stack.url, stack.token) as aio:
+                made = await aio.import_asset(f"{served.url}/a.png", f"url-aio-{name[:36]}")
+                return made.status
+
+        assert asyncio.run(the_async_client()) == "ready"
+        cli = subprocess.run(
+            [sys.executable, "-m", "berth.cli", "assets", "import", f"{served.url}/a.png",
+             f"url-cli-{name[:36]}", "--data", '{"file_format": "png"}'],
+            env={**os.environ, "BERTH_URL": stack.url, "BERTH_TOKEN": stack.token},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 0 and " ready (" in cli.stdout, cli.stdout + cli.stderr
+    finally:
+        served.close()

@@ -19,6 +19,7 @@ from berth.sdk._core import (
     json_or_text,
     new_idempotency_key,
 )
+from berth.sdk.errors import Unprocessable
 from berth.sdk.models import (
     Accepted,
     Asset,
@@ -365,6 +366,32 @@ def asset_body(
     }
     body.update({k: v for k, v in extra.items() if v is not None})
     return body
+
+
+def url_asset_body(
+    url: str, name: str, asset_type: str, data: dict[str, Any] | None, **extra: Any
+) -> dict[str, Any]:
+    """A create body for an asset the server fetches from ``url``."""
+    body = {
+        "name": name,
+        "asset_type": asset_type,
+        "data": {**(data or {}), "asset_type": asset_type},
+        "url": url,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def fetched(asset: Any) -> Any:
+    """The asset once its fetch ended: itself when ready, else Unprocessable (422) with
+    the server's reason; None while it is still being fetched."""
+    if asset.status == "uploaded":
+        return None
+    if asset.status != "ready":
+        raise Unprocessable(
+            f"asset {asset.name} is {asset.status}: {asset.status_details}", status=422
+        )
+    return asset
 
 
 def file_pieces(path: Path, progress: Any = None) -> Iterator[bytes]:

@@ -350,6 +350,39 @@ class Client:
         self._do(calls.complete_asset_upload(self._s, made["asset"]["id"]))
         return self.get_asset(made["asset"]["id"])
 
+    def import_asset(
+        self,
+        url: str,
+        name: str,
+        *,
+        asset_type: str = "file",
+        data: dict[str, Any] | None = None,
+        description: str | None = None,
+        is_public: bool | None = None,
+        sha256: str | None = None,
+        size_bytes: int | None = None,
+        timeout: float = 3600,
+    ) -> Asset:
+        """A new asset that the server fetches from ``url`` (http or https; public
+        addresses only unless the server allows others); the asset once ready.
+        Unprocessable with the server's reason when it ends rejected or in error;
+        TimeoutError after ``timeout`` seconds."""
+        body = calls.url_asset_body(
+            url, name, asset_type, data, description=description, is_public=is_public,
+            sha256=sha256, size_bytes=size_bytes,
+        )  # fmt: skip
+        made = self._do(calls.create_asset(self._s, body))
+        deadline = time.monotonic() + timeout
+        tries = 0
+        while True:
+            ready = calls.fetched(self.get_asset(made["asset"]["id"]))
+            if ready is not None:
+                return ready  # type: ignore[no-any-return]
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"asset {name} was not fetched in {timeout} s")
+            time.sleep(poll_interval(tries))
+            tries += 1
+
     def get_asset(self, key: str) -> Asset:
         """An asset by id, name or owner/name."""
         return self._do(calls.get_asset(self._s, key))
