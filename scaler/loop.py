@@ -17,7 +17,6 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from broker.commands import on_demand, on_replica_events
@@ -36,6 +35,14 @@ from scaler.policy import (
     ReplicaView,
     active_replicas,
     decide,
+)
+from scaler.state import (
+    EndpointState,
+    PendingStart,
+    StartFailure,
+    failed_again,
+    no_capacity_reason,
+    unsatisfiable_by,
 )
 from scaler.traffic import Traffic
 from shared import names
@@ -61,56 +68,6 @@ log = logging.getLogger(__name__)
 MIN_PASS_INTERVAL = 0.05
 # An idle endpoint (nothing running, nothing asked) is looked at on a timer this often.
 IDLE_SWEEP = 10.0
-
-
-@dataclass(slots=True)
-class PendingStart:
-    endpoint: str
-    agent_id: str
-    issued_at: float
-    gpu_type: str | None = None
-    gpus: int = 0
-
-
-@dataclass(slots=True)
-class StartFailure:
-    count: int
-    until: float
-    reason: str
-    # replica_digest() of the config that failed: a request for another config is not failed by it.
-    digest: str
-
-
-@dataclass(slots=True)
-class EndpointState:
-    """What the scaler keeps of one endpoint between passes."""
-
-    # When a request last arrived (None: none since this scaler started).
-    activity: float | None = None
-    # Its replicas fail to start: backing off, and since when it is marked failing.
-    failure: StartFailure | None = None
-    failing: EndpointHealth | None = None
-    # When it was last evaluated, and since when a pass waits (MIN_PASS_INTERVAL).
-    last_pass: float = 0.0
-    deferred: float | None = None
-    # Its recent traffic, and the last service and cold-start times its replicas showed
-    # (kept while it is at zero).
-    traffic: Traffic = field(default_factory=Traffic)
-    service_s: float | None = None
-    cold_start_s: float | None = None
-    # At rest (nothing waiting or running, nothing to shrink but to zero): until when the
-    # timer can leave it to the idle sweep.
-    resting_until: float | None = None
-    # Its keys in the replicas bucket, with what the policy cares about in each record:
-    # a pass reads its own records only, and a heartbeat wakes nothing.
-    keys: dict[str, tuple[ReplicaState, int, str]] = field(default_factory=dict)
-
-    def forget(self) -> None:
-        """The endpoint was deleted: all but its replicas (drained by the next pass) goes."""
-        keys, failing = self.keys, self.failing
-        fresh = EndpointState(keys=keys, failing=failing)
-        for name in self.__slots__:
-            setattr(self, name, getattr(fresh, name))
 
 
 class Scaler:
@@ -328,18 +285,14 @@ class Scaler:
         now = self.clock()
         self.pending.pop(replica_id or "", None)
         if type_ == "replica_start_failed":
-            previous = self.failure(endpoint)
-            count = previous.count + 1 if previous else 1
-            delay = min(
-                self.settings.start_backoff * 2 ** (count - 1), self.settings.start_backoff_max
+            failure = failed_again(
+                self.failure(endpoint),
+                event["details"],
+                now,
+                self.settings.start_backoff,
+                self.settings.start_backoff_max,
             )
-            details = event["details"]
-            failure = StartFailure(
-                count=count,
-                until=now + delay,
-                reason=details.get("reason", "unknown"),
-                digest=details.get("digest", ""),
-            )
+            count, delay = failure.count, failure.until - now
             self.of(endpoint).failure = failure
             if not self.leader:
                 return
@@ -529,9 +482,9 @@ class Scaler:
                 endpoint,
                 "no_capacity",
                 level="warning",
-                reason=self._no_capacity_reason(endpoint, decision.start - started),
+                reason=no_capacity_reason(spec, decision.start - started),
             )
-            unsatisfiable = self._unsatisfiable(spec, now)
+            unsatisfiable = unsatisfiable_by(spec, list(self.agents.items.values()), now)
             if started == 0 and unsatisfiable and not self._live(endpoint, now):
                 # Waiting would not help: no host could ever run it. Say so at once.
                 failure = StartFailure(
@@ -564,43 +517,6 @@ class Scaler:
             )
         else:
             self.of(endpoint).resting_until = None
-
-    def _unsatisfiable(self, spec: EndpointSpec, now: float) -> str | None:
-        """Why no agent of the fleet, even idle, could run a replica of ``spec``; None if one could."""
-        try:
-            need = parse_instance_type(spec.instance_type)
-        except ValueError as exc:
-            return str(exc)
-        agents = [a for a in self.agents.items.values() if a.fresh(now)]
-        if agents and not any(a.runs(spec) for a in agents):
-            return (
-                "no agent can run container images (none has a Docker engine; see "
-                "BERTH_DOCKER_HOST)"
-                if spec.image_url
-                else "no agent runs Python models"
-            )
-        if need.gpu_type is None:
-            return None
-        for agent in agents:
-            if agent.runs(spec) and sum(g.type == need.gpu_type for g in agent.gpus) >= need.gpus:
-                return None
-        return (
-            f"no agent offers {need.gpus} {need.gpu_type} GPU(s) on one host (instance type "
-            f"{need.name}); GET /v1/instance-types lists what the fleet has"
-        )
-
-    def _no_capacity_reason(self, endpoint: str, missing: int) -> str:
-        spec = self.endpoints.items.get(endpoint)
-        try:
-            need = parse_instance_type(spec.instance_type) if spec else None
-        except ValueError:
-            need = None
-        if need is not None and need.gpu_type is not None:
-            return (
-                f"no agent had {need.gpus} free {need.gpu_type} GPU(s) and a free slot for "
-                f"{missing} replica(s) of instance type {need.name}"
-            )
-        return f"no agent had a free slot for {missing} replica(s)"
 
     async def _start(self, spec: EndpointSpec, now: float) -> bool:
         # An agent's own count of used slots is a heartbeat old; its replica records are newer.

@@ -226,7 +226,8 @@ def test_place_skips_excluded() -> None:
 def test_timer_passes_skip_idle_endpoints_but_sweep_them() -> None:
     """With many idle endpoints, a tick looks at the busy ones and a slice of the idle ones;
     over IDLE_SWEEP seconds of ticks, every idle endpoint is looked at exactly once."""
-    from scaler.loop import IDLE_SWEEP, PendingStart, Scaler, StartFailure
+    from scaler.loop import IDLE_SWEEP, Scaler
+    from scaler.state import PendingStart, StartFailure
     from shared.messages import EndpointSpec, ReplicaRecord, ReplicaState
     from shared.settings import ScalerSettings
 
