@@ -6,6 +6,7 @@ import {
   NotFound,
   RateLimited,
   Unavailable,
+  Unprocessable,
   errorFor,
 } from "./errors.js";
 import { sseEvents } from "./sse.js";
@@ -416,6 +417,32 @@ export class Client {
       safe: true,
     });
     return this.getAsset(made.asset.id);
+  }
+
+  /** A new asset that the server fetches from `url` (http or https; public addresses only
+   * unless the server allows others); the asset once ready. Throws Unprocessable with the
+   * server's reason when it ends rejected or in error. */
+  async importAsset(url: string, name: string, options: AssetOptions & { timeoutSeconds?: number } = {}): Promise<Asset> {
+    const assetType = options.assetType ?? "file";
+    const body: Record<string, unknown> = {
+      name,
+      asset_type: assetType,
+      data: { ...(options.data ?? {}), asset_type: assetType },
+      url,
+    };
+    if (options.description !== undefined) body["description"] = options.description;
+    if (options.isPublic !== undefined) body["is_public"] = options.isPublic;
+    const made = await this.json<{ asset: Asset }>({ method: "POST", url: this.api("/v1/assets"), body });
+    const deadline = Date.now() + (options.timeoutSeconds ?? 3600) * 1000;
+    for (let tries = 0; ; tries++) {
+      const asset = await this.getAsset(made.asset.id);
+      if (asset.status === "ready") return asset;
+      if (asset.status !== "uploaded") {
+        throw new Unprocessable(`asset ${name} is ${asset.status}: ${asset.status_details}`, { status: 422, body: asset });
+      }
+      if (Date.now() > deadline) throw new Error(`asset ${name} was not fetched in ${options.timeoutSeconds ?? 3600} s`);
+      await sleep(pollInterval(tries));
+    }
   }
 
   /** An asset by id, name or owner/name. */

@@ -140,6 +140,28 @@ test("assets upload, list and delete; a tune runs to its end", async () => {
   assert.equal((await berth.getAsset(asset.name)).id, asset.id);
   await assert.rejects(berth.uploadAsset(new Uint8Array([1]), "bad name!"), Unprocessable);
 
+  // An asset the server fetches from a URL (served here, on 127.0.0.1: the tests' Berth
+  // allows it), and one whose content is not what its data says.
+  const server = createServer((req, res) => {
+    res.writeHead(200, { "content-type": "application/octet-stream" });
+    res.end(req.url === "/pairs.jsonl" ? pairs : "not json lines {");
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const served = `http://127.0.0.1:${server.address().port}`;
+  try {
+    const fetched = await berth.importAsset(`${served}/pairs.jsonl`, `ts-url-${tag}`, {
+      data: { file_format: "jsonl" },
+    });
+    assert.equal(fetched.status, "ready");
+    assert.equal(fetched.size_bytes, pairs.byteLength);
+    await assert.rejects(
+      berth.importAsset(`${served}/other`, `ts-url-bad-${tag}`, { data: { file_format: "jsonl" } }),
+      (err) => err instanceof Unprocessable && /not JSON lines/.test(err.message),
+    );
+  } finally {
+    server.close();
+  }
+
   const tune = await berth.createTune(`ts-tune-${tag}`, [asset.id], { steps: 30 });
   assert.equal(tune.status, "pending");
   const done = await berth.waitForTune(tune.id, 600);
