@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlmodel import select
@@ -22,7 +22,7 @@ from api.auth import Authenticator, PrincipalDep
 from api.callbacks import Dispatcher, WebhookSecrets
 from api.console import install_console
 from api.context import AppContext
-from api.errors import install_error_handlers
+from api.errors import error_response, install_error_handlers
 from api.jobs import DeadlineTimers
 from api.metrics import Recorder
 from api.middleware import HostRouting, RequestId
@@ -243,8 +243,14 @@ def create_app(settings: ApiSettings) -> BerthApp:
             raise Forbidden("this token may not read metrics (it needs the metrics scope)")
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", tags=["system"])
-    async def healthz() -> dict[str, str]:
+    @app.get("/healthz", tags=["system"], responses=errors(503), response_model=None)
+    async def healthz(request: Request) -> dict[str, str] | Response:
+        """200 while this instance takes work; 503 while it drains before stopping
+        (BERTH_DRAIN_SECONDS after a SIGTERM), so that a load balancer takes it out first."""
+        if getattr(request.app.state, "draining", False):
+            return error_response(
+                503, "draining", "this API instance is stopping: send requests to another"
+            )
         return {"status": "ok"}
 
     return BerthApp(app, settings)

@@ -76,6 +76,10 @@ class ApiSettings(CommonSettings):
     # Assets created from a URL: fetched from public addresses only unless this is set
     # (as callbacks are; api/asset_imports.py).
     asset_url_allow_private: bool = False
+    # On SIGTERM, /healthz answers 503 for this many seconds while requests are still
+    # served, so that a load balancer's health check takes the instance out before it
+    # stops accepting; then the usual graceful stop. 0: stop at once (one instance).
+    drain_seconds: float = Field(0.0, ge=0, le=300)
     tenant: str = Field("berth", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     default_request_timeout: float = 300.0
     # How long a cached endpoint lookup on the data plane may be stale.
