@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,17 +169,58 @@ def replicated(seconds: float, rounds: int) -> dict[str, Any]:
     return result
 
 
+def idle_agents(
+    counts: tuple[int, ...] = (1, 8), endpoints: int = 4, seconds: float = 20
+) -> dict[str, Any]:
+    """What idle agents cost NATS: a nats-server, an API and a scaler with ``endpoints``
+    endpoints at min 0 (nothing running), and N agents heartbeating and pulling; the
+    nats-server's CPU per second and per agent over ``seconds``."""
+    result: dict[str, Any] = {}
+    for n in counts:
+        with tempfile.TemporaryDirectory(prefix="bench-agents-") as tmp:
+            nats = LocalNats(Path(tmp) / "nats").start()
+            stack = LocalStack(Path(tmp) / "berth", nats.url, env=ENV)
+            try:
+                stack.start("api", "scaler", *[f"agent:{i}" for i in range(n)])
+                for e in range(endpoints):
+                    stack.deploy(f"idle-{e}", ECHO, min_replicas=0, max_replicas=1)
+                time.sleep(5)  # settle: every agent registered and pulling
+                assert nats.proc is not None
+                agents = [p.pid for name, p in stack.procs.items() if name.startswith("agent")]
+                before_nats, before_agents = (
+                    cpu_seconds(nats.proc.pid),
+                    sum(map(cpu_seconds, agents)),
+                )
+                time.sleep(seconds)
+                nats_cpu = (cpu_seconds(nats.proc.pid) - before_nats) / seconds
+                agents_cpu = (sum(map(cpu_seconds, agents)) - before_agents) / seconds
+                result[f"{n} agent(s)"] = {
+                    "nats_server_cpu_ms_per_s": round(nats_cpu * 1000, 1),
+                    "agents_cpu_ms_per_s": round(agents_cpu * 1000, 1),
+                }
+                print(n, result[f"{n} agent(s)"], flush=True)
+            finally:
+                stack.close()
+                nats.stop()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--part", choices=("lb", "replicas", "all"), default="all")
+    parser.add_argument("--part", choices=("lb", "replicas", "agents", "all"), default="all")
     args = parser.parse_args()
     out: dict[str, Any] = {}
     if args.part in ("lb", "all"):
         out["balancer"] = through_a_balancer(args.seconds, args.rounds)
     if args.part in ("replicas", "all"):
         out["replication"] = replicated(args.seconds, args.rounds)
+    if args.part in ("agents", "all"):
+        out["idle_agents"] = idle_agents()
+        print(json.dumps(out["idle_agents"], indent=2))
+        if args.part == "agents":
+            return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     for part in out.values():
