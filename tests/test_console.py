@@ -1,175 +1,31 @@
-"""The console in a real browser: Debian's Chromium, driven by Playwright (nothing downloads
-a browser). Each test saves a screenshot of the page it ends on in ``.artifacts/console/``.
-
-Every request the pages make is checked to stay on Berth's own address: the console
-works with no internet.
-"""
+"""The console in a real browser (tests/console_browser.py: Debian's Chromium, Playwright, every
+request checked to stay on Berth's address): endpoints, the playground, jobs, events and
+logs, editing and uploads. Signing in, tokens, secrets, public demos and a model's markup
+are in tests/test_console_access.py; assets and tunes in tests/test_console_library.py."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from berth.local import ROOT
+from tests import console_browser
 from tests.conftest import Stack, wait_for
+from tests.console_browser import WAIT_MS, create, shot, try_it
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, BrowserContext, Page, expect  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-SHOTS = Path(os.environ.get("BERTH_SCREENSHOTS", ROOT / ".artifacts" / "console"))
-WAIT_MS = 60_000
-
-
-def _chromium() -> str:
-    found = os.environ.get("BERTH_CHROMIUM") or shutil.which("chromium")
-    if not found:
-        reason = "chromium is not installed (Debian: chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    path = _chromium()
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-class Watch:
-    """What a browser context did: requests off Berth's address, errors on its pages."""
-
-    def __init__(self, context: BrowserContext, base: str):
-        self.offsite: list[str] = []
-        self.errors: list[str] = []
-        self.urls: list[str] = []
-
-        def route(r: Any) -> None:
-            url = r.request.url
-            self.urls.append(url)
-            if url.startswith((base, "blob:", "data:")):
-                r.continue_()
-            else:
-                self.offsite.append(url)
-                r.abort()
-
-        context.route("**/*", route)
-
-    def page(self, page: Page) -> Page:
-        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        page.on("dialog", lambda d: d.accept())
-        return page
-
-    def check(self) -> None:
-        assert not self.offsite, f"requests left Berth: {self.offsite}"
-        assert not self.errors, self.errors
-
-
-def _context(browser: Browser, stack: Stack, token: str | None) -> tuple[BrowserContext, Watch]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=stack.url)
-    if token is not None:
-        context.add_init_script(f"sessionStorage.setItem('berth.token', {json.dumps(token)})")
-    return context, Watch(context, stack.url)
-
-
-@pytest.fixture
-def page(browser: Browser, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A signed-in console tab; its screenshot is saved when the test ends."""
-    context, watch = _context(browser, stack, stack.token)
-    tab = watch.page(context.new_page())
-    try:
-        yield tab
-        watch.check()
-    finally:
-        shot(tab, request.node.name)
-        context.close()
-
-
-def shot(tab: Page, label: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(Exception):  # a closed page: nothing to keep
-        tab.screenshot(path=str(SHOTS / f"{label}.png"), full_page=True)
-
-
-def try_it(page: Page, field: str, value: str) -> None:
-    """Open the endpoint page's playground, fill ``field`` and run it."""
-    page.click("button[data-tab=playground]")
-    control = page.locator(f"[name={field}]")
-    expect(control).to_be_visible(timeout=WAIT_MS)
-    control.fill(value)
-    page.click("button:has-text('Run')")
-
-
-def create(stack: Stack, **body: Any) -> None:
-    with stack.client() as c:
-        resp = c.post("/v1/endpoint", json=body)
-    assert resp.status_code == 201, resp.text
-
-
-# -- signing in --------------------------------------------------------------------------
-
-
-def test_a_wrong_token_is_refused_and_a_right_one_signs_in(browser: Browser, stack: Stack) -> None:
-    context, watch = _context(browser, stack, None)
-    tab = watch.page(context.new_page())
-    try:
-        tab.goto("/console/jobs")
-        expect(tab).to_have_url(f"{stack.url}/console/signin")
-        tab.fill("input[name=token]", "berth_not-a-real-token")
-        tab.click("button[type=submit]")
-        expect(tab.get_by_role("alert")).to_contain_text("refused")
-        assert tab.evaluate("sessionStorage.getItem('berth.token')") is None
-        shot(tab, "signin-refused")
-
-        tab.fill("input[name=token]", stack.token)
-        tab.click("button[type=submit]")
-        expect(tab).to_have_url(f"{stack.url}/console/jobs")  # where it was going
-        expect(tab.locator("h1")).to_have_text("Jobs")
-        assert tab.evaluate("document.cookie") == ""
-        assert not [u for u in watch.urls if stack.token in u], "the token went into a URL"
-
-        tab.click("button.signout")
-        expect(tab).to_have_url(f"{stack.url}/console/signin")
-        assert tab.evaluate("sessionStorage.getItem('berth.token')") is None
-        watch.check()
-    finally:
-        context.close()
-
-
-def test_a_token_that_stops_working_sends_the_tab_to_sign_in(
-    browser: Browser, stack: Stack
-) -> None:
-    with stack.client() as c:
-        made = c.post("/v1/tokens", json={"name": "short-lived", "scopes": ["admin"]}).json()
-    context, watch = _context(browser, stack, made["token"])
-    tab = watch.page(context.new_page())
-    try:
-        tab.goto("/console/tokens")
-        expect(tab.locator("#tokens")).to_contain_text("short-lived")
-        with stack.client() as c:
-            assert c.delete(f"/v1/tokens/{made['id']}").status_code == 200
-        tab.goto("/console/secrets")
-        expect(tab).to_have_url(f"{stack.url}/console/signin", timeout=WAIT_MS)
-        expect(tab.get_by_role("alert")).to_contain_text("sign in again")
-        watch.check()
-    finally:
-        context.close()
+# The harness's fixtures, under the names the tests ask for.
+browser, page = console_browser.browser, console_browser.page
 
 
 # -- endpoints ---------------------------------------------------------------------------
@@ -505,125 +361,6 @@ def test_a_queued_job_is_cancelled_from_the_jobs_page(page: Page, stack: Stack, 
     finally:
         with stack.client() as c:
             c.delete(f"/v1/requests/{busy}")
-
-
-# -- untrusted output --------------------------------------------------------------------
-
-
-def test_markup_from_a_model_is_shown_as_text_never_run(
-    page: Page, stack: Stack, name: str
-) -> None:
-    stack.deploy(
-        name, "markup", min_replicas=1, max_replicas=1, description="<img src=x onerror=alert(1)>"
-    )
-    stack.wait_ready(name)
-    page.goto(f"/console/endpoints/{name}")
-    expect(page.locator("table.kv")).to_contain_text("<img src=x onerror=alert(1)>")
-    try_it(page, "prompt", "<script>window.__xss='prompt'</script><b>bold</b>")
-    out = page.locator(".run-output .output")
-    expect(out).to_contain_text("<script>window.__xss='script'</script>", timeout=WAIT_MS)
-    expect(out).to_contain_text("<img src=x onerror=")
-    page.locator(".run-output details.raw summary").click()
-
-    page.select_option("select[name=route]", "/chunks")
-    page.click("button:has-text('Run')")
-    expect(page.locator(".run-output .streamed")).to_contain_text(
-        "<iframe srcdoc=", timeout=WAIT_MS
-    )
-
-    assert page.evaluate("window.__xss") is None
-    for tag in ("script", "iframe", "svg", "b", "img[src=x]", "a[href^=javascript]"):
-        count = page.locator(f"#main .run-output {tag}").count()
-        assert count == 0, f"a <{tag}> from the model is in the page"
-    # The page's policy stops what slips through: a model string given to innerHTML throws.
-    blocked = page.evaluate(
-        """() => { try { document.body.insertAdjacentHTML('beforeend', '<b>x</b>'); return false; }
-            catch (e) { return e.name; } }"""
-    )
-    assert blocked == "TypeError"
-    shot(page, "xss")
-
-
-# -- tokens, secrets, registry credentials -----------------------------------------------
-
-
-def test_a_new_token_is_shown_once_and_works(page: Page, stack: Stack) -> None:
-    page.goto("/console/tokens")
-    page.fill("input[name=name]", "from-the-console")
-    page.click("button:has-text('Create token')")
-    secret = page.locator("#new-token")
-    expect(secret).to_be_visible()
-    value = secret.inner_text()
-    shot(page, "token-once")
-    with httpx.Client(base_url=stack.url, timeout=10) as c:
-        ok = c.get("/v1/requests/nope", headers={"Authorization": f"Bearer {value}"})
-        assert ok.status_code == 404  # a valid (inference) token: the job is just not there
-    expect(page.locator("#tokens")).to_contain_text("from-the-console")
-    page.reload()
-    expect(page.locator("#tokens")).to_contain_text("from-the-console")
-    assert value not in page.content()
-    page.locator("tr[data-token='from-the-console'] button:has-text('Delete')").click()
-    expect(page.locator("tr[data-token='from-the-console']")).to_have_count(0)
-
-
-def test_secrets_and_credentials_are_write_only(page: Page, stack: Stack) -> None:
-    page.goto("/console/secrets")
-    page.fill("input[name=key]", "CONSOLE_SECRET")
-    page.fill("input[name=value]", "hunter2-value")
-    page.click("button:has-text('Save')")
-    expect(page.locator("tr[data-key=CONSOLE_SECRET]")).to_be_visible()
-    page.fill("input[name=key]", "9bad")
-    page.fill("input[name=value]", "x")
-    page.click("button:has-text('Save')")
-    expect(page.locator("[data-field=key] .field-error")).to_contain_text("environment variable")
-    page.reload()
-    assert "hunter2-value" not in page.content()
-    shot(page, "secrets")
-
-    page.goto("/console/credentials")
-    page.fill("input[name=key]", "console-registry")
-    page.fill("input[name=username]", "robot")
-    page.fill("input[name=password]", "registry-password-value")
-    page.click("button:has-text('Save')")
-    row = page.locator("tr[data-key=console-registry]")
-    expect(row).to_contain_text("robot")
-    assert "registry-password-value" not in page.content()
-    row.locator("button:has-text('Delete')").click()
-    expect(row).to_have_count(0)
-    page.goto("/console/secrets")
-    page.locator("tr[data-key=CONSOLE_SECRET] button:has-text('Delete')").click()
-    expect(page.locator("tr[data-key=CONSOLE_SECRET]")).to_have_count(0)
-    with stack.client() as c:
-        assert "CONSOLE_SECRET" not in c.get("/v1/secrets").json()
-
-
-# -- public demo pages, and the API reference --------------------------------------------
-
-
-def test_a_public_demo_needs_no_token_and_a_private_one_says_so(
-    browser: Browser, stack: Stack, name: str
-) -> None:
-    create(stack, name=name, example="echo", min_replicas=1, max_replicas=1, visibility="public")
-    private = f"{name[:50]}-p"
-    create(stack, name=private, example="echo", min_replicas=0, max_replicas=1)
-    context, watch = _context(browser, stack, None)
-    tab = watch.page(context.new_page())
-    try:
-        tab.goto(f"/demo/{name}")
-        prompt = tab.locator("[name=prompt]")
-        expect(prompt).to_be_visible(timeout=WAIT_MS)
-        prompt.fill("from anyone")
-        tab.click("button:has-text('Run')")
-        expect(tab.locator(".run-output .output")).to_contain_text("from anyone", timeout=WAIT_MS)
-        assert tab.locator(".copy-as").count() == 0
-        shot(tab, "demo")
-        tab.goto(f"/demo/{private}")
-        expect(tab.locator("#main .error")).to_contain_text("not public", timeout=WAIT_MS)
-        watch.check()
-    finally:
-        context.close()
-        with stack.client() as c:
-            c.delete(f"/v1/endpoint/{private}")
 
 
 def test_the_api_reference_works_offline(page: Page) -> None:

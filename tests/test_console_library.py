@@ -1,6 +1,6 @@
 """The console's asset library and fine-tuning pages in a real browser (Debian's Chromium,
 driven by Playwright): an upload with its progress and a refusal with its reason, and a
-tune started from the page that runs to its end. Fixtures from tests/test_console.py."""
+tune started from the page that runs to its end. Fixtures from tests/console_browser.py."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_console
+from tests import console_browser
 from tests.conftest import Stack
-from tests.test_console import WAIT_MS, shot
-
-# The console's fixtures, under the names tests ask for.
-browser = test_console.browser
-page = test_console.page
+from tests.console_browser import WAIT_MS, shot
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.e2e
+
+# The harness's fixtures, under the names the tests ask for.
+browser, page = console_browser.browser, console_browser.page
 
 
 def test_an_asset_uploaded_and_a_tune_run_from_the_console(

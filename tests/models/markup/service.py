@@ -1,5 +1,5 @@
 """A model whose every output is markup that would run if a page parsed it as HTML:
-the console must show it as text (tests/test_console.py)."""
+the console must show it as text (tests/test_console_access.py)."""
 
 from collections.abc import Iterator
 
