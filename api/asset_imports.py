@@ -114,7 +114,12 @@ class AssetImports:
         async with self._ctx.db.session() as session:
             current = await session.get(Asset, asset_id)
             if current is None or current.status != AssetStatus.UPLOADED:
-                return  # deleted meanwhile
+                if digest is not None:  # deleted meanwhile: what was stored for it goes too
+                    from api.routes.assets import release_content
+
+                    await release_content(session, self._ctx.broker, digest)
+                log.info("asset %s was deleted while it was fetched: nothing kept", asset_id)
+                return
             current.status, current.status_details = status, reason[:2000]
             if digest is not None:
                 current.sha256, current.size_bytes = digest, size

@@ -12,6 +12,7 @@ says which instance served it (``X-Berth-Served-By``).
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -85,8 +86,6 @@ class HAProxy:
         return self
 
     def _listening(self) -> bool:
-        import socket
-
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError((self.work / "haproxy.log").read_text())

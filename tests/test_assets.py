@@ -4,6 +4,7 @@ process replica, and an asset in use refused deletion."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -20,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from broker.assets import has_content
+from broker.connection import Broker
 from tests.conftest import FAST, MODELS, ROOT, NatsServer, Stack, wait_for
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
@@ -543,6 +546,53 @@ def test_a_url_fetch_cut_off_by_an_api_crash_is_done_again(stack: Stack) -> None
             assert ready["status"] == "ready", ready["status_details"]
             assert c.get(f"/v1/assets/{made['asset']['id']}/download").content == content
         assert len(hits) == 2
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+async def test_an_asset_deleted_while_its_url_is_fetched_leaves_nothing_stored(
+    stack: Stack, broker: Broker
+) -> None:
+    """Deleted while the API fetches its URL: the fetch ends, finds the asset gone, and the
+    content it stored goes too (no other asset names it)."""
+    content = os.urandom(256 * 1024)
+    started, release = threading.Event(), threading.Event()
+
+    class Held(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", str(len(content)))
+            self.end_headers()
+            started.set()
+            release.wait(30)  # the body comes once the asset is deleted
+            self.wfile.write(content)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        async with stack.aclient() as c:
+            url = f"http://127.0.0.1:{server.server_address[1]}/x.bin"
+            made = (
+                await c.post(
+                    "/v1/assets",
+                    json={"name": _unique("gone"), "asset_type": "file", "data": {}, "url": url},
+                )
+            ).json()
+            assert await asyncio.to_thread(started.wait, 30)
+            assert (await c.delete(f"/v1/assets/{made['asset']['id']}")).status_code == 200
+            release.set()
+            gone = f"asset {made['asset']['id']} was deleted while it was fetched"
+            await asyncio.to_thread(
+                wait_for, lambda: gone in stack.logs["api"].read_text(), 30, "the fetch's end"
+            )
+            assert not await has_content(broker, hashlib.sha256(content).hexdigest())
+            got = (await c.get(f"/v1/assets/{made['asset']['id']}")).json()
+            assert got["asset"]["status"] == "deleted"
     finally:
         release.set()
         server.shutdown()

@@ -38,6 +38,7 @@ from api.auth import Principal, bearer_token, require_admin
 from api.context import AppContext, ContextDep, SessionDep
 from api.openapi import errors
 from broker.assets import drop_content, fetch_content, store_content
+from broker.connection import Broker
 from shared.errors import BodyTooLarge, Conflict, Forbidden, InvalidRequest, NotFound
 from shared.models import Asset, AssetStatus, Endpoint
 
@@ -508,9 +509,14 @@ async def delete_asset(asset_id: str, ctx: ContextDep, session: SessionDep) -> d
     session.add(asset)
     await session.commit()
     if asset.sha256:
-        shared = await session.exec(
-            select(Asset).where(Asset.sha256 == asset.sha256, Asset.status != AssetStatus.DELETED)
-        )
-        if shared.first() is None:
-            await drop_content(ctx.broker, asset.sha256)
+        await release_content(session, ctx.broker, asset.sha256)
     return {"id": asset.id, "deleted_at": iso_time(now)}
+
+
+async def release_content(session: AsyncSession, broker: Broker, sha256: str) -> None:
+    """Drop stored content that no asset (but deleted ones) names any more."""
+    named = await session.exec(
+        select(Asset).where(Asset.sha256 == sha256, Asset.status != AssetStatus.DELETED)
+    )
+    if named.first() is None:
+        await drop_content(broker, sha256)
