@@ -26,8 +26,10 @@ def ready_on(stack: Stack, endpoint: str) -> dict[str, str]:
     """replica id → agent id, from the endpoint's replica_ready events."""
     with stack.client() as c:
         resp = c.get(f"/v1/events/{endpoint}", params={"max_lines": 500})
-        assert resp.status_code == 200, resp.text
-        events = resp.json()
+    if resp.status_code == 503 and resp.json()["error"]["code"] == "broker_unavailable":
+        return {}  # a replicated stream still electing its leader: asked again by the caller
+    assert resp.status_code == 200, resp.text
+    events = resp.json()
     return {
         e["replica_id"]: e["event"]["details"]["agent_id"]
         for e in events
