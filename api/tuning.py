@@ -23,6 +23,7 @@ import logging
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,9 @@ from shared.errors import BerthError, NotFound
 from shared.lifecycle import Cancelled
 from shared.messages import JobStatus
 from shared.models import Asset, AssetStatus, EndpointCreate, Tune, TuneStatus
+from shared.settings import ApiSettings
 
-__all__ = ["TRAINERS", "Trainer", "TuneWatcher", "cancel_tune", "start_tune"]
+__all__ = ["TRAINERS", "Trainer", "TuneWatcher", "cancel_tune", "missing_settings", "start_tune"]
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +56,56 @@ WATCH_EVERY = 1.0  # seconds between looks at the live tunes' jobs
 TRAINER_IDLE = 60  # a trainer endpoint's scale_to_zero (it is deleted when its tune ends)
 
 
+def _pairs_body(details: dict[str, Any], files: list[Asset]) -> dict[str, Any]:
+    """The embeddings trainer's: JSON lines files of labelled pairs."""
+    body: dict[str, Any] = {"files": [f.name for f in files], "steps": details["steps"]}
+    if details.get("seed") is not None:
+        body["seed"] = details["seed"]
+    return body
+
+
+def _pictures_body(details: dict[str, Any], files: list[Asset]) -> dict[str, Any]:
+    """The SDXL trainer's: pictures, each with the caption its tune entry gave (an asset
+    named twice keeps its first caption)."""
+    captions: dict[str, str] = {}
+    for entry in details["files"]:
+        captions.setdefault(entry["file_id"], str(entry.get("caption") or ""))
+    body: dict[str, Any] = {
+        "files": [f.name for f in files],
+        "captions": [captions.get(f.id, "") for f in files],
+        "trigger_words": details.get("trigger_words") or [],
+        "steps": details["steps"],
+    }
+    for key in ("seed", "resize_images"):
+        if details.get(key) is not None:  # null: the trainer's default
+            body[key] = details[key]
+    return body
+
+
 @dataclass(frozen=True, slots=True)
 class Trainer:
     example: str  # the catalogue example whose model trains
     route: str  # its training route
-    engine: str  # what the adapter it makes is for
+    body: Callable[[dict[str, Any], list[Asset]], dict[str, Any]]  # its training request
+    formats: tuple[str, ...]  # the training files' formats it reads
+    # Settings its replica cannot start without, which only the operator knows (where
+    # the base weights are): given in BERTH_TRAINERS, else such a tune is refused.
+    needs: tuple[str, ...] = ()
 
 
 TRAINERS = {
-    "text/all-minilm-l6-v2": Trainer("embeddings", "/train", "text/all-minilm-l6-v2"),
+    "text/all-minilm-l6-v2": Trainer("embeddings", "/train", _pairs_body, ("jsonl",)),
+    "image/stable-diffusion-xl-v1-0": Trainer(
+        "sdxl", "/train", _pictures_body, ("png", "jpg", "jpeg"), needs=("SDXL_WEIGHTS",)
+    ),
 }
+
+
+def missing_settings(settings: ApiSettings, engine: str) -> list[str]:
+    """What the operator has not given an engine's trainer (BERTH_TRAINERS)."""
+    given = settings.trainers.get(engine)
+    env = given.env if given else {}
+    return [name for name in TRAINERS[engine].needs if not env.get(name)]
 
 
 def trainer_endpoint(tune: Tune) -> str:
@@ -77,26 +119,27 @@ async def start_tune(
     tune ``failed`` with the reason."""
     trainer = TRAINERS[engine]
     name = trainer_endpoint(tune)
-    details = tune.details
+    given = ctx.settings.trainers.get(engine)
+    operator: dict[str, Any] = {}  # where it runs (else the example's default), its env
+    if given is not None:
+        operator["env_overrides"] = dict(given.env)
+        if given.instance_type:
+            operator["instance_type"] = given.instance_type
     try:
-        await create_endpoint(
-            EndpointCreate(
-                name=name,
-                example=trainer.example,
-                description=f"fine-tuning {tune.id} ({tune.name})",
-                min_replicas=0,
-                max_replicas=1,
-                scale_to_zero=TRAINER_IDLE,
-                request_timeout=3600.0,
-                assets=[f.id for f in files],
-            ),
-            ctx,
-            session,
+        spec = EndpointCreate(
+            name=name,
+            example=trainer.example,
+            description=f"fine-tuning {tune.id} ({tune.name})",
+            min_replicas=0,
+            max_replicas=1,
+            scale_to_zero=TRAINER_IDLE,
+            request_timeout=3600.0,
+            assets=[f.id for f in files],
+            **operator,
         )
+        await create_endpoint(spec, ctx, session)
         tune.endpoint = name
-        body = {"files": [f.name for f in files], "steps": details["steps"]}
-        if "seed" in details:
-            body["seed"] = details["seed"]
+        body = trainer.body(tune.details, files)
         envelope = RequestEnvelope(
             request_id=new_request_id(),
             method="POST",

@@ -10,8 +10,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.instance_types import parse_instance_type
 
 __all__ = [
     "AgentSettings",
@@ -58,6 +60,24 @@ class CommonSettings(BaseSettings):
     model_max_unpacked: int = 2 * 1024 * 1024 * 1024
     model_max_members: int = 20_000
     model_max_ratio: float = 200.0
+
+
+class TrainerSettings(BaseModel):
+    """What the operator gives one engine's trainer (BERTH_TRAINERS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Where its replica runs (the example's own default when unset).
+    instance_type: str | None = None
+    # Its replica's environment: where the base weights are, for one.
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_instance_type(value)  # a typo fails at start, not at the first tune
+        return value
 
 
 class ApiSettings(CommonSettings):
@@ -113,6 +133,10 @@ class ApiSettings(CommonSettings):
     # (api/metrics.py); the live endpoints list refreshes every live_interval seconds.
     metrics_interval: float = Field(10.0, gt=0)
     live_interval: float = Field(1.0, gt=0)
+    # Fine-tuning: per base engine, where its trainer runs and what its replica needs,
+    # as JSON, e.g. {"image/stable-diffusion-xl-v1-0": {"instance_type": "gpu.h100",
+    # "env": {"SDXL_WEIGHTS": "/models/sdxl-base-1.0"}}} (api/tuning.py).
+    trainers: dict[str, TrainerSettings] = Field(default_factory=dict)
 
     # Secrets and registry credentials: Vault when vault_addr is set, else the local
     # store in the database, sealed with secret_key (or the 0600 key file).

@@ -87,3 +87,26 @@ async def test_a_failed_install_says_why_and_leaves_nothing(fake_uv: Path, tmp_p
     plain = tmp_path / "plain"
     plain.mkdir()
     assert await envs.ensure(plain) is None  # no requirements: nothing to install
+
+
+def test_uv_settings_that_change_a_resolution_make_another_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator who points the agents' uv at local wheels or pins a package gets new
+    environments, not ones resolved before (UV_FIND_LINKS, UV_CONSTRAINT and its file)."""
+    for name in environments._RESOLVING:
+        monkeypatch.delenv(name, raising=False)
+    wanted = b"torch>=2.3\n"
+    plain = Environments.key(wanted)
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "cache"))  # where, not what
+    assert Environments.key(wanted) == plain
+    monkeypatch.setenv("UV_FIND_LINKS", str(tmp_path / "wheels"))
+    linked = Environments.key(wanted)
+    assert linked != plain
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("torch==2.13.0+cpu\n")
+    monkeypatch.setenv("UV_CONSTRAINT", str(pins))
+    pinned = Environments.key(wanted)
+    assert pinned not in (plain, linked)
+    pins.write_text("torch==2.14.1\n")  # the same file, another pin
+    assert Environments.key(wanted) not in (plain, linked, pinned)

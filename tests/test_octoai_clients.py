@@ -64,7 +64,7 @@ def run_client(
         [str(python), str(CLIENTS / script), stack.url, str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-9000:]
     out: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
     out["tag"] = tag
     return out

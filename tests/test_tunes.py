@@ -111,7 +111,7 @@ def test_a_tune_trains_an_adapter_that_changes_the_endpoint_s_answers(
     with stack.client() as c:
         pairs = _pairs_asset(c)
         made = c.post("/v1/tune", json=_tune_body(f"t-{name[:40]}", pairs["id"], seed=1))
-        assert made.status_code == 200, made.text
+        assert made.status_code == 201, made.text
         tune = made.json()
         assert tune["status"] == "pending" and tune["output_lora_ids"] == []
         assert tune["details"]["tune_type"] == "lora_tune"  # filled in: TypeScript omits it
@@ -165,7 +165,7 @@ def test_a_running_tune_cancels(stack: Stack, name: str) -> None:
     with stack.client() as c:
         pairs = _pairs_asset(c)
         tune = c.post("/v1/tune", json=_tune_body(f"c-{name[:40]}", pairs["id"], steps=20_000))
-        assert tune.status_code == 200, tune.text
+        assert tune.status_code == 201, tune.text
         tune_id = tune.json()["id"]
         cancelled = c.post(f"/v1/tune/{tune_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
@@ -194,6 +194,18 @@ def test_tunes_that_cannot_run_are_refused_with_the_reason(stack: Stack) -> None
                     },
                 ),
                 "no trainer",
+            ),
+            (
+                # Its trainer needs the base weights, which this Berth's operator did not give.
+                _tune_body(
+                    "x",
+                    pairs["id"],
+                    base_checkpoint={
+                        "checkpoint_id": "sdxl",
+                        "engine": "image/stable-diffusion-xl-v1-0",
+                    },
+                ),
+                "SDXL_WEIGHTS in BERTH_TRAINERS",
             ),
             (_tune_body("x", pairs["id"], tune_type="text_to_speech_rvc_tune"), "no trainer"),
             (_tune_body("x", pairs["id"], tune_type="nope"), "tune_type"),

@@ -16,6 +16,7 @@ events; a failed install is a start failure with uv's own words as its reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -54,6 +55,42 @@ def _uv() -> str:
     return which
 
 
+# uv's settings that change what a requirement resolves to.
+_RESOLVING = frozenset(
+    [
+        "UV_FIND_LINKS",
+        "UV_CONSTRAINT",
+        "UV_OVERRIDE",
+        "UV_INDEX",
+        "UV_INDEX_URL",
+        "UV_DEFAULT_INDEX",
+        "UV_EXTRA_INDEX_URL",
+        "UV_NO_INDEX",
+        "UV_INDEX_STRATEGY",
+        "UV_PRERELEASE",
+        "UV_RESOLUTION",
+        "UV_EXCLUDE_NEWER",
+        "UV_TORCH_BACKEND",
+    ]
+)
+
+
+def _uv_settings() -> bytes:
+    """The agent's uv settings that change what an install resolves to: such ``UV_*``
+    variables of its own environment (an operator's local wheels, ``UV_FIND_LINKS``,
+    and pins, ``UV_CONSTRAINT``), with the constraint files' contents. A change makes
+    new environments instead of reusing ones resolved differently."""
+    parts = []
+    for name in sorted(k for k in os.environ if k in _RESOLVING):
+        value = os.environ[name]
+        parts.append(f"{name}={value}".encode())
+        if name in ("UV_CONSTRAINT", "UV_OVERRIDE"):
+            for path in value.split():
+                with contextlib.suppress(OSError):
+                    parts.append(Path(path).read_bytes())
+    return b"\0".join(parts)
+
+
 class Environments:
     def __init__(self, root: Path, budget: float = INSTALL_BUDGET):
         self.root = root
@@ -63,7 +100,9 @@ class Environments:
     @staticmethod
     def key(requirements: bytes) -> str:
         python = f"{sys.implementation.cache_tag}-{sys.platform}".encode()
-        return hashlib.sha256(python + b"\0" + requirements).hexdigest()[:24]
+        return hashlib.sha256(python + b"\0" + _uv_settings() + b"\0" + requirements).hexdigest()[
+            :24
+        ]
 
     async def ensure(self, model_dir: Path, report: Report | None = None) -> Path | None:
         """The folder of the model's packages (installed now if need be); None without

@@ -13,8 +13,13 @@ Trainers, by the base checkpoint's engine:
 - ``text/all-minilm-l6-v2``: a low-rank adapter on the embeddings example's
   sentence vectors, trained on CPU from JSON lines of labelled pairs
   (``{"a", "b", "label": 1 | 0}``), examples/embeddings/adapter.py.
+- ``image/stable-diffusion-xl-v1-0``: a LoRA of SDXL's UNet, trained on a GPU from
+  PNG or JPEG pictures, each with its caption (or the trigger words), by the sdxl
+  example (examples/sdxl/lora.py). It needs the base weights, which only the operator
+  has: ``BERTH_TRAINERS`` names them (and the trainer's instance type); without
+  them such a tune is refused with 422 saying so.
 
-Other engines (Stable Diffusion LoRAs, speech) have no trainer on this Berth: such a
+Other engines (Stable Diffusion 1.5, speech) have no trainer on this Berth: such a
 tune is refused with 422 naming the engines that have one.
 """
 
@@ -32,7 +37,7 @@ from api.auth import AdminDep
 from api.context import AppContext, ContextDep, SessionDep
 from api.openapi import errors
 from api.routes.assets import NAME_RE, iso_time, split_values
-from api.tuning import TRAINERS, cancel_tune, start_tune
+from api.tuning import TRAINERS, cancel_tune, missing_settings, start_tune
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.models import Asset, AssetStatus, Tune, TuneStatus
 
@@ -85,12 +90,16 @@ def tune_public(ctx: AppContext, tune: Tune) -> dict[str, Any]:
     return out
 
 
-async def _training_files(session: SessionDep, files: list[Any]) -> list[Asset]:
+async def _training_files(session: SessionDep, files: list[Any], engine: str) -> list[Asset]:
+    formats = TRAINERS[engine].formats
     found: list[Asset] = []
     for i, item in enumerate(files):
         file_id = item.get("file_id") if isinstance(item, dict) else None
         if not isinstance(file_id, str) or not file_id:
             raise InvalidRequest(f"details.files[{i}]: needs a file_id (a file asset)")
+        caption = item.get("caption")
+        if caption is not None and (not isinstance(caption, str) or len(caption) > 1000):
+            raise InvalidRequest(f"details.files[{i}].caption: a string of at most 1000")
         asset = await session.get(Asset, file_id)
         if asset is None or asset.status == AssetStatus.DELETED:
             raise InvalidRequest(f"details.files[{i}]: asset {file_id!r} does not exist")
@@ -98,6 +107,12 @@ async def _training_files(session: SessionDep, files: list[Any]) -> list[Asset]:
             raise InvalidRequest(f"details.files[{i}]: asset {file_id!r} is {asset.status}")
         if asset.asset_type != "file":
             raise InvalidRequest(f"details.files[{i}]: asset {file_id!r} is not a file asset")
+        fmt = str(asset.data.get("file_format") or "").lower()
+        if fmt not in formats:
+            raise InvalidRequest(
+                f"details.files[{i}]: asset {file_id!r} is {fmt or 'of no format'}; "
+                f"{engine}'s trainer reads {', '.join(formats)}"
+            )
         if asset not in found:
             found.append(asset)
     return found
@@ -118,7 +133,7 @@ async def _engine(session: SessionDep, checkpoint: dict[str, Any]) -> str:
     return engine
 
 
-@router.post("/tune", responses=errors(409))
+@router.post("/tune", status_code=201, responses=errors(409))
 async def create_tune(body: TuneCreate, ctx: ContextDep, session: SessionDep) -> dict[str, Any]:
     details = dict(body.details)
     tune_type = details.setdefault("tune_type", "lora_tune")  # TypeScript leaves it out
@@ -137,18 +152,31 @@ async def create_tune(body: TuneCreate, ctx: ContextDep, session: SessionDep) ->
             f"details.base_checkpoint.engine {engine!r} has no trainer on this Berth "
             f"(trainers: {', '.join(sorted(TRAINERS))})"
         )
+    missing = missing_settings(ctx.settings, engine)
+    if missing:
+        raise InvalidRequest(
+            f"{engine}'s trainer is not set up on this Berth: the operator gives its "
+            f"{', '.join(missing)} in BERTH_TRAINERS"
+        )
     steps = details.get("steps")
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 20_000:
         raise InvalidRequest("details.steps: a whole number from 1 to 20000")
     files = details.get("files")
     if not isinstance(files, list) or not files:
         raise InvalidRequest("details.files: one or more {file_id} of file assets")
-    training = await _training_files(session, files)
+    training = await _training_files(session, files, engine)
     words = details.get("trigger_words")
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise InvalidRequest("details.trigger_words: a list of strings")
-    seed = details.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if (
+        not isinstance(words, list)
+        or len(words) > 8
+        or not all(isinstance(w, str) and len(w) <= 100 for w in words)
+    ):
+        raise InvalidRequest("details.trigger_words: a list of at most 8 strings")
+    resize = details.get("resize_images")
+    if resize is not None and not isinstance(resize, bool):
+        raise InvalidRequest("details.resize_images: true or false")
+    seed = details.get("seed")  # octoai-sdk 0.10 sends null for "any"
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise InvalidRequest("details.seed: a whole number")
     existing = await session.exec(
         select(Tune).where(Tune.name == body.name, Tune.deleted_at == None)  # noqa: E711
