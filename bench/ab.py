@@ -13,7 +13,13 @@ alike. Each round measures:
   many straight to that revision's replica, every revision's calls interleaved
   in a shuffled order; the added latency is the difference of percentiles;
 * c=64: wrk for ``--seconds``, with the CPU time of Berth's processes (API, span exporters,
-  agent, scaler, nats-server) per request.
+  agent, scaler, nats-server) per request;
+* with ``--paced RATE``, also wrk at about RATE req/s for ``--seconds`` (16 connections,
+  each pausing between requests), and the same CPU per request. At c=64 the stack is
+  saturated, where a change that costs CPU also lowers the throughput, and every
+  process then does less per wakeup (smaller batches): its CPU per request rises by
+  more than the change's own cost. At a steady rate below saturation, both trees
+  serve the same load, and the difference is the change's cost.
 
 Every round starts every revision's stack afresh (in turn, the order flipping too):
 two stacks of the *same* tree, each kept for a whole run, differed by 0.17 ms at
@@ -96,17 +102,48 @@ def serve(replicas: int, per: int) -> None:
                 "direct_key": direct_key,
             }
             print(json.dumps(ready), flush=True)
-            for line in sys.stdin:  # a c=64 round for each line: its seconds
+            for line in sys.stdin:  # a round for each line: "<seconds>" or "paced <s> <rate>"
                 url = f"{stack.url}/e/ab/infer"
+                words = line.split()
                 wrk(url, 64, 2, stack.token)  # warm the connections
                 before = sum(cpu_seconds(pid) for pid in pids)
-                result = wrk(url, 64, float(line), stack.token)
+                if words[0] == "paced":
+                    result = paced(url, float(words[1]), float(words[2]), stack.token)
+                else:
+                    result = wrk(url, 64, float(words[0]), stack.token)
                 used = sum(cpu_seconds(pid) for pid in pids) - before
                 result["cpu_us"] = used / max(1, result["requests"]) * 1e6
                 print(json.dumps(result), flush=True)
         finally:
             stack.close()
             nats.stop()
+
+
+PACED_CONNECTIONS = 16
+
+
+def paced(url: str, seconds: float, rate: float, token: str) -> dict[str, Any]:
+    """wrk at a steady ``rate`` (roughly: each of 16 connections pauses between its
+    requests), well below saturation: the CPU per request of a path, without the
+    batching that a saturated stack does and a slower one does less of."""
+    here = Path(__file__).resolve().parent
+    delay = max(0.0, PACED_CONNECTIONS * 1000 / rate - 1.0)  # less about a request's own ms
+    env = {
+        **os.environ,
+        "BODY": '{"prompt":"hello","n":2}',
+        "TOKEN": token,
+        "WRK_POST_SCRIPT": str(here / "wrk_post.lua"),
+        "DELAY_MS": f"{delay:.3f}",
+    }
+    cmd = ["wrk", "-t1", f"-c{PACED_CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "10s"]
+    out = subprocess.run(
+        [*cmd, "-s", str(here / "wrk_paced.lua"), url],
+        capture_output=True, text=True, env=env, timeout=seconds + 60, check=True,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    r: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
 
 
 def span_exporters(pids: list[int]) -> list[int]:
@@ -197,6 +234,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--requests", type=int, default=1000, help="c=1 requests per round")
     p.add_argument("--seconds", type=float, default=8.0, help="c=64 load per round")
+    p.add_argument(
+        "--paced",
+        type=float,
+        default=0,
+        metavar="RATE",
+        help="also a round at about RATE req/s (below saturation): its CPU per request",
+    )
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=8, help="per replica")
     p.add_argument(
@@ -237,7 +281,7 @@ def main() -> None:
         servers: dict[str, subprocess.Popen[str]] = {}
         urls: dict[str, dict[str, Any]] = {}
         results: dict[str, dict[str, list[dict[str, Any]]]] = {
-            rev: {"c1": [], "c64": []} for rev in trees
+            rev: {"c1": [], "c64": [], "paced": []} for rev in trees
         }
 
         def start(order: list[str]) -> None:
@@ -291,12 +335,16 @@ def main() -> None:
                     c64 = ask(rev, str(args.seconds))
                     results[rev]["c1"].append(c1)
                     results[rev]["c64"].append(c64)
-                    print(
+                    line = (
                         f"round {r + 1} {rev}: added p50 {c1['added_ms']['p50']:.3f} ms, "
                         f"p99 {c1['added_ms']['p99']:.3f} ms; c=64 {c64['rps']:,.0f} req/s, "
-                        f"{c64['cpu_us']:,.0f} µs CPU per request",
-                        flush=True,
+                        f"{c64['cpu_us']:,.0f} µs CPU per request"
                     )
+                    if args.paced:
+                        slow = ask(rev, f"paced {args.seconds} {args.paced}")
+                        results[rev]["paced"].append(slow)
+                        line += f"; paced {slow['rps']:,.0f} req/s, {slow['cpu_us']:,.0f} µs"
+                    print(line, flush=True)
         finally:
             stop()
             for tree in trees.values():
@@ -307,16 +355,22 @@ def main() -> None:
                     )  # fmt: skip
 
     print(f"\n{args.rounds} alternating rounds; median [min–max]\n")
-    print(
-        "| revision | added p50, c=1 (ms) | added p99, c=1 (ms) | c=64 req/s | CPU µs/request, c=64 |"
-    )
-    print("|---|---|---|---|---|")
+    head = "| revision | added p50, c=1 (ms) | added p99, c=1 (ms) | c=64 req/s | CPU µs/request, c=64 |"
+    if args.paced:
+        head += " paced req/s | CPU µs/request, paced |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
     for rev, res in results.items():
         p50 = [r["added_ms"]["p50"] for r in res["c1"]]
         p99 = [r["added_ms"]["p99"] for r in res["c1"]]
         rps = [float(r["rps"]) for r in res["c64"]]
         cpu = [r["cpu_us"] for r in res["c64"]]
-        print(f"| {rev} | {spread(p50)} | {spread(p99)} | {spread(rps)} | {spread(cpu)} |")
+        row = f"| {rev} | {spread(p50)} | {spread(p99)} | {spread(rps)} | {spread(cpu)} |"
+        if args.paced:
+            slow_rps = [float(r["rps"]) for r in res["paced"]]
+            slow_cpu = [r["cpu_us"] for r in res["paced"]]
+            row += f" {spread(slow_rps)} | {spread(slow_cpu)} |"
+        print(row)
 
 
 if __name__ == "__main__":

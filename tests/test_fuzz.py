@@ -9,6 +9,7 @@ content type the document gives. Bounded: a fixed number of examples per operati
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,8 +63,37 @@ CHECKS = [
 ]
 
 
+# Where a generated URL that would leave the machine is sent instead: loopback, a port
+# nothing listens on (the discard port), so the fetch or delivery fails at once.
+CONTAINED = "http://127.0.0.1:9/fuzzed"
+
+
+def _contained(value: Any) -> Any:
+    """``value`` with every http(s) URL in it that names a host other than loopback
+    replaced by CONTAINED: an asset ``url`` or a callback the generator happens to make
+    valid and public is never fetched or called outside this machine."""
+    if isinstance(value, str):
+        if value.lower().startswith(("http://", "https://")):
+            try:
+                host = urllib.parse.urlsplit(value).hostname
+            except ValueError:
+                return value  # not a URL Berth would take either
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                return CONTAINED
+        return value
+    if isinstance(value, dict):
+        return {k: _contained(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_contained(v) for v in value]
+    return value
+
+
 def _answer(case: Any, stack: Stack) -> None:
     """Call one generated case; fail on no answer in time or on a failed check."""
+    for part in ("body", "query", "headers"):
+        value = getattr(case, part, None)
+        if isinstance(value, (dict, list, str)):
+            setattr(case, part, _contained(value))
     headers = {"Authorization": f"Bearer {stack.token}"}
     try:
         if case.path.endswith("/stream"):
@@ -119,6 +149,16 @@ def test_every_operation_answers_as_documented(fuzz_stack: Stack) -> None:
                 )
     assert tried >= 35 * EXAMPLES, tried
     assert not failures, "\n\n".join(failures)
+
+
+def test_generated_urls_never_leave_the_machine() -> None:
+    assert _contained({"url": "https://A.example/x", "n": [1, "http://8.8.8.8:80/"]}) == {
+        "url": CONTAINED,
+        "n": [1, CONTAINED],
+    }
+    assert _contained("http://127.0.0.1:5/cb") == "http://127.0.0.1:5/cb"
+    assert _contained("https://[::1]/cb") == "https://[::1]/cb"
+    assert _contained("not a url") == "not a url"
 
 
 def test_the_document_names_berths_own_error_statuses(fuzz_stack: Stack) -> None:

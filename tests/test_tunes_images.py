@@ -35,8 +35,8 @@ import httpx
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from berth.local import ROOT, LocalNats
-from tests.conftest import FAST, Stack, wait_for
+from berth.local import ROOT
+from tests.conftest import FAST, NatsServer, Stack, wait_for
 from tests.test_octoai_clients import run_client
 
 pytestmark = pytest.mark.e2e
@@ -125,12 +125,12 @@ def _tiny_weights(site: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sdxl_stack(
-    nats_server: LocalNats,
-    tmp_path_factory: pytest.TempPathFactory,
-    _replica_shared: Path,
+    tmp_path_factory: pytest.TempPathFactory, _replica_shared: Path
 ) -> Iterator[tuple[Stack, Path]]:
     """A Berth whose operator set up the SDXL trainer (BERTH_TRAINERS) with the tiny
-    weights, readable by replicas; and the weights' folder."""
+    weights, readable by replicas; and the weights' folder. On a nats-server of its own:
+    on the session's, the other stacks' scaler and agents would serve its endpoints too
+    (without its uv settings and its longer start budget)."""
     wheels, constraints = _torch_wheels()
     weights = _tiny_weights(_site(wheels, constraints))
     shared = Path(tempfile.mkdtemp(prefix="sdxl-", dir=_replica_shared))
@@ -148,12 +148,14 @@ def sdxl_stack(
         "BERTH_STARTUP_BUDGET": "300",
         "BERTH_TRAINERS": json.dumps({ENGINE: {"instance_type": "cpu", "env": base}}),
     }
-    s = Stack(tmp_path_factory.mktemp("berth-sdxl"), nats_server.url, env=env)
+    nats = NatsServer(tmp_path_factory.mktemp("sdxl-nats")).start()
+    s = Stack(tmp_path_factory.mktemp("berth-sdxl"), nats.url, env=env)
     try:
         s.start()
         yield s, readable
     finally:
         s.close()
+        nats.stop()
 
 
 def _picture(c: httpx.Client, colour: tuple[int, int, int], fmt: str) -> dict[str, Any]:
