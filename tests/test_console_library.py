@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests import console_browser
@@ -66,3 +67,39 @@ def test_an_asset_uploaded_and_a_tune_run_from_the_console(
             c.get(f"/v1/assets/{lora['output_lora_ids'][0]}").json()["asset"]["asset_type"]
             == "lora"
         )
+
+
+def test_the_tune_form_offers_each_engine_s_own_files_and_says_why_one_cannot_run(
+    page: Page, stack: Stack
+) -> None:
+    """Choosing Stable Diffusion XL lists pictures, not pairs; on a Berth whose operator
+    gave no SDXL weights, starting one shows the server's reason beside the form."""
+    tag = os.urandom(3).hex()
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32  # the signature is what the check reads
+    with stack.client() as c:
+        for name, fmt, content in (
+            (f"pic-{tag}.png", "png", png),
+            (f"pairs-{tag}", "jsonl", b'{"a": "x", "b": "y", "label": 1}\n'),
+        ):
+            made = c.post(
+                "/v1/assets",
+                json={"name": name, "asset_type": "file", "data": {"file_format": fmt}},
+            ).json()
+            assert httpx.put(made["transfer_api"]["put_url"], content=content).status_code == 200
+            assert c.post(f"/v1/assets/{made['asset']['id']}/complete-upload").json() == {}
+    page.goto("/console/tunes")
+    files = page.locator("select[name=files]")
+    expect(files.locator("option", has_text=f"pairs-{tag}")).to_have_count(1, timeout=WAIT_MS)
+    expect(files.locator("option", has_text=f"pic-{tag}")).to_have_count(0)
+    page.select_option("select[name=engine]", "image/stable-diffusion-xl-v1-0")
+    expect(files.locator("option", has_text=f"pic-{tag}")).to_have_count(1)
+    expect(files.locator("option", has_text=f"pairs-{tag}")).to_have_count(0)
+    expect(page.locator("input[name=steps]")).to_have_value("500")
+    page.fill("input[name=name]", f"sdxl-{tag}")
+    files.select_option(label=f"pic-{tag}.png")
+    page.fill("input[name=trigger_words]", "berthy")
+    page.click("button:has-text('Start tuning')")
+    expect(page.locator("form .error")).to_contain_text("BERTH_TRAINERS", timeout=WAIT_MS)
+    shot(page, "tunes-sdxl-refused")
+    with stack.client() as c:
+        assert c.get("/v1/tunes", params={"name": f"sdxl-{tag}"}).json()["data"] == []

@@ -614,17 +614,39 @@ async function assetsPage(main, signal) {
   await refresh();
 }
 
+// The engines with a trainer on Berth (api/tuning.py), what each trains on, its defaults.
+const TRAINERS = {
+  "text/all-minilm-l6-v2": {
+    label: "Embeddings adapter (all-MiniLM-L6-v2, CPU)", checkpoint: "all-minilm-l6-v2", formats: ["jsonl"], steps: 300,
+    files: "JSON lines of labelled pairs, {\"a\", \"b\", \"label\": 1 | 0}: file assets, uploaded on the Assets page.",
+  },
+  "image/stable-diffusion-xl-v1-0": {
+    label: "Stable Diffusion XL LoRA (GPU; base weights from the operator)", checkpoint: "octoai:default-sdxl", formats: ["png", "jpg", "jpeg"], steps: 500,
+    files: "PNG or JPEG pictures (file assets), captioned with the trigger words.",
+  },
+};
+
 async function tunesPage(main, signal) {
   const body = h("tbody");
   const problem = h("div", { class: "error", role: "alert" });
   const filesIn = h("select", { name: "files", multiple: true, size: 4, required: true });
+  const engineIn = h("select", { name: "engine" }, Object.entries(TRAINERS).map(([k, t]) => h("option", { value: k }, t.label)));
+  const filesHelp = h("small", { class: "muted" });
+  let files = [];
+  const showFiles = () => {
+    const trainer = TRAINERS[engineIn.value];
+    const chosen = new Set([...filesIn.selectedOptions].map((o) => o.value));
+    filesHelp.textContent = trainer.files;
+    fill(filesIn, files.filter((f) => f.status === "ready" && trainer.formats.includes(String(f.data?.file_format || "").toLowerCase()))
+      .map((f) => h("option", { value: f.id, selected: chosen.has(f.id) }, f.name)));
+  };
   const refresh = async () => {
-    const [{ data: tunes }, { data: files }] = await Promise.all([
+    const [{ data: tunes }, { data: found }] = await Promise.all([
       api("/v1/tunes?limit=100", { signal }),
       api("/v1/assets?asset_type=file&limit=100", { signal }),
     ]);
-    const chosen = new Set([...filesIn.selectedOptions].map((o) => o.value));
-    fill(filesIn, files.filter((f) => f.status === "ready").map((f) => h("option", { value: f.id, selected: chosen.has(f.id) }, f.name)));
+    files = found;
+    showFiles();
     fill(body, tunes.length ? tunes.map((t) => h("tr", { dataset: { tune: t.name } },
       h("td", {}, t.name), h("td", {}, badge(t.status)), h("td", {}, t.status_details || ""),
       h("td", {}, t.metrics?.loss_after != null ? `${t.metrics.loss_before.toFixed(4)} → ${t.metrics.loss_after.toFixed(4)}` : ""),
@@ -635,28 +657,33 @@ async function tunesPage(main, signal) {
   };
   const nameIn = h("input", { type: "text", name: "name", required: true });
   const stepsIn = h("input", { type: "number", name: "steps", min: 1, max: 20000, value: 300 });
+  const wordsIn = h("input", { type: "text", name: "trigger_words", placeholder: "berthy" });
+  engineIn.addEventListener("change", () => { stepsIn.value = String(TRAINERS[engineIn.value].steps); showFiles(); });
   const general = h("div", { class: "error", role: "alert" });
   const form = h("form", { class: "card", onsubmit: async (e) => {
     e.preventDefault();
     general.textContent = "";
+    const engine = engineIn.value;
+    const words = wordsIn.value.split(",").map((w) => w.trim()).filter(Boolean);
     const details = {
       tune_type: "lora_tune",
-      base_checkpoint: { checkpoint_id: "all-minilm-l6-v2", engine: "text/all-minilm-l6-v2" },
+      base_checkpoint: { checkpoint_id: TRAINERS[engine].checkpoint, engine },
       files: [...filesIn.selectedOptions].map((o) => ({ file_id: o.value })),
       steps: Number(stepsIn.value),
-      trigger_words: [],
+      trigger_words: words,
     };
     try {
       await api("/v1/tune", { method: "POST", body: { name: nameIn.value.trim(), details } });
       form.reset();
-      stepsIn.value = "300";
+      stepsIn.value = String(TRAINERS[engineIn.value].steps);
       refresh();
     } catch (err) {
       general.textContent = err.message;
     }
   } },
-    h("h3", {}, "New tune: an adapter for the embeddings example"),
-    row("Name", nameIn), row("Training files", filesIn, "JSON lines of labelled pairs, {\"a\", \"b\", \"label\": 1 | 0}: file assets, uploaded on the Assets page."),
+    h("h3", {}, "New tune"),
+    row("Name", nameIn), row("Trains", engineIn), row("Training files", filesIn), filesHelp,
+    row("Trigger words", wordsIn, "Comma-separated; a picture's caption, and what a prompt names to call the LoRA up."),
     row("Steps", stepsIn), h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Start tuning"), general));
   listPage(main, "Fine-tuning", "Each tune runs as one job of a trainer endpoint of its own; its output is a LoRA asset that an endpoint mounts.",
     h("div", {}, problem, h("table", { class: "list", id: "tunes" }, h("thead", {}, h("tr", {}, ["Name", "Status", "", "Loss", "Output", ""].map((t) => h("th", {}, t)))), body)), form);
