@@ -24,7 +24,16 @@ from shared.db import sync_url
 from tests.dockerenv import DockerEnv, missing_tools
 from tests.openbao import OpenBao, bao_binary
 
-__all__ = ["FAST", "MODELS", "ROOT", "NatsServer", "Stack", "free_port", "wait_for"]
+__all__ = [
+    "FAST",
+    "MODELS",
+    "ROOT",
+    "NatsServer",
+    "Stack",
+    "file_asset",
+    "free_port",
+    "wait_for",
+]
 
 MODELS = Path(__file__).parent / "models"
 T = TypeVar("T")
@@ -53,6 +62,24 @@ FAST = {
     # The console's charts get a point a second.
     "BERTH_METRICS_INTERVAL": "1",
 }
+
+
+def file_asset(c: httpx.Client, name: str, file_format: str, content: bytes) -> dict[str, Any]:
+    """A ready file asset of ``content``, made with OctoAI's flow (create, PUT the bytes
+    to the upload target, complete): the asset object."""
+    made = c.post(
+        "/v1/assets",
+        json={
+            "name": name,
+            "asset_type": "file",
+            "data": {"asset_type": "file", "file_format": file_format},
+        },
+    ).json()
+    put = httpx.put(made["transfer_api"]["put_url"], content=content, timeout=30)
+    assert put.status_code == 200, put.text
+    done = c.post(f"/v1/assets/{made['asset']['id']}/complete-upload", json={}).json()
+    assert done == {}, done
+    return made["asset"]  # type: ignore[no-any-return]
 
 
 def process_alive(pid: int) -> bool:

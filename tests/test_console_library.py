@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests import console_browser
-from tests.conftest import Stack
+from tests.conftest import Stack, file_asset
 from tests.console_browser import WAIT_MS, shot
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -77,16 +76,8 @@ def test_the_tune_form_offers_each_engine_s_own_files_and_says_why_one_cannot_ru
     tag = os.urandom(3).hex()
     png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32  # the signature is what the check reads
     with stack.client() as c:
-        for name, fmt, content in (
-            (f"pic-{tag}.png", "png", png),
-            (f"pairs-{tag}", "jsonl", b'{"a": "x", "b": "y", "label": 1}\n'),
-        ):
-            made = c.post(
-                "/v1/assets",
-                json={"name": name, "asset_type": "file", "data": {"file_format": fmt}},
-            ).json()
-            assert httpx.put(made["transfer_api"]["put_url"], content=content).status_code == 200
-            assert c.post(f"/v1/assets/{made['asset']['id']}/complete-upload").json() == {}
+        file_asset(c, f"pic-{tag}.png", "png", png)
+        file_asset(c, f"pairs-{tag}", "jsonl", b'{"a": "x", "b": "y", "label": 1}\n')
     page.goto("/console/tunes")
     files = page.locator("select[name=files]")
     expect(files.locator("option", has_text=f"pairs-{tag}")).to_have_count(1, timeout=WAIT_MS)

@@ -292,8 +292,18 @@ def test_a_tune_runs_to_its_end_and_another_is_cancelled(
         '{"a": "A ship in the harbour", "b": "Two eggs and flour", "label": 0}\n'
     )
     asset = berth.upload_asset(pairs, f"pairs-{name[:40]}", data={"file_format": "jsonl"})
-    tune = berth.create_tune(f"sdk-{name[:40]}", [asset.id], steps=50, trigger_words=["x"])
+    tune = berth.create_tune(
+        f"sdk-{name[:40]}", [asset.id], steps=50, trigger_words=["x"], captions={asset.id: "p"}
+    )
     assert tune.status == "pending" and tune.endpoint
+    assert tune.details["files"] == [{"file_id": asset.id, "caption": "p"}]
+    assert tune.details["base_checkpoint"] == {
+        "checkpoint_id": "all-minilm-l6-v2",
+        "engine": "text/all-minilm-l6-v2",
+    }
+    # An SDXL tune names its engine's checkpoint; this Berth's operator gave no weights.
+    with pytest.raises(Unprocessable, match="BERTH_TRAINERS"):
+        berth.create_tune("sdxl", [asset.id], engine="image/stable-diffusion-xl-v1-0")
     done = berth.wait_for_tune(tune.id, timeout=600)
     assert done.status == "succeeded" and len(done.output_lora_ids) == 1, done
     assert berth.get_asset(done.output_lora_ids[0]).asset_type == "lora"

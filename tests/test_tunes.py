@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack, file_asset, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -60,19 +60,7 @@ def _pairs_asset(c: httpx.Client) -> dict[str, Any]:
     lines = [{"a": a, "b": b, "label": 1} for a, b in SIMILAR]
     lines += [{"a": a, "b": b, "label": 0} for a, b in DISSIMILAR]
     content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    made = c.post(
-        "/v1/assets",
-        json={
-            "name": f"pairs-{secrets.token_hex(4)}",
-            "asset_type": "file",
-            "data": {"asset_type": "file", "file_format": "jsonl"},
-        },
-    ).json()
-    assert (
-        httpx.put(made["transfer_api"]["put_url"], content=content, timeout=30).status_code == 200
-    )
-    assert c.post(f"/v1/assets/{made['asset']['id']}/complete-upload", json={}).json() == {}
-    return made["asset"]  # type: ignore[no-any-return]
+    return file_asset(c, f"pairs-{secrets.token_hex(4)}", "jsonl", content)
 
 
 def _tune_body(name: str, file_id: str, steps: int = 300, **details: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from berth.local import ROOT
-from tests.conftest import FAST, NatsServer, Stack, wait_for
+from tests.conftest import FAST, NatsServer, Stack, file_asset, wait_for
 from tests.test_octoai_clients import run_client
 
 pytestmark = pytest.mark.e2e
@@ -166,18 +166,7 @@ def _picture(c: httpx.Client, colour: tuple[int, int, int], fmt: str) -> dict[st
         picture.putpixel((rng.randrange(48), rng.randrange(40)), (rng.randrange(256),) * 3)
     buf = io.BytesIO()
     picture.save(buf, format="PNG" if fmt == "png" else "JPEG")
-    made = c.post(
-        "/v1/assets",
-        json={
-            "name": f"pic-{secrets.token_hex(4)}.{fmt}",
-            "asset_type": "file",
-            "data": {"asset_type": "file", "file_format": fmt},
-        },
-    ).json()
-    put = httpx.put(made["transfer_api"]["put_url"], content=buf.getvalue(), timeout=30)
-    assert put.status_code == 200, put.text
-    assert c.post(f"/v1/assets/{made['asset']['id']}/complete-upload", json={}).json() == {}
-    return made["asset"]  # type: ignore[no-any-return]
+    return file_asset(c, f"pic-{secrets.token_hex(4)}.{fmt}", fmt, buf.getvalue())
 
 
 def _draw(c: httpx.Client, endpoint: str, **extra: Any) -> Image.Image:
@@ -276,17 +265,7 @@ def test_an_sdxl_tune_trains_a_lora_that_changes_the_pictures(
 def test_sdxl_tunes_that_cannot_run_are_refused(sdxl_stack: tuple[Stack, Path]) -> None:
     stack, _ = sdxl_stack
     with stack.client() as c:
-        notes = c.post(
-            "/v1/assets",
-            json={
-                "name": f"notes-{secrets.token_hex(4)}",
-                "asset_type": "file",
-                "data": {"asset_type": "file", "file_format": "jsonl"},
-            },
-        ).json()
-        put = httpx.put(notes["transfer_api"]["put_url"], content=b'{"a": 1}\n', timeout=30)
-        assert put.status_code == 200
-        c.post(f"/v1/assets/{notes['asset']['id']}/complete-upload", json={})
+        notes = file_asset(c, f"notes-{secrets.token_hex(4)}", "jsonl", b'{"a": 1}\n')
         picture = _picture(c, (10, 10, 200), "png")
 
         def refused(files: list[dict[str, Any]], **details: Any) -> str:
@@ -304,7 +283,7 @@ def test_sdxl_tunes_that_cannot_run_are_refused(sdxl_stack: tuple[Stack, Path]) 
             assert resp.status_code == 422, resp.text
             return str(resp.json()["error"]["message"])
 
-        assert "reads png" in refused([{"file_id": notes["asset"]["id"]}])
+        assert "reads png" in refused([{"file_id": notes["id"]}])
         assert "caption" in refused([{"file_id": picture["id"], "caption": 7}])
         assert "resize_images" in refused([{"file_id": picture["id"]}], resize_images="yes")
         assert "trigger_words" in refused([{"file_id": picture["id"]}], trigger_words=["w"] * 9)

@@ -431,19 +431,36 @@ def delete_tune(s: Settings, tune_id: str) -> Call[None]:
     return Call("DELETE", s.api(f"/v1/tune/{tune_id}"), _nothing, safe=True)
 
 
+# The base checkpoint a tune names by default, by engine (any id is taken: the trainers
+# start from their engine's base model).
+CHECKPOINTS = {
+    "text/all-minilm-l6-v2": "all-minilm-l6-v2",
+    "image/stable-diffusion-xl-v1-0": "octoai:default-sdxl",
+}
+
+
 def tune_body(
     name: str,
     files: list[str],
     steps: int,
     engine: str,
-    checkpoint_id: str,
+    checkpoint_id: str | None,
     trigger_words: list[str],
+    captions: dict[str, str] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
+    """``captions``: a caption per file id (an SDXL tune's pictures; the trigger words
+    stand in for a file without one)."""
+    captions = captions or {}
     details: dict[str, Any] = {
         "tune_type": "lora_tune",
-        "base_checkpoint": {"checkpoint_id": checkpoint_id, "engine": engine},
-        "files": [{"file_id": f} for f in files],
+        "base_checkpoint": {
+            "checkpoint_id": checkpoint_id or CHECKPOINTS.get(engine, engine),
+            "engine": engine,
+        },
+        "files": [
+            {"file_id": f, **({"caption": captions[f]} if f in captions else {})} for f in files
+        ],
         "steps": steps,
         "trigger_words": trigger_words,
     }

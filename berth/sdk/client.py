@@ -403,13 +403,16 @@ class Client:
         *,
         steps: int = 300,
         engine: str = "text/all-minilm-l6-v2",
-        checkpoint_id: str = "all-minilm-l6-v2",
+        checkpoint_id: str | None = None,
         trigger_words: list[str] | None = None,
         seed: int | None = None,
+        captions: dict[str, str] | None = None,
     ) -> Tune:
-        """Start a LoRA tune on file assets (ids); it runs on the fleet."""
+        """Start a LoRA tune on file assets (ids); it runs on the fleet. ``engine``: the
+        trainer, ``text/all-minilm-l6-v2`` (pairs) or ``image/stable-diffusion-xl-v1-0``
+        (pictures, each captioned by ``captions[file id]`` or the trigger words)."""
         body = calls.tune_body(
-            name, files, steps, engine, checkpoint_id, trigger_words or [], seed=seed
+            name, files, steps, engine, checkpoint_id, trigger_words or [], captions, seed=seed
         )
         return self._do(calls.create_tune(self._s, body))
 

@@ -76,6 +76,13 @@ const env = (name: string): string | undefined =>
 
 const sleep = (seconds: number) => new Promise((r) => setTimeout(r, seconds * 1000));
 
+/** The base checkpoint a tune names by default, by engine (the trainers start from their
+ * engine's base model whatever the id). */
+const CHECKPOINTS: Record<string, string> = {
+  "text/all-minilm-l6-v2": "all-minilm-l6-v2",
+  "image/stable-diffusion-xl-v1-0": "octoai:default-sdxl",
+};
+
 function retryAfter(resp: Response): number | undefined {
   const value = resp.headers.get("retry-after");
   if (!value) return undefined;
@@ -464,15 +471,15 @@ export class Client {
 
   // -- fine-tuning ----------------------------------------------------------------------------
 
-  /** Start a LoRA tune on file assets (ids); it runs on the fleet. */
+  /** Start a LoRA tune on file assets (ids); it runs on the fleet. `engine`: the trainer,
+   * `text/all-minilm-l6-v2` (pairs, the default) or `image/stable-diffusion-xl-v1-0`
+   * (pictures, each captioned by `captions[fileId]` or the trigger words). */
   createTune(name: string, files: string[], options: TuneOptions = {}): Promise<Tune> {
+    const engine = options.engine ?? "text/all-minilm-l6-v2";
     const details: Record<string, unknown> = {
       tune_type: "lora_tune",
-      base_checkpoint: {
-        checkpoint_id: options.checkpointId ?? "all-minilm-l6-v2",
-        engine: options.engine ?? "text/all-minilm-l6-v2",
-      },
-      files: files.map((id) => ({ file_id: id })),
+      base_checkpoint: { checkpoint_id: options.checkpointId ?? CHECKPOINTS[engine] ?? engine, engine },
+      files: files.map((id) => (options.captions?.[id] !== undefined ? { file_id: id, caption: options.captions[id] } : { file_id: id })),
       steps: options.steps ?? 300,
       trigger_words: options.triggerWords ?? [],
     };

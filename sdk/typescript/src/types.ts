@@ -85,6 +85,8 @@ export interface TuneOptions {
   checkpointId?: string;
   triggerWords?: string[];
   seed?: number;
+  /** A caption per file id (an SDXL tune's pictures). */
+  captions?: Record<string, string>;
 }
 
 export interface Token {

@@ -162,8 +162,14 @@ test("assets upload, list and delete; a tune runs to its end", async () => {
     server.close();
   }
 
-  const tune = await berth.createTune(`ts-tune-${tag}`, [asset.id], { steps: 30 });
+  const tune = await berth.createTune(`ts-tune-${tag}`, [asset.id], { steps: 30, captions: { [asset.id]: "pairs" } });
   assert.equal(tune.status, "pending");
+  assert.deepEqual(tune.details.files, [{ file_id: asset.id, caption: "pairs" }]);
+  assert.equal(tune.details.base_checkpoint.checkpoint_id, "all-minilm-l6-v2");
+  await assert.rejects(
+    berth.createTune(`ts-sdxl-${tag}`, [asset.id], { engine: "image/stable-diffusion-xl-v1-0" }),
+    (err) => err instanceof Unprocessable && /BERTH_TRAINERS/.test(err.message),
+  );
   const done = await berth.waitForTune(tune.id, 600);
   assert.equal(done.status, "succeeded", JSON.stringify(done));
   assert.equal((await berth.getAsset(done.output_lora_ids[0])).asset_type, "lora");
