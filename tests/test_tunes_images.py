@@ -124,15 +124,25 @@ def _tiny_weights(site: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def sdxl_setup() -> tuple[Path, Path, Path, Path]:
+    """torch's wheel folder, its constraints file, the requirements installed for this
+    test's own use, and the tiny weights."""
+    wheels, constraints = _torch_wheels()
+    site = _site(wheels, constraints)
+    return wheels, constraints, site, _tiny_weights(site)
+
+
+@pytest.fixture(scope="module")
 def sdxl_stack(
-    tmp_path_factory: pytest.TempPathFactory, _replica_shared: Path
+    sdxl_setup: tuple[Path, Path, Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    _replica_shared: Path,
 ) -> Iterator[tuple[Stack, Path]]:
     """A Berth whose operator set up the SDXL trainer (BERTH_TRAINERS) with the tiny
     weights, readable by replicas; and the weights' folder. On a nats-server of its own:
     on the session's, the other stacks' scaler and agents would serve its endpoints too
     (without its uv settings and its longer start budget)."""
-    wheels, constraints = _torch_wheels()
-    weights = _tiny_weights(_site(wheels, constraints))
+    wheels, constraints, _, weights = sdxl_setup
     shared = Path(tempfile.mkdtemp(prefix="sdxl-", dir=_replica_shared))
     readable = shutil.copytree(weights, shared / "sdxl-tiny")
     for folder, _, files in os.walk(shared):
@@ -304,3 +314,51 @@ def test_octoai_sdk_0_10_runs_an_sdxl_tune_unchanged(
     with stack.client() as c:  # Berth agrees: the output is an SDXL LoRA
         lora = c.get(f"/v1/assets/{out['outputs'][0]}").json()["asset"]
         assert lora["asset_type"] == "lora" and lora["data"]["engine"] == ENGINE
+
+
+HALF = """
+import json, pathlib, sys, tempfile
+sys.path.insert(0, sys.argv[2])
+import torch
+from diffusers import StableDiffusionXLPipeline
+from PIL import Image
+import lora
+
+pipe = StableDiffusionXLPipeline.from_pretrained(
+    sys.argv[1], torch_dtype=torch.float16, use_safetensors=True, local_files_only=True
+)
+side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+pictures = [
+    lora.square(Image.new("RGB", (40, 30), c), side, crop=True) for c in ((200, 0, 0), (0, 200, 0))
+]
+out = lora.train(
+    pipe, pictures, ["berthy red", "berthy green"], side=side, steps=30, rank=4,
+    learning_rate=1e-3, seed=0, progress=lambda step, loss: None,
+)
+kinds = {str(p.dtype) for n, p in pipe.unet.named_parameters() if "lora" in n}
+with tempfile.TemporaryDirectory() as d:
+    size = lora.save(pipe, pathlib.Path(d), {}).stat().st_size
+print(json.dumps({
+    "before": out["loss_before"], "after": out["loss_after"], "size": size, "lora": sorted(kinds),
+    "unet": str(pipe.unet.dtype), "vae": str(pipe.vae.dtype),
+}))
+"""
+
+
+def test_the_trainer_runs_in_half_precision_as_on_a_gpu(
+    sdxl_setup: tuple[Path, Path, Path, Path],
+) -> None:
+    """On a GPU the sdxl example loads SDXL in float16; the CPU runs above are float32.
+    The trainer itself, in float16 on this CPU: the adapter learns in float32 beside the
+    float16 UNet, the VAE encodes in float32 (SDXL's overflows in float16) and is put back."""
+    _, _, site, weights = sdxl_setup
+    run = subprocess.run(
+        [sys.executable, "-c", HALF, str(weights), str(ROOT / "examples" / "sdxl")],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["unet"] == out["vae"] == "torch.float16", out
+    assert out["lora"] == ["torch.float32"], out
+    assert out["after"] < out["before"] and out["size"] > 0, out

@@ -173,13 +173,14 @@ def train(
         timesteps = torch.randint(0, total, (len(which),), generator=batch.generator)
         device, dtype = batch.latents.device, batch.latents.dtype
         loss = _loss(pipe, schedule, batch, which, noise.to(device, dtype), timesteps.to(device))
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"the loss is {float(loss)} at step {step}")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss is {value} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(value)
         if step % report_every == 0 or step == steps:
             progress(step, losses[-1])
     pipe.unet.eval()
