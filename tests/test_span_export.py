@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import wait_for
-from workers import tracing
+from workers import span_export, tracing
 
 
 def test_spans_reach_the_collector_as_otlp_json() -> None:
@@ -75,4 +75,23 @@ def test_spans_reach_the_collector_as_otlp_json() -> None:
     assert by_name["child"]["status"] == {"code": 2, "message": "boom"}
     assert bodies[0]["resourceSpans"][0]["resource"]["attributes"] == [
         {"key": "service.name", "value": {"stringValue": "test"}}
+    ]
+
+
+def test_kept_attributes_keep_their_types() -> None:
+    """Attributes are kept by key, type and value: True, 1 and 1.0 are equal in Python
+    but three different OTLP values, whichever comes first."""
+    spans = [
+        (1, 2, 0, "s", 1, 10, 20, {"k": value, "fixed": "same"}, [], None)
+        for value in (True, 1, 1.0, "1", [1], 1, True)
+    ]
+    values = [json.loads(span_export.encode(s))["attributes"][0]["value"] for s in spans]
+    assert values == [
+        {"boolValue": True},
+        {"intValue": "1"},
+        {"doubleValue": 1.0},
+        {"stringValue": "1"},
+        {"stringValue": "[1]"},
+        {"intValue": "1"},
+        {"boolValue": True},
     ]

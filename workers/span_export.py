@@ -41,6 +41,26 @@ def _esc(text: str) -> str:
     return found
 
 
+# Whole attributes, by key, type and value: most repeat from span to span (the
+# endpoint, the replica, the route, the messaging system). Bounded like _ESCAPED: once
+# full, a pair not yet kept is written each time.
+_PAIRS: dict[tuple[str, type, Any], str] = {}
+
+
+def _attribute_kept(key: str, v: Any) -> str:
+    """``_attribute``'s text, kept for the pairs that repeat."""
+    pair = (key, type(v), v)  # the type too: True, 1 and 1.0 are equal keys
+    try:
+        found = _PAIRS.get(pair)
+    except TypeError:  # a value that does not hash
+        return _attribute(key, v)
+    if found is None:
+        found = _attribute(key, v)
+        if len(_PAIRS) < _ESCAPED_MAX:
+            _PAIRS[pair] = found
+    return found
+
+
 def _attribute(key: str, v: Any) -> str:
     kind = type(v)
     if kind is str:
@@ -58,7 +78,7 @@ def encode(span: tuple[Any, ...]) -> str:
     """One span as OTLP/JSON text, written directly (a dict per attribute and a dumps of
     the whole took half as long again)."""
     trace_id, span_id, parent_id, name, kind, start_ns, end_ns, attributes, events, status = span
-    attrs = ",".join([_attribute(k, v) for k, v in attributes.items()])
+    attrs = ",".join([_attribute_kept(k, v) for k, v in attributes.items()])
     out = (
         f'{{"traceId":"{trace_id:032x}","spanId":"{span_id:016x}","name":{_esc(name)},'
         f'"kind":{kind},"startTimeUnixNano":"{start_ns}","endTimeUnixNano":"{end_ns}",'
