@@ -100,9 +100,8 @@ class Environments:
     @staticmethod
     def key(requirements: bytes) -> str:
         python = f"{sys.implementation.cache_tag}-{sys.platform}".encode()
-        return hashlib.sha256(python + b"\0" + _uv_settings() + b"\0" + requirements).hexdigest()[
-            :24
-        ]
+        parts = [python, _uv_settings(), requirements]
+        return hashlib.sha256(b"\0".join(parts)).hexdigest()[:24]
 
     async def ensure(self, model_dir: Path, report: Report | None = None) -> Path | None:
         """The folder of the model's packages (installed now if need be); None without
