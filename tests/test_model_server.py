@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -90,6 +90,70 @@ async def test_setup_failure_is_reported() -> None:
         resp = await client.get("/healthcheck")
         assert resp.status_code == 500
         assert resp.json() == {"status": "FAILED", "error": "ValueError: no GPU"}
+
+
+class Threads(Service):
+    """Says which thread runs each of its calls; ``infer(wait=True)`` holds until ``gate``."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.gate = threading.Event()
+        self.running = threading.Event()
+
+    def setup(self) -> None:
+        self.seen.append(("setup", threading.get_ident()))
+
+    def infer(self, wait: bool = False) -> int:
+        self.seen.append(("infer", threading.get_ident()))
+        if wait:
+            self.running.set()
+            assert self.gate.wait(10)
+        return len(self.seen)
+
+    def count(self, n: int) -> Iterator[int]:
+        try:
+            for i in range(n):
+                self.seen.append(("chunk", threading.get_ident()))
+                yield i
+        finally:
+            self.seen.append(("closed", threading.get_ident()))
+
+
+async def test_blocking_methods_run_on_one_thread_off_the_event_loop() -> None:
+    service = Threads()
+    async with serve(build_app(service)) as client:
+        await wait_status(client, 200)
+        slow = asyncio.create_task(client.post("/infer", json={"wait": True}))
+        assert await asyncio.to_thread(service.running.wait, 10)
+        # The event loop is free while the model works: health checks still answer.
+        assert (await client.get("/healthcheck")).status_code == 200
+        assert not slow.done()
+        service.gate.set()
+        assert (await slow).json()["output"] == 2
+        resp = await client.post("/count", json={"n": 3})
+        assert resp.json()["output"] == [0, 1, 2]
+    kinds = [kind for kind, _ in service.seen]
+    assert kinds == ["setup", "infer", "chunk", "chunk", "chunk", "closed"]
+    threads = {ident for _, ident in service.seen}
+    # setup, each call and each step of a generator meet the same thread, not the loop's
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+async def test_a_cancelled_call_keeps_the_replica_until_it_returns() -> None:
+    service = Threads()
+    async with serve(build_app(service)) as client:
+        await wait_status(client, 200)
+        first = asyncio.create_task(client.post("/infer", json={"wait": True}))
+        assert await asyncio.to_thread(service.running.wait, 10)
+        first.cancel()  # the caller goes away; the model's call cannot be stopped
+        second = asyncio.create_task(client.post("/infer", json={}))
+        done, _ = await asyncio.wait({first, second}, timeout=0.3)
+        assert not done, "a call started while the cancelled one still ran"
+        service.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert (await second).json()["output"] == 3
+    assert [kind for kind, _ in service.seen] == ["setup", "infer", "infer"]
 
 
 def test_unannotated_input_is_rejected() -> None:

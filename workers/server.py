@@ -5,18 +5,23 @@ runs and 200 ``{"status": "RUNNING"}`` after; ``POST /infer`` takes the typed
 inputs of ``infer`` as a JSON object and answers ``{"output": ...,
 "analytics": {"inference_time_ms": ...}}``; extra public methods are extra
 routes; ``/openapi.json`` and ``/docs`` describe it all. One request runs at a
-time unless the service says otherwise.
+time: plain methods (``setup`` too) on one thread of the model's own, so the event
+loop stays free to answer health checks; ``async def`` methods on the loop.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see the real
 # input models built at run time in the handlers' signatures.
 
 import asyncio
+import contextlib
+import contextvars
 import hmac
 import inspect
 import json
 import logging
+import queue
 import sys
+import threading
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +33,6 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-from starlette.concurrency import iterate_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workers.service import REPLICA_KEY_HEADER, InvalidInput, Service, public_routes
@@ -71,6 +75,60 @@ def input_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
 
 
+class _ModelThread:
+    """The thread a service's blocking methods run on, one call at a time.
+
+    A service runs one request at a time, so one thread is enough: ``setup`` and every
+    call of ``infer`` meet the same thread (and its thread-local state, such as a
+    framework's default device or grad mode). Handing a call over is a put on a C queue,
+    and its answer comes back with one ``call_soon_threadsafe``: less CPU per request than
+    a general thread pool's hand-over (docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the thread, in the caller's context; a cancel of the
+        caller waits for the call to end (the thread cannot be interrupted)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="berth-model", daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._calls.put((contextvars.copy_context(), fn, args, kwargs, loop, done))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            while not done.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(done)
+            raise
+
+    def _serve(self) -> None:
+        while True:
+            ctx, fn, args, kwargs, loop, done = self._calls.get()
+            try:
+                result = ctx.run(fn, *args, **kwargs)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+
+
+_END = object()  # a generator's end, as next() returns it
+
+
+def _settle(done: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if exc is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(result)
+
+
 class _Status:
     __slots__ = ("error", "state")
 
@@ -105,12 +163,13 @@ def build_app(
 ) -> FastAPI:
     status = _Status()
     lock = asyncio.Lock()
+    model = _ModelThread()
 
     async def call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         async with lock:
             if inspect.iscoroutinefunction(fn):
                 return await fn(**kwargs)
-            return await run_in_threadpool(fn, **kwargs)
+            return await model.run(fn, **kwargs)
 
     async def chunks_of(fn: Callable[..., Any], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """A generator method's chunks, holding the replica for the whole stream."""
@@ -119,8 +178,12 @@ def build_app(
                 async for chunk in fn(**kwargs):
                     yield chunk
             else:
-                async for chunk in iterate_in_threadpool(fn(**kwargs)):
-                    yield chunk
+                chunks = fn(**kwargs)
+                try:
+                    while (chunk := await model.run(next, chunks, _END)) is not _END:
+                        yield chunk
+                finally:
+                    await model.run(chunks.close)
 
     async def sse(fn: Callable[..., Any], kwargs: dict[str, Any]) -> AsyncIterator[bytes]:
         """Server-sent events as OctoAI's ``infer_stream`` reads them: ``data: <json>``, then [DONE]."""
@@ -136,7 +199,7 @@ def build_app(
 
     async def load() -> None:
         try:
-            await run_in_threadpool(service.setup)
+            await model.run(service.setup)
         except BaseException as exc:
             status.state = State.FAILED
             status.error = f"{type(exc).__name__}: {exc}"
