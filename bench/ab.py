@@ -92,8 +92,12 @@ def serve(replicas: int, per: int) -> None:
             else:
                 direct_url, direct_key = asyncio.run(overhead.replica_url(nats.url, "ab")), None
             assert nats.proc is not None
-            pids = [p.pid for p in stack.procs.values()] + [nats.proc.pid]
-            pids += span_exporters(pids)  # their CPU is Berth's too
+            groups = {name: [proc.pid] for name, proc in stack.procs.items()}
+            groups["nats"] = [nats.proc.pid]
+            for name in list(groups):  # their span exporters' CPU is Berth's too
+                if found := span_exporters(groups[name]):
+                    groups[f"{name} export"] = found
+            pids = [p for ps in groups.values() for p in ps]
             ready = {
                 "ready": True,
                 "berth": stack.url,
@@ -106,13 +110,17 @@ def serve(replicas: int, per: int) -> None:
                 url = f"{stack.url}/e/ab/infer"
                 words = line.split()
                 wrk(url, 64, 2, stack.token)  # warm the connections
-                before = sum(cpu_seconds(pid) for pid in pids)
+                before = {pid: cpu_seconds(pid) for pid in pids}
                 if words[0] == "paced":
                     result = paced(url, float(words[1]), float(words[2]), stack.token)
                 else:
                     result = wrk(url, 64, float(words[0]), stack.token)
-                used = sum(cpu_seconds(pid) for pid in pids) - before
-                result["cpu_us"] = used / max(1, result["requests"]) * 1e6
+                used = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
+                per = 1e6 / max(1, result["requests"])
+                result["cpu_us"] = sum(used.values()) * per
+                result["cpu_split"] = {
+                    name: sum(used[pid] for pid in ps) * per for name, ps in groups.items()
+                }
                 print(json.dumps(result), flush=True)
         finally:
             stack.close()
@@ -241,6 +249,7 @@ def main() -> None:
         metavar="RATE",
         help="also a round at about RATE req/s (below saturation): its CPU per request",
     )
+    p.add_argument("--split", action="store_true", help="also the CPU per request of each process")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=8, help="per replica")
     p.add_argument(
@@ -371,6 +380,22 @@ def main() -> None:
             slow_cpu = [r["cpu_us"] for r in res["paced"]]
             row += f" {spread(slow_rps)} | {spread(slow_cpu)} |"
         print(row)
+    if args.split:
+        print("\nCPU µs per request by process, median of the rounds\n")
+        rounds = [("c=64", "c64")] + ([("paced", "paced")] if args.paced else [])
+        names = sorted(
+            {n for res in results.values() for r in res["c64"] for n in r.get("cpu_split", {})}
+        )
+        head = "| revision | load | " + " | ".join(names) + " |"
+        print(head)
+        print("|---" * (head.count("|") - 1) + "|")
+        for rev, res in results.items():
+            for label, key in rounds:
+                cells = [
+                    f"{statistics.median(r['cpu_split'].get(n, 0.0) for r in res[key]):,.0f}"
+                    for n in names
+                ]
+                print(f"| {rev} | {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
