@@ -95,3 +95,25 @@ def test_kept_attributes_keep_their_types() -> None:
         {"intValue": "1"},
         {"boolValue": True},
     ]
+
+
+def test_the_kept_texts_start_again_when_values_that_vary_fill_them() -> None:
+    """Request ids fill the caches; a full one empties, so an endpoint that first appears
+    after thousands of requests is kept too, and every span still encodes the same."""
+
+    def span(rid: str, endpoint: str) -> tuple[Any, ...]:
+        attrs = {"berth.request_id": rid, "berth.endpoint": endpoint}
+        return (1, 2, 0, f"queue {endpoint}", 1, 10, 20, attrs, [], None)
+
+    for i in range(2 * span_export._ESCAPED_MAX + 10):
+        span_export.encode(span(f"rid-{i}", "early"))
+    assert len(span_export._PAIRS) <= span_export._ESCAPED_MAX
+    assert len(span_export._ESCAPED) <= span_export._ESCAPED_MAX
+    late = json.loads(span_export.encode(span("rid-late", "late")))
+    assert late["attributes"] == [
+        {"key": "berth.request_id", "value": {"stringValue": "rid-late"}},
+        {"key": "berth.endpoint", "value": {"stringValue": "late"}},
+    ]
+    assert late["name"] == "queue late"
+    assert ("berth.endpoint", str, "late") in span_export._PAIRS
+    assert "queue late" in span_export._ESCAPED

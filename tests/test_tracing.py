@@ -36,6 +36,8 @@ class Span:
     parent: str
     attributes: dict[str, Any]
     events: list[str] = field(default_factory=list)
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(v: Any) -> Any:
@@ -93,6 +95,8 @@ class Receiver:
                             parent=s.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in s.attributes},
                             events=[e.name for e in s.events],
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
                         )
                     )
 
@@ -115,6 +119,8 @@ class Receiver:
                             parent=s.get("parentSpanId", ""),
                             attributes={a["key"]: value(a["value"]) for a in s["attributes"]},
                             events=[e["name"] for e in s.get("events", [])],
+                            start_ns=int(s["startTimeUnixNano"]),
+                            end_ns=int(s["endTimeUnixNano"]),
                         )
                     )
 
@@ -207,6 +213,10 @@ def test_a_sync_request_is_one_trace_from_the_caller_to_the_models_own_span(
     # Its first request started the replica: the wait is a cold start, with its events.
     assert queue.attributes["berth.cold_start"] is True
     assert "replica ready" in queue.events
+    # The wait ends where the processing starts, and the process span says it too.
+    assert queue.end_ns == process.start_ns
+    waited = process.attributes["berth.queue_wait_ms"]
+    assert abs(waited - (queue.end_ns - queue.start_ns) / 1e6) < 0.01
 
     replica = one(spans, service="berth-replica", kind=SERVER)
     assert replica.parent == process.span_id and replica.name == "POST /infer"
@@ -222,11 +232,19 @@ def test_a_sync_request_is_one_trace_from_the_caller_to_the_models_own_span(
             headers={"traceparent": f"00-{trace_2}-{secrets.token_hex(8)}-01"},
         )
     warm = wait_for(
-        lambda: next((s for s in receiver.trace(trace_2) if s.name == f"queue {name}"), None),
+        lambda: next((s for s in receiver.trace(trace_2) if s.kind == CONSUMER), None),
         30,
-        "the second queue span",
+        "the second process span",
     )
-    assert warm.attributes["berth.cold_start"] is False
+    # A warm wait is the process span's attribute; a span of its own only from a
+    # millisecond on (the agent exports its queue span before its process span).
+    waited = warm.attributes["berth.queue_wait_ms"]
+    assert isinstance(waited, float) and waited >= 0
+    queued = [s for s in receiver.trace(trace_2) if s.name == f"queue {name}"]
+    if waited < 1:
+        assert queued == []
+    else:
+        assert [s.attributes["berth.cold_start"] for s in queued] == [False]
 
 
 def test_a_job_keeps_its_trace_through_its_result_and_callback(

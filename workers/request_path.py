@@ -32,6 +32,11 @@ __all__ = ["RequestPath"]
 
 log = logging.getLogger(__name__)
 
+# A wait in the queue this long or longer is a span of its own in the request's trace
+# (a shorter one is the process span's ``berth.queue_wait_ms`` only): a span costs its
+# agent and exporter about 15 µs of CPU, more than a warm request's wait says.
+QUEUE_SPAN_MIN_NS = 1_000_000
+
 
 class RequestPath:
     """The slots of one replica, the requests they hold, and cancels of those."""
@@ -176,51 +181,68 @@ class RequestPath:
     async def _handle_traced(
         self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: ReplicaClient
     ) -> None:
-        """:meth:`_handle` in the request's trace: its wait in the queue (with the cold
-        start it waited for, as events), then a CONSUMER span around its processing,
-        whose context goes on to the replica in the ``traceparent`` header."""
+        """:meth:`_handle` in the request's trace: a CONSUMER span around its processing,
+        whose context goes on to the replica in the ``traceparent`` header. Its wait in the
+        queue is the span's ``berth.queue_wait_ms``, and a span of its own (with the cold
+        start it waited for, as events) when it says more than that: a wait of
+        QUEUE_SPAN_MIN_NS or longer, or one for a replica's start."""
         env = delivery.envelope
         subject = delivery.subject
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.destination.name": subject,
-            "berth.endpoint": self.spec.name,
-            "berth.replica": self.replica_id,
-            "berth.request_id": env.request_id,
-            "berth.attempt": delivery.attempt,
-        }
         parent = env.traceparent or ""
+        span = tracing.start(
+            f"process {subject}",
+            parent,
+            kind=tracing.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.operation.type": "process",
+                "berth.endpoint": self.spec.name,
+                "berth.replica": self.replica_id,
+                "berth.request_id": env.request_id,
+                "berth.attempt": delivery.attempt,
+            },
+        )
         stored = delivery.queued_at
-        if stored:  # its siblings' attributes say the rest
-            queue = tracing.start(
-                f"queue {self.spec.name}",
-                parent,
-                attributes={"berth.attempt": delivery.attempt},
-                start_ns=int(stored * 1e9),
-            )
+        if stored:
+            queued_ns = int(stored * 1e9)
+            waited = span.start_ns - queued_ns
+            span.attributes["berth.queue_wait_ms"] = round(max(0, waited) / 1e6, 3)
             ready_at = self.record.ready_at
             # Its replica became ready after it was queued: it waited for that start.
             cold = ready_at is not None and ready_at > stored
-            queue.attributes["berth.cold_start"] = cold
-            if cold and ready_at is not None:
-                if self.record.started_at > stored:
-                    queue.add_event("replica starting", int(self.record.started_at * 1e9))
-                queue.add_event("replica ready", int(ready_at * 1e9))
-            queue.end()
-        attributes["messaging.operation.type"] = "process"
-        span = tracing.start(
-            f"process {subject}", parent, kind=tracing.CONSUMER, attributes=attributes
-        )
+            if cold or waited >= QUEUE_SPAN_MIN_NS:
+                self._queue_span(parent, delivery, queued_ns, span.start_ns, cold)
+        # The replica's parent is this span: the caller's traceparent is replaced.
+        env.headers = [(k, v) for k, v in env.headers if k != "traceparent"]
+        env.headers.append(("traceparent", span.traceparent))
+        token = tracing.enter(span)
         try:
-            env.headers = [(k, v) for k, v in env.headers if k != "traceparent"]
-            env.headers.append(("traceparent", span.traceparent))
-            with tracing.use(span):
-                await self._handle(puller, delivery, data, health)
+            await self._handle(puller, delivery, data, health)
         except BaseException as exc:
             span.set_error(f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            tracing.leave(token)
             span.end()
+
+    def _queue_span(
+        self, parent: str, delivery: Delivery, queued_ns: int, taken_ns: int, cold: bool
+    ) -> None:
+        """The request's time in the queue, from its publication to this agent taking it."""
+        queue = tracing.start(
+            f"queue {self.spec.name}",
+            parent,
+            attributes={"berth.attempt": delivery.attempt, "berth.cold_start": cold},
+            start_ns=queued_ns,
+        )
+        if cold:
+            started_at, ready_at = self.record.started_at, self.record.ready_at
+            if started_at * 1e9 > queued_ns:
+                queue.add_event("replica starting", int(started_at * 1e9))
+            if ready_at is not None:
+                queue.add_event("replica ready", int(ready_at * 1e9))
+        queue.end(taken_ns)
 
     async def _handle(
         self, puller: Puller, delivery: Delivery, data: ReplicaClient, health: ReplicaClient

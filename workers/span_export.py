@@ -26,7 +26,9 @@ log = logging.getLogger("workers.span_export")
 FLAG = "--berth-span-export"
 
 # JSON text of the strings spans repeat (attribute keys, span names, routes, endpoint
-# names): escaped once. Bounded: a value that varies (a request id) stops being kept.
+# names): escaped once. Bounded: values that vary (request ids) fill it, and a full
+# cache starts again empty, so that what repeats, including what first appears late (a
+# new endpoint), is kept again at once.
 _ESCAPED: dict[str, str] = {}
 _ESCAPED_MAX = 4096
 
@@ -36,14 +38,14 @@ def _esc(text: str) -> str:
     found = _ESCAPED.get(text)
     if found is None:
         found = dumps(text).decode()
-        if len(_ESCAPED) < _ESCAPED_MAX:
-            _ESCAPED[text] = found
+        if len(_ESCAPED) >= _ESCAPED_MAX:
+            _ESCAPED.clear()  # full of values that varied: what repeats comes back at once
+        _ESCAPED[text] = found
     return found
 
 
 # Whole attributes, by key, type and value: most repeat from span to span (the
-# endpoint, the replica, the route, the messaging system). Bounded like _ESCAPED: once
-# full, a pair not yet kept is written each time.
+# endpoint, the replica, the route, the messaging system). Bounded like _ESCAPED.
 _PAIRS: dict[tuple[str, type, Any], str] = {}
 
 
@@ -56,8 +58,9 @@ def _attribute_kept(key: str, v: Any) -> str:
         return _attribute(key, v)
     if found is None:
         found = _attribute(key, v)
-        if len(_PAIRS) < _ESCAPED_MAX:
-            _PAIRS[pair] = found
+        if len(_PAIRS) >= _ESCAPED_MAX:
+            _PAIRS.clear()
+        _PAIRS[pair] = found
     return found
 
 

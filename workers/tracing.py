@@ -52,6 +52,8 @@ __all__ = [
     "configure",
     "current",
     "current_ids",
+    "enter",
+    "leave",
     "parse",
     "record",
     "start",
@@ -179,6 +181,16 @@ def use(span: Span) -> Iterator[Span]:
         yield span
     finally:
         _current.reset(token)
+
+
+def enter(span: Span) -> contextvars.Token[Span | None]:
+    """``span`` current until :func:`leave` with the token (:func:`use` without a generator,
+    for the paths every request takes)."""
+    return _current.set(span)
+
+
+def leave(token: contextvars.Token[Span | None]) -> None:
+    _current.reset(token)
 
 
 def current() -> Span | None:

@@ -106,15 +106,16 @@ class DataPlane:
                 "berth.request_id": scope["state"]["request_id"],
             },
         )
+        token = tracing.enter(span)
         try:
-            with tracing.use(span):
-                answer = await self._answer(ctx, scope, receive, send)
+            answer = await self._answer(ctx, scope, receive, send)
             status = answer[0] if answer is not None else 200
             span.attributes["http.response.status_code"] = status
             if status >= 500:
                 span.set_error()
             return answer
         finally:
+            tracing.leave(token)
             span.end()
 
     async def _answer(
