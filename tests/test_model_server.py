@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
 
 from workers.server import build_app
-from workers.service import Service, find_service, public_routes, route
+from workers.service import InvalidInput, Service, find_service, public_routes, route
 
 
 class Slow(Service):
@@ -154,6 +160,115 @@ async def test_a_cancelled_call_keeps_the_replica_until_it_returns() -> None:
             await first
         assert (await second).json()["output"] == 3
     assert [kind for kind, _ in service.seen] == ["setup", "infer", "infer"]
+
+
+class Shapes(Service):
+    """Answers of every kind a model returns, and the ways a call fails."""
+
+    def infer(self, kind: str, n: int = 1) -> Any:
+        if kind == "invalid":
+            raise InvalidInput("n must be odd")
+        if kind == "crash":
+            raise RuntimeError("the model broke")
+        return {
+            "dict": {"text": "é" * n, "nested": [1, 2.5, None, True]},
+            "model": Point(x=n, y=-n),
+            "dataclass": Pair(n, "b"),
+            "when": datetime(2026, 12, 8, 5, 0, tzinfo=UTC),
+            "floats": [1e-7, 1e300, float("nan"), float("inf")],
+            "bytes": b"raw",
+            "none": None,
+            "set": {3},
+        }[kind]
+
+    def chunks(self, n: int) -> Iterator[dict[str, int]]:
+        for i in range(n):
+            yield {"i": i}
+
+
+class Point(BaseModel):
+    x: int
+    y: int = Field(alias="why")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+@dataclass
+class Pair:
+    a: int
+    b: str
+
+
+async def test_the_direct_path_answers_as_fastapi_does() -> None:
+    """The model's routes skip FastAPI's layers; each answer is the one FastAPI's own
+    route gives: status, headers and body, for every kind of output and failure."""
+    service = Shapes()
+    app = build_app(service)
+
+    async def through_fastapi(scope: Any, receive: Any, send: Any) -> None:
+        await FastAPI.__call__(app, scope, receive, send)
+
+    calls = [("/infer", {"kind": k}) for k in (
+        "dict", "model", "dataclass", "when", "floats", "bytes", "none", "set", "invalid"
+    )]  # fmt: skip
+    calls += [("/infer", {"kind": "dict", "extra": 1}), ("/infer", {}), ("/chunks", {"n": 3})]
+    async with app.router.lifespan_context(app):
+        direct = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r")
+        plain = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=through_fastapi), base_url="http://r"
+        )
+        async with direct, plain:
+            await wait_status(direct, 200)
+            for path, body in calls:
+                ours, theirs = await direct.post(path, json=body), await plain.post(path, json=body)
+                assert ours.status_code == theirs.status_code, (path, body)
+                assert _same(ours) == _same(theirs), (path, body)
+            # Server-sent events, and a body that is not JSON at all.
+            sse = {"accept": "text/event-stream"}
+            ours = await direct.post("/chunks", json={"n": 2}, headers=sse)
+            theirs = await plain.post("/chunks", json={"n": 2}, headers=sse)
+            assert ours.headers == theirs.headers and ours.text == theirs.text
+            assert ours.text.endswith("data: [DONE]\n\n")
+            ours = await direct.post("/infer", content=b"{nope")
+            theirs = await plain.post("/infer", content=b"{nope")
+            assert (ours.status_code, ours.content) == (theirs.status_code, theirs.content)
+            assert ours.status_code == 422
+            # An unexpected error: a plain 500 both ways, and the error goes on to the server.
+            for client in (direct, plain):
+                with pytest.raises(RuntimeError, match="the model broke"):
+                    await client.post("/infer", json={"kind": "crash"})
+            # What reached the wire, as the server sends it: a plain 500, then the error.
+            sent = await _raw_call(app, {"kind": "crash"})
+    assert sent[0]["status"] == 500
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"Internal Server Error"
+
+
+def _same(resp: httpx.Response) -> tuple[dict[str, str], bytes]:
+    """A response's headers and body, its timing (which differs call to call) left out."""
+    body = re.sub(rb'"inference_time_ms":[0-9.e+-]+', b'"inference_time_ms":0', resp.content)
+    headers = dict(resp.headers)
+    assert int(headers.pop("content-length")) == len(resp.content)
+    return headers, body
+
+
+async def _raw_call(app: FastAPI, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A POST /infer through the app itself: the messages it sent before it raised."""
+    sent: list[dict[str, Any]] = []
+    raw = json.dumps(body).encode()
+    scope = {
+        "type": "http", "method": "POST", "path": "/infer", "headers": [], "query_string": b"",
+        "http_version": "1.1", "scheme": "http", "server": ("r", 80), "root_path": "",
+    }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(RuntimeError, match="the model broke"):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    return sent
 
 
 def test_unannotated_input_is_rejected() -> None:
