@@ -306,3 +306,40 @@ def test_the_model_server_needs_only_its_own_modules(tmp_path: Path) -> None:
         [sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_model_thread_outlives_a_server_that_stopped_mid_call() -> None:
+    """A call still running when its server's loop closes ends quietly, and the thread
+    goes on to serve the next loop (the replica's server restarting in tests)."""
+    from workers.server import _ModelThread
+
+    model = _ModelThread()
+    gate, running = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        running.set()
+        assert gate.wait(10)
+        return "late"
+
+    loop = asyncio.new_event_loop()
+
+    async def begin() -> asyncio.Task[str]:
+        task = asyncio.ensure_future(model.run(slow))
+        async with asyncio.timeout(10):
+            while not running.is_set():
+                await asyncio.sleep(0.01)
+        return task
+
+    task = loop.run_until_complete(begin())
+    loop.close()  # the call runs on
+    gate.set()
+    thread = model._thread
+    assert thread is not None
+    thread.join(timeout=1.0)  # returns at once if the thread died answering the closed loop
+    assert thread.is_alive()
+
+    async def again() -> str:
+        return str(await model.run(lambda: "again"))
+
+    assert asyncio.run(asyncio.wait_for(again(), 10)) == "again"
+    del task

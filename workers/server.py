@@ -109,12 +109,15 @@ class _ModelThread:
     def _serve(self) -> None:
         while True:
             ctx, fn, args, kwargs, loop, done = self._calls.get()
+            result: Any = None
+            error: BaseException | None = None
             try:
                 result = ctx.run(fn, *args, **kwargs)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, done, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, done, result, None)
+            except BaseException as exc:  # the model's, whatever it is: the caller's to see
+                error = exc
+            # The server stopped while the call ran: its loop is closed, nobody waits.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, done, result, error)
 
 
 _END = object()  # a generator's end, as next() returns it
