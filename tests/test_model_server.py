@@ -125,12 +125,18 @@ class Threads(Service):
             self.seen.append(("closed", threading.get_ident()))
 
 
+async def held_call(client: httpx.AsyncClient, service: Threads) -> asyncio.Task[httpx.Response]:
+    """A call of ``infer`` that holds the model until ``service.gate`` opens, once running."""
+    await wait_status(client, 200)
+    call = asyncio.create_task(client.post("/infer", json={"wait": True}))
+    assert await asyncio.to_thread(service.running.wait, 10)
+    return call
+
+
 async def test_blocking_methods_run_on_one_thread_off_the_event_loop() -> None:
     service = Threads()
     async with serve(build_app(service)) as client:
-        await wait_status(client, 200)
-        slow = asyncio.create_task(client.post("/infer", json={"wait": True}))
-        assert await asyncio.to_thread(service.running.wait, 10)
+        slow = await held_call(client, service)
         # The event loop is free while the model works: health checks still answer.
         assert (await client.get("/healthcheck")).status_code == 200
         assert not slow.done()
@@ -148,9 +154,7 @@ async def test_blocking_methods_run_on_one_thread_off_the_event_loop() -> None:
 async def test_a_cancelled_call_keeps_the_replica_until_it_returns() -> None:
     service = Threads()
     async with serve(build_app(service)) as client:
-        await wait_status(client, 200)
-        first = asyncio.create_task(client.post("/infer", json={"wait": True}))
-        assert await asyncio.to_thread(service.running.wait, 10)
+        first = await held_call(client, service)
         first.cancel()  # the caller goes away; the model's call cannot be stopped
         second = asyncio.create_task(client.post("/infer", json={}))
         done, _ = await asyncio.wait({first, second}, timeout=0.3)
@@ -208,7 +212,7 @@ async def test_the_direct_path_answers_as_fastapi_does() -> None:
     async def through_fastapi(scope: Any, receive: Any, send: Any) -> None:
         await FastAPI.__call__(app, scope, receive, send)
 
-    calls = [("/infer", {"kind": k}) for k in (
+    calls: list[tuple[str, dict[str, Any]]] = [("/infer", {"kind": k}) for k in (
         "dict", "model", "dataclass", "when", "floats", "bytes", "none", "set", "invalid"
     )]  # fmt: skip
     calls += [("/infer", {"kind": "dict", "extra": 1}), ("/infer", {}), ("/chunks", {"n": 3})]
@@ -331,6 +335,7 @@ def test_the_model_thread_outlives_a_server_that_stopped_mid_call() -> None:
         return task
 
     task = loop.run_until_complete(begin())
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # left pending on purpose
     loop.close()  # the call runs on
     gate.set()
     thread = model._thread
