@@ -92,7 +92,7 @@ class _ModelThread:
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` on the thread, in the caller's context; a cancel of the
         caller waits for the call to end (the thread cannot be interrupted)."""
-        if self._thread is None:
+        if self._thread is None:  # started here: a zygote forks servers built before any call
             self._thread = threading.Thread(target=self._serve, name="berth-model", daemon=True)
             self._thread.start()
         loop = asyncio.get_running_loop()

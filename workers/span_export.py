@@ -36,12 +36,16 @@ _ESCAPED_MAX = 4096
 def _esc(text: str) -> str:
     """``text`` as a JSON string."""
     found = _ESCAPED.get(text)
-    if found is None:
-        found = dumps(text).decode()
-        if len(_ESCAPED) >= _ESCAPED_MAX:
-            _ESCAPED.clear()  # full of values that varied: what repeats comes back at once
-        _ESCAPED[text] = found
-    return found
+    return found if found is not None else _keep(_ESCAPED, text, dumps(text).decode())
+
+
+def _keep(cache: dict[Any, str], key: Any, text: str) -> str:
+    """``text``, kept in ``cache`` under ``key``; a full cache is full of values that
+    varied, and starts again empty: what repeats comes back at once."""
+    if len(cache) >= _ESCAPED_MAX:
+        cache.clear()
+    cache[key] = text
+    return text
 
 
 # Whole attributes, by key, type and value: most repeat from span to span (the
@@ -56,12 +60,7 @@ def _attribute_kept(key: str, v: Any) -> str:
         found = _PAIRS.get(pair)
     except TypeError:  # a value that does not hash
         return _attribute(key, v)
-    if found is None:
-        found = _attribute(key, v)
-        if len(_PAIRS) >= _ESCAPED_MAX:
-            _PAIRS.clear()
-        _PAIRS[pair] = found
-    return found
+    return found if found is not None else _keep(_PAIRS, pair, _attribute(key, v))
 
 
 def _attribute(key: str, v: Any) -> str:

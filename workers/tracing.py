@@ -176,11 +176,11 @@ def start(
 @contextmanager
 def use(span: Span) -> Iterator[Span]:
     """``span`` current within the block (log lines name it; new spans are its children)."""
-    token = _current.set(span)
+    token = enter(span)
     try:
         yield span
     finally:
-        _current.reset(token)
+        leave(token)
 
 
 def enter(span: Span) -> contextvars.Token[Span | None]:
